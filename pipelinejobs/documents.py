@@ -1,0 +1,90 @@
+"""The stored documents, laid out exactly as datacatalog writes them (compat §4)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from . import identifiers
+from .settings import Identity
+
+DEFAULT_ARCHIVE_SYSTEM = "data-sd2e-community"
+RECORD_SOURCE = "pipelinejobs-manager"
+
+
+def utc_seconds(moment: datetime) -> datetime:
+    """UTC, truncated to whole seconds, as the catalog stores dates."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc).replace(microsecond=0)
+
+
+def admin_block(identity: Identity) -> dict[str, str]:
+    # key order matters: the job token hashes repr() of this dict
+    return {"owner": identity.owner, "project": identity.project, "tenant": identity.tenant}
+
+
+def history_entry(name: str, data: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
+    return {
+        "date": utc_seconds(now),
+        "data": data,
+        "name": name,
+        "uuid": identifiers.random_uuid("pipelinejob_event"),
+    }
+
+
+def new_job(
+    *,
+    uuid: str,
+    pipeline_uuid: str,
+    archive_path: str,
+    archive_system: str | None,
+    data: dict[str, Any],
+    session: str | None,
+    child_of: list[str],
+    identity: Identity,
+    now: datetime,
+    agent: str | None = None,
+    task: str | None = None,
+) -> dict[str, Any]:
+    """A job in state CREATED with its ``create`` history entry and a fresh ``_salt``."""
+    created = utc_seconds(now)
+    return {
+        "pipeline_uuid": pipeline_uuid,
+        "archive_path": archive_path,
+        "archive_system": archive_system or DEFAULT_ARCHIVE_SYSTEM,
+        "archive_patterns": [],
+        "product_patterns": [],
+        "data": data,
+        "session": session,
+        "agent": agent,
+        "task": task,
+        "generated_by": [pipeline_uuid],
+        "child_of": list(child_of),
+        "acted_on": [],
+        "acted_using": [],
+        "uuid": uuid,
+        "state": "CREATED",
+        "last_event": "create",
+        "updated": created,
+        "history": [history_entry("create", None, created)],
+        "_visible": True,
+        "_properties": {
+            "created_date": created,
+            "modified_date": created,
+            "revision": 0,
+            "source": RECORD_SOURCE,
+        },
+        "_admin": admin_block(identity),
+        "_salt": identifiers.new_salt(),
+    }
+
+
+def audit_record(uuid: str, action: str, diff: dict[str, Any], admin: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """An entry of the ``updates`` collection: who changed which document, and how."""
+    return {"uuid": uuid, "date": utc_seconds(now), "action": action, "diff": diff, "_admin": dict(admin)}
+
+
+def public_view(job: dict[str, Any]) -> dict[str, Any]:
+    """A job as shown to people and clients: without the salt and the storage id."""
+    return {key: value for key, value in job.items() if key not in ("_salt", "_id")}

@@ -1,0 +1,72 @@
+"""The PipelineJob state machine as plain data (datacatalog-compat.md §5).
+
+No I/O and no clock here: the table is walked cell by cell in tests/test_fsm.py.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class State(str, enum.Enum):
+    CREATED = "CREATED"
+    RUNNING = "RUNNING"
+    FAILED = "FAILED"
+    FINISHED = "FINISHED"
+    INDEXING = "INDEXING"
+    VALIDATING = "VALIDATING"
+    VALIDATED = "VALIDATED"
+    REJECTED = "REJECTED"
+    FINALIZED = "FINALIZED"
+    RETIRED = "RETIRED"
+    RESET = "RESET"
+
+
+S = State
+ALL_STATES: frozenset[State] = frozenset(State)
+
+# event -> (states it may be sent in, state it leads to; None means "stays")
+TRANSITIONS: dict[str, tuple[frozenset[State], State | None]] = {
+    "create": (frozenset({S.CREATED}), S.CREATED),
+    "run": (frozenset({S.CREATED, S.RUNNING}), S.RUNNING),
+    "update": (frozenset({S.CREATED, S.RUNNING, S.VALIDATING, S.INDEXING}), None),
+    "resource": (frozenset({S.CREATED, S.RUNNING}), None),
+    "fail": (frozenset({S.CREATED, S.RUNNING, S.VALIDATING, S.INDEXING}), S.FAILED),
+    "finish": (frozenset({S.RUNNING, S.FINISHED}), S.FINISHED),
+    "index": (frozenset({S.FINISHED, S.INDEXING}), S.INDEXING),
+    "indexed": (frozenset({S.FINISHED, S.INDEXING}), S.FINISHED),
+    "validate": (frozenset({S.FINISHED, S.VALIDATED}), S.VALIDATING),
+    "validated": (frozenset({S.VALIDATING, S.VALIDATED}), S.VALIDATED),
+    "reject": (frozenset({S.VALIDATING}), S.REJECTED),
+    "finalize": (frozenset({S.VALIDATED}), S.FINALIZED),
+    "retire": (
+        frozenset({S.FAILED, S.FINALIZED, S.FINISHED, S.REJECTED, S.VALIDATING, S.VALIDATED}),
+        S.RETIRED,
+    ),
+    "reset": (ALL_STATES, S.RESET),
+    "ready": (frozenset({S.RESET}), S.CREATED),
+}
+
+#: Events only a holder of an admin token may send.
+ADMIN_EVENTS: frozenset[str] = frozenset({"reset", "ready"})
+#: Events a message may carry (``create`` is reserved for job creation).
+MESSAGE_EVENTS: tuple[str, ...] = tuple(e for e in TRANSITIONS if e != "create")
+
+
+def source_states(event: str) -> frozenset[State]:
+    return TRANSITIONS[event][0]
+
+
+def target_state(event: str, current: State) -> State:
+    """The state after ``event`` is applied in ``current`` (which must allow it)."""
+    target = TRANSITIONS[event][1]
+    return current if target is None else target
+
+
+def allows(state: str, event: str) -> bool:
+    return event in TRANSITIONS and state in {s.value for s in TRANSITIONS[event][0]}
+
+
+def allowed_events(state: str) -> list[str]:
+    """Message events the given state accepts, in table order (for error messages)."""
+    return [e for e in MESSAGE_EVENTS if allows(state, e)]

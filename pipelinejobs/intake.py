@@ -1,0 +1,110 @@
+"""What Abaco hands the container: the message and its context, read from an env mapping.
+
+Abaco passes a JSON message as the *Python repr* of the parsed object, plain
+text as is, and every URL query parameter as an environment variable of the
+same name (abaco-runtime.md §1). Parsing follows the reactors SDK: try
+``ast.literal_eval`` (kept if it gives a dict), then ``json.loads``, then text.
+Whatever is parsed is normalised to plain JSON types once, here.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ErrorKind, PipelineJobsError
+
+#: URL parameters the manager reads (``event`` is the older name of ``name``).
+MESSAGE_PARAMS = ("uuid", "token", "name", "event", "status", "session")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a message came from, for the job's ``agent``/``task`` fields and the logs."""
+
+    api_server: str | None = None
+    actor_id: str | None = None
+    execution_id: str | None = None
+    username: str | None = None
+
+    @property
+    def agent(self) -> str | None:
+        if self.api_server and self.actor_id:
+            return f"{self.api_server.rstrip('/')}/actors/v2/{self.actor_id}"
+        return None
+
+    @property
+    def task(self) -> str | None:
+        if self.agent and self.execution_id:
+            return f"{self.agent}/executions/{self.execution_id}"
+        return None
+
+
+@dataclass(frozen=True)
+class Intake:
+    """A message as received: the parsed body, its content type and the URL parameters."""
+
+    body: Any
+    content_type: str
+    params: dict[str, str] = field(default_factory=dict)
+    origin: Origin = field(default_factory=Origin)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def to_plain_json(value: Any) -> Any:
+    """Round-trip through JSON: tuples become lists; sets, bytes, NaN are refused."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise PipelineJobsError(
+            ErrorKind.BAD_MESSAGE, "the message holds values that are not JSON (e.g. sets, bytes, NaN)"
+        ) from exc
+
+
+def parse_message(raw: str | None, content_type: str, max_bytes: int) -> Any:
+    """Parse MSG the way the reactors SDK does, within a size limit."""
+    if raw is None:
+        if content_type == "application/octet-stream":
+            raise PipelineJobsError(ErrorKind.BAD_MESSAGE, "binary messages are not accepted; send JSON")
+        raise PipelineJobsError(ErrorKind.BAD_MESSAGE, "no message was received (MSG is not set)")
+    size = len(raw.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise PipelineJobsError(
+            ErrorKind.BAD_MESSAGE,
+            f"the message is {size} bytes; the limit is {max_bytes}",
+            size=size,
+            limit=max_bytes,
+        )
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        value = ast.literal_eval(text)
+        if isinstance(value, dict):
+            return to_plain_json(value)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return raw  # plain text; classification will say why it fits no schema
+
+
+def from_env(env: Mapping[str, str], max_bytes: int) -> Intake:
+    """Read the message and its context from the environment Abaco sets."""
+    content_type = env.get("_abaco_Content_Type") or env.get("_abaco_Content-Type") or "str"
+    body = parse_message(env.get("MSG"), content_type, max_bytes)
+    params = {name: env[name] for name in MESSAGE_PARAMS if env.get(name)}
+    origin = Origin(
+        api_server=env.get("_abaco_api_server") or None,
+        actor_id=env.get("_abaco_actor_id") or None,
+        execution_id=env.get("_abaco_execution_id") or None,
+        username=env.get("_abaco_username") or None,
+    )
+    return Intake(body=body, content_type=content_type, params=params, origin=origin)

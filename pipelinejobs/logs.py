@@ -1,0 +1,74 @@
+"""The one redacting log formatter: secrets are removed at the last moment, in one place.
+
+Known secret values (from settings and from the message being handled) are
+replaced, and anything shaped like a token assignment, a nonce or URI
+credentials is masked even when its value was never registered.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Iterable
+
+MASK = "*****"
+LOGGER_NAME = "pipelinejobs"
+
+_PATTERNS = (
+    # token=abc, x-nonce=abc, "token": "abc", 'x-nonce': 'abc', Bearer abc, X-Tapis-Token: abc
+    re.compile(r"(?i)((?:token|x-nonce|nonce|password|authn|secret)[\"']?\s*[:=]\s*[\"']?)([^\"'&\s,}]+)"),
+    re.compile(r"(?i)(bearer\s+)(\S+)"),
+    re.compile(r"(mongodb(?:\+srv)?://[^:/@\s]+:)([^@\s]+)(@)"),
+)
+
+
+class RedactingFormatter(logging.Formatter):
+    """Formats a record, then removes every secret from the text."""
+
+    def __init__(self, fmt: str | None = None, secrets: Iterable[str] = ()) -> None:
+        super().__init__(fmt or "%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self._secrets: set[str] = set()
+        self.add_secrets(secrets)
+
+    def add_secrets(self, secrets: Iterable[str]) -> None:
+        self._secrets.update(s for s in secrets if s and len(s) >= 4)
+
+    def redact(self, text: str) -> str:
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, MASK)
+        for pattern in _PATTERNS:
+            text = pattern.sub(lambda m: m.group(1) + MASK + (m.group(3) if m.lastindex == 3 else ""), text)
+        return text
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self.redact(super().format(record))
+
+
+def configure(level: str = "INFO", secrets: Iterable[str] = (), stream=None) -> RedactingFormatter:
+    """Send the package's logs to stderr through the redacting formatter."""
+    formatter = RedactingFormatter(secrets=secrets)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(formatter)
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper() if isinstance(level, str) else logging.INFO)
+    logger.propagate = False
+    return formatter
+
+
+def add_secrets(secrets: Iterable[str]) -> None:
+    """Register more secret values (e.g. the token of the message at hand)."""
+    for handler in logging.getLogger(LOGGER_NAME).handlers:
+        if isinstance(handler.formatter, RedactingFormatter):
+            handler.formatter.add_secrets(secrets)
+
+
+def set_level(level: object) -> None:
+    """Apply a level name from config.yml; anything else leaves the level alone."""
+    if isinstance(level, str) and level.upper() in logging.getLevelNamesMapping():
+        logging.getLogger(LOGGER_NAME).setLevel(level.upper())
+
+
+def get_logger(name: str) -> logging.Logger:
+    return logging.getLogger(f"{LOGGER_NAME}.{name}")

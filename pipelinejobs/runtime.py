@@ -1,0 +1,92 @@
+"""Running one message the way Abaco does: environment in, one JSON line and an exit code out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import logs
+from .errors import ErrorKind, PipelineJobsError
+from .intake import from_env
+from .messages import classify
+from .settings import Settings, collect_secrets, load_settings
+from .store.base import JobStore
+
+log = logs.get_logger("runtime")
+
+
+def open_store(settings: Settings) -> JobStore:
+    """The configured store, with its indexes ensured."""
+    uri = settings.mongodb_uri
+    if uri is None:
+        raise PipelineJobsError(
+            ErrorKind.CONFIGURATION,
+            "no MongoDB is configured: set mongodb.authn (or mongodb.host) in config.yml or _REACTOR_MONGODB_AUTHN",
+        )
+    from .store.mongo import MongoJobStore
+
+    timeout = settings.section("mongodb").get("server_selection_timeout_ms")
+    store = MongoJobStore(
+        uri.reveal(),
+        settings.mongodb_database,
+        server_selection_timeout_ms=timeout if isinstance(timeout, int) and timeout > 0 else 10000,
+    )
+    store.ensure_indexes()
+    return store
+
+
+def json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value.isoformat()
+    if isinstance(value, date):
+        return value.isoformat()
+    return str(value)
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, default=json_default, sort_keys=False)
+
+
+def run_message(
+    env: Mapping[str, str],
+    *,
+    config_path: Path | None = None,
+    store: JobStore | None = None,
+    now: datetime | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Handle the message described by ``env``; returns (exit code, result object)."""
+    from . import service
+
+    formatter = logs.configure(secrets=collect_secrets(env, {}))
+    own_store = store is None
+    try:
+        settings = load_settings(env, config_path)
+        formatter.add_secrets(settings.secrets)
+        logs.set_level(settings.section("logs").get("level"))
+        intake = from_env(env, settings.limit("max_message_bytes", 1048576))
+        message = classify(intake, settings.limit("max_data_bytes", 262144))
+        log.info(
+            "received %s for %s",
+            type(message).__name__,
+            getattr(message, "uuid", None) or getattr(message, "pipeline_uuid", None),
+        )
+        if store is None:
+            store = open_store(settings)
+        outcome = service.handle(
+            message, store=store, settings=settings, now=now or datetime.now(timezone.utc), origin=intake.origin
+        )
+        return 0, outcome
+    except PipelineJobsError as exc:
+        log.warning("rejected (%s): %s", exc.kind.value, exc.message)
+        return 1, exc.to_dict()
+    except Exception:  # a bug: keep the (redacted) traceback in the log, not in the answer
+        log.exception("internal error")
+        return 1, PipelineJobsError(ErrorKind.INTERNAL, "internal error; the actor's log has the details").to_dict()
+    finally:
+        if own_store and store is not None:
+            store.close()

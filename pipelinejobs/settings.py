@@ -1,0 +1,233 @@
+"""Settings: config.yml plus the reactors SDK's ``_REACTOR_*`` overrides.
+
+Everything is read from a mapping passed in (the process environment in
+production, a plain dict in tests). Under Abaco every URL query parameter also
+becomes an environment variable, so security keys (``admin``, ``legacy``) are
+never taken from the environment, and numeric/boolean keys cannot be overridden
+either (the SDK only overrides null or string values).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+import hashlib
+import hmac
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+from .errors import ErrorKind, PipelineJobsError
+
+ENV_PREFIX = "_REACTOR_"
+PROTECTED_SECTIONS = frozenset({"admin", "legacy"})
+DEFAULT_ADMIN_KEY = "XB]6f^~T3)EDxB(3A6F@CE>JTU.T>whH"
+DEFAULT_ADMIN_LIFETIME = 3600
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yml"
+
+
+class Secret:
+    """A string that never shows itself in ``repr``/``str`` (so never in a log line)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class AdminTokens:
+    """How admin tokens are derived; ``secret`` is None when they are disabled."""
+
+    secret: Secret | None
+    key: Secret
+    lifetime: int
+    disabled_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the manager writes jobs as (the ``_admin`` block) and the UUID domain."""
+
+    owner: str
+    project: str
+    tenant: str
+    dns_domain: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    config: dict[str, Any]
+    admin: AdminTokens
+    identity: Identity
+    secrets: tuple[str, ...]  # every secret value, for the log redactor
+
+    def section(self, name: str) -> dict[str, Any]:
+        value = self.config.get(name)
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def mongodb_uri(self) -> Secret | None:
+        """The MongoDB URI, or None when no MongoDB is configured."""
+        return mongodb_uri(self.section("mongodb"))
+
+    @property
+    def mongodb_database(self) -> str:
+        return str(self.section("mongodb").get("database") or "catalog")
+
+    @property
+    def accept_unverified_tokens(self) -> bool:
+        return self.section("legacy").get("accept_unverified_tokens") is True
+
+    def limit(self, name: str, default: int) -> int:
+        value = self.section("limits").get(name, default)
+        return value if isinstance(value, int) and value > 0 else default
+
+
+def mongodb_uri(mongo: Mapping[str, Any]) -> Secret | None:
+    """Build the URI from ``authn`` or from host/port/credentials (compat §8)."""
+    if mongo.get("authn"):
+        return Secret(_decode_authn(str(mongo["authn"])))
+    if not mongo.get("host"):
+        return None
+    auth = ""
+    if mongo.get("username"):
+        auth = quote_plus(str(mongo["username"]))
+        if mongo.get("password"):
+            auth += ":" + quote_plus(str(mongo["password"]))
+        auth += "@"
+    port = f":{mongo['port']}" if mongo.get("port") else ""
+    source = f"/{mongo['auth_source']}" if mongo.get("auth_source") else ""
+    return Secret(f"mongodb://{auth}{mongo['host']}{port}{source}")
+
+
+def _decode_authn(authn: str) -> str:
+    try:
+        padded = authn + "=" * (-len(authn) % 4)
+        uri = base64.urlsafe_b64decode(padded.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise PipelineJobsError(
+            ErrorKind.CONFIGURATION, "mongodb.authn is not url-safe base64 of a mongodb:// URI"
+        ) from exc
+    if not uri.startswith(("mongodb://", "mongodb+srv://")):
+        raise PipelineJobsError(ErrorKind.CONFIGURATION, "mongodb.authn does not decode to a mongodb:// URI")
+    return uri
+
+
+def read_config_file(path: Path | None) -> dict[str, Any]:
+    path = path or DEFAULT_CONFIG
+    if not path.exists():
+        return {}
+    import yaml  # imported here: only the config file needs it
+
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise PipelineJobsError(ErrorKind.CONFIGURATION, f"{path.name} is not valid YAML") from exc
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise PipelineJobsError(ErrorKind.CONFIGURATION, f"{path.name} must hold a mapping")
+    return loaded
+
+
+def apply_env_overrides(config: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Override null/string keys present in ``config`` from ``_REACTOR_*`` variables."""
+    merged = copy.deepcopy(config)
+    for key, value in config.items():
+        if key in PROTECTED_SECTIONS:
+            continue
+        if value is None or isinstance(value, str):
+            name = f"{ENV_PREFIX}{key.upper()}"
+            if name in env:
+                merged[key] = env[name]
+        elif isinstance(value, dict):
+            for sub, subvalue in value.items():
+                name = f"{ENV_PREFIX}{key.upper()}_{str(sub).upper()}"
+                if (subvalue is None or isinstance(subvalue, str)) and name in env:
+                    merged[key][sub] = env[name]
+    return merged
+
+
+def _admin_tokens(env: Mapping[str, str], config: dict[str, Any]) -> AdminTokens:
+    key = Secret(env.get("CATALOG_ADMIN_TOKEN_KEY") or DEFAULT_ADMIN_KEY)
+    try:
+        lifetime = int(env.get("CATALOG_ADMIN_TOKEN_LIFETIME") or DEFAULT_ADMIN_LIFETIME)
+    except ValueError:
+        lifetime = DEFAULT_ADMIN_LIFETIME
+    lifetime = max(lifetime, 1)
+    raw_secret = env.get("CATALOG_ADMIN_TOKEN_SECRET") or ""
+    if not raw_secret:
+        return AdminTokens(None, key, lifetime, "CATALOG_ADMIN_TOKEN_SECRET is not set")
+    pin = (config.get("admin") or {}).get("secret_sha256")
+    if pin:
+        digest = hashlib.sha256(raw_secret.encode()).hexdigest()
+        if not hmac.compare_digest(digest, str(pin).lower()):
+            return AdminTokens(None, key, lifetime, "the admin secret does not match its pin")
+    elif env.get("_abaco_execution_id"):
+        return AdminTokens(None, key, lifetime, "under Abaco admin tokens need admin.secret_sha256 in config.yml")
+    return AdminTokens(Secret(raw_secret), key, lifetime)
+
+
+def _identity(env: Mapping[str, str]) -> Identity:
+    owner = next(
+        (
+            env[name]
+            for name in ("TACC_USERNAME", "AGAVE_USERNAME", "JUPYTERHUB_USER", "_abaco_username", "USER")
+            if env.get(name)
+        ),
+        "pipelinejobs",
+    )
+    return Identity(
+        owner=owner,
+        project=env.get("TACC_PROJECT_NAME") or "SD2E-Community",
+        tenant=env.get("TACC_TENANT") or "sd2e",
+        dns_domain=env.get("CATALOG_DNS_DOMAIN") or "sd2e.org",
+    )
+
+
+def collect_secrets(env: Mapping[str, str], config: dict[str, Any]) -> set[str]:
+    found: set[str] = set()
+    for name, value in env.items():
+        if name.startswith(ENV_PREFIX) and len(value) > 4:
+            found.add(value)
+    for name in ("_abaco_access_token", "x-nonce", "token", "CATALOG_ADMIN_TOKEN_SECRET", "CATALOG_ADMIN_TOKEN_KEY"):
+        if env.get(name):
+            found.add(env[name])
+    mongo = config.get("mongodb") or {}
+    for name in ("authn", "password"):
+        if isinstance(mongo.get(name), str) and mongo[name]:
+            found.add(mongo[name])
+    return found
+
+
+def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Settings:
+    """Build the settings from config.yml and the environment mapping ``env``."""
+    config = apply_env_overrides(read_config_file(config_path), env)
+    secrets = set(collect_secrets(env, config))
+    uri = mongodb_uri(config.get("mongodb") or {})
+    if uri is not None:
+        secrets.add(uri.reveal())
+    return Settings(
+        config=config,
+        admin=_admin_tokens(env, config),
+        identity=_identity(env),
+        secrets=tuple(sorted(secrets, key=len, reverse=True)),
+    )

@@ -1,0 +1,1 @@
+"""Storage backends. Each implements :class:`pipelinejobs.store.base.JobStore`."""

@@ -1,0 +1,179 @@
+"""Test session fixtures: a real MongoDB-wire server and helpers to run reactor.py like Abaco.
+
+The server is ``secantusd-py`` (SecantusDB, from PyPI) started on a free loopback
+port with a temporary storage directory, unless ``MONGODB_URI`` names one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid as uuidlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pymongo
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REACTOR = ROOT / "reactor.py"
+
+EXAMPLE_PIPELINE_ID = "tacc/tacobot:9000"
+EXAMPLE_PIPELINE_COMPONENTS = [
+    {"id": "eqMyqq4xB1Lqa", "image": "index.docker.io/tacc/tacbobot:latest", "options": {}},
+    {"id": "bbq-brisket-0.5.0", "inputs": {}, "parameters": {"smoke": True}},
+]
+EXAMPLE_PIPELINE_UUID = "10650844-1baa-55c5-a481-5e945b19c065"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"secantusd-py exited with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"secantusd-py did not listen on port {port} within {timeout}s")
+
+
+@pytest.fixture(scope="session")
+def mongodb_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A MongoDB-wire server for the whole session: MONGODB_URI, or a fresh secantusd-py."""
+    if os.environ.get("MONGODB_URI"):
+        yield os.environ["MONGODB_URI"]
+        return
+    binary = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
+    port = _free_port()
+    storage = tmp_path_factory.mktemp("secantus")
+    log = open(storage.parent / "secantusd.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [binary, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for_port(port, proc)
+        yield f"mongodb://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def mongo_client(mongodb_uri: str) -> Iterator[pymongo.MongoClient]:
+    client: pymongo.MongoClient = pymongo.MongoClient(mongodb_uri, tz_aware=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def database_name() -> str:
+    """A fresh database per test, so tests never see each other's jobs."""
+    return "t_" + uuidlib.uuid4().hex[:12]
+
+
+@pytest.fixture
+def db(mongo_client: pymongo.MongoClient, database_name: str) -> Iterator[Any]:
+    database = mongo_client[database_name]
+    yield database
+    mongo_client.drop_database(database_name)
+
+
+def authn_for(uri: str) -> str:
+    return base64.urlsafe_b64encode(uri.encode()).decode()
+
+
+@dataclass
+class ReactorResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def result(self) -> dict[str, Any]:
+        lines = [line for line in self.stdout.splitlines() if line.strip()]
+        assert lines, f"no stdout; stderr was:\n{self.stderr}"
+        return json.loads(lines[-1])
+
+
+@dataclass
+class Reactor:
+    """Runs reactor.py as Abaco would: a fresh process, the message and context in its environment."""
+
+    mongodb_uri: str
+    database: str
+
+    def env(self, msg: Any, *, as_repr: bool = False, params: dict[str, str] | None = None,
+            extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "HOME": os.environ.get("HOME", "/tmp"),
+            "_REACTOR_MONGODB_AUTHN": authn_for(self.mongodb_uri),
+            "_REACTOR_MONGODB_DATABASE": self.database,
+            "_abaco_actor_id": "pjmanager0001",
+            "_abaco_execution_id": "exec" + uuidlib.uuid4().hex[:9],
+            "_abaco_api_server": "https://api.example.org",
+            "_abaco_username": "tester",
+            "_abaco_access_token": "abaco-access-token-secret-value",
+        }
+        if msg is not None:
+            if isinstance(msg, str):
+                env["MSG"], env["_abaco_Content_Type"] = msg, "str"
+            elif as_repr:
+                env["MSG"], env["_abaco_Content_Type"] = repr(msg), "str"
+            else:
+                env["MSG"], env["_abaco_Content_Type"] = json.dumps(msg), "application/json"
+        env.update(params or {})
+        env.update(extra or {})
+        return env
+
+    def run(self, msg: Any, **kwargs: Any) -> ReactorResult:
+        proc = subprocess.run(
+            [sys.executable, str(REACTOR)], env=self.env(msg, **kwargs), capture_output=True, text=True, timeout=120
+        )
+        return ReactorResult(proc.returncode, proc.stdout, proc.stderr)
+
+    def start(self, msg: Any, **kwargs: Any) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, str(REACTOR)], env=self.env(msg, **kwargs),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+
+@pytest.fixture
+def reactor(mongodb_uri: str, database_name: str, db: Any) -> Reactor:
+    return Reactor(mongodb_uri, database_name)
+
+
+@pytest.fixture
+def example_pipeline(db: Any) -> dict[str, Any]:
+    """The compat page's example pipeline, registered as datacatalog would store it."""
+    doc = {
+        "id": EXAMPLE_PIPELINE_ID,
+        "uuid": EXAMPLE_PIPELINE_UUID,
+        "name": "Tacobot pipeline",
+        "components": EXAMPLE_PIPELINE_COMPONENTS,
+    }
+    db.pipelines.insert_one(dict(doc))
+    return doc
