@@ -176,7 +176,7 @@ def _validated_event(fields: dict[str, Any], via: str, what: str) -> EventMessag
 def classify(intake: Intake, max_data_bytes: int = 262144) -> Message:
     """Turn a received message into exactly one typed message, or say why it fits none."""
     message = _classify(intake)
-    _check_data(message.data, max_data_bytes)
+    _check_data(getattr(message, "data", None), max_data_bytes)
     return message
 
 

@@ -26,7 +26,7 @@ ENV_PREFIX = "_REACTOR_"
 PROTECTED_SECTIONS = frozenset({"admin", "legacy"})
 DEFAULT_ADMIN_KEY = "XB]6f^~T3)EDxB(3A6F@CE>JTU.T>whH"
 DEFAULT_ADMIN_LIFETIME = 3600
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.yml"
+ROOT_CONFIG = Path(__file__).resolve().parent.parent / "config.yml"
 
 
 class Secret:
@@ -132,7 +132,7 @@ def _decode_authn(authn: str) -> str:
 
 
 def read_config_file(path: Path | None) -> dict[str, Any]:
-    path = path or DEFAULT_CONFIG
+    path = path or ROOT_CONFIG
     if not path.exists():
         return {}
     import yaml  # imported here: only the config file needs it

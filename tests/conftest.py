@@ -124,8 +124,14 @@ class Reactor:
     mongodb_uri: str
     database: str
 
-    def env(self, msg: Any, *, as_repr: bool = False, params: dict[str, str] | None = None,
-            extra: dict[str, str] | None = None) -> dict[str, str]:
+    def env(
+        self,
+        msg: Any,
+        *,
+        as_repr: bool = False,
+        params: dict[str, str] | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> dict[str, str]:
         env = {
             "PATH": os.environ.get("PATH", ""),
             "HOME": os.environ.get("HOME", "/tmp"),
@@ -156,8 +162,11 @@ class Reactor:
 
     def start(self, msg: Any, **kwargs: Any) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, str(REACTOR)], env=self.env(msg, **kwargs),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, str(REACTOR)],
+            env=self.env(msg, **kwargs),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
 

@@ -56,16 +56,15 @@ class MongoJobStore:
     backend = "mongodb"
 
     def __init__(self, uri: str, database: str, *, server_selection_timeout_ms: int = 10000) -> None:
-        self._client: pymongo.MongoClient = pymongo.MongoClient(
-            uri,
-            serverSelectionTimeoutMS=server_selection_timeout_ms,
-            connectTimeoutMS=server_selection_timeout_ms,
-            tz_aware=True,
-            retryWrites=True,
-            appname="pipelinejobs-manager",
-        )
-        options = CodecOptions(tz_aware=True, tzinfo=timezone.utc)
-        db = self._client.get_database(database, codec_options=options)
+        options: dict[str, Any] = {"tz_aware": True, "retryWrites": True, "appname": "pipelinejobs-manager"}
+        lowered = uri.lower()  # timeouts given in the URI win over the configured ones
+        if "serverselectiontimeoutms" not in lowered:
+            options["serverSelectionTimeoutMS"] = server_selection_timeout_ms
+        if "connecttimeoutms" not in lowered:
+            options["connectTimeoutMS"] = server_selection_timeout_ms
+        self._client: pymongo.MongoClient = pymongo.MongoClient(uri, **options)
+        codec = CodecOptions(tz_aware=True, tzinfo=timezone.utc)
+        db = self._client.get_database(database, codec_options=codec)
         self.jobs = db["jobs"]
         self.pipelines = db["pipelines"]
         self.updates = db["updates"]

@@ -1,0 +1,52 @@
+"""The redacting formatter: secrets never reach a log line."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from pipelinejobs import logs
+
+
+def _emit(text: str, secrets: tuple[str, ...] = ()) -> str:
+    stream = io.StringIO()
+    logs.configure("INFO", secrets=secrets, stream=stream)
+    logs.get_logger("test").info(text)
+    return stream.getvalue()
+
+
+def test_known_secret_values_are_masked() -> None:
+    out = _emit("authn=bW9uZ29kYjovL3U6cEBoOjEv and value bW9uZ29kYjovL3U6cEBoOjEv", ("bW9uZ29kYjovL3U6cEBoOjEv",))
+    assert "bW9uZ29kYjovL3U6cEBoOjEv" not in out and logs.MASK in out
+
+
+def test_token_shapes_are_masked_without_registration() -> None:
+    out = _emit(
+        "url ?uuid=1&token=0dc73dc3ff39b49a&x-nonce=TACC_XXXXxxxxYz356 body {'token': 'abcdef0123456789'} "
+        "Authorization: Bearer 969d11396c43b0b810387e4da840cb37 mongodb://user:pa55word@host/db"
+    )
+    for secret in (
+        "0dc73dc3ff39b49a",
+        "TACC_XXXXxxxxYz356",
+        "abcdef0123456789",
+        "969d11396c43b0b810387e4da840cb37",
+        "pa55word",
+    ):
+        assert secret not in out
+    assert "uuid=1" in out and "mongodb://user:" in out
+
+
+def test_secrets_added_later_are_masked() -> None:
+    stream = io.StringIO()
+    logs.configure("INFO", stream=stream)
+    logs.add_secrets(["late-secret-value"])
+    logs.get_logger("t").info("the late-secret-value")
+    assert "late-secret-value" not in stream.getvalue()
+
+
+def test_set_level_ignores_nonsense() -> None:
+    logs.configure("INFO", stream=io.StringIO())
+    logs.set_level("not-a-level")
+    assert logging.getLogger(logs.LOGGER_NAME).level == logging.INFO
+    logs.set_level("debug")
+    assert logging.getLogger(logs.LOGGER_NAME).level == logging.DEBUG
