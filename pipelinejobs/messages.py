@@ -209,12 +209,10 @@ def _classify(intake: Intake) -> Message:
     else:
         why_not["event by URL parameters"] = ["needs the uuid and name (or event) URL parameters"]
     if not isinstance(body, dict):
-        shape = (
-            "empty" if body is None else f"a JSON {type(body).__name__}" if not isinstance(body, str) else "not JSON"
-        )
-        detail = f"the message is {shape}; expected a JSON object"
-        for title in (_title("event"), _title("delete"), _title("create")):
-            why_not[title] = [detail]
+        shapes = {type(None): "empty", str: "not JSON", list: "a JSON array", bool: "a JSON boolean"}
+        shape = shapes.get(type(body), "a JSON number")
+        titles = ", ".join(_title(kind) for kind in ("event", "delete", "create"))
+        why_not[titles] = [f"the message is {shape}; these need a JSON object"]
     summary = " | ".join(f"{title}: {'; '.join(reasons)}" for title, reasons in why_not.items())
     raise PipelineJobsError(
         ErrorKind.BAD_MESSAGE,
