@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -18,14 +19,20 @@ from .store.base import JobStore
 log = logs.get_logger("runtime")
 
 
-def open_store(settings: Settings) -> JobStore:
-    """The configured store, with its indexes ensured."""
+def open_store(settings: Settings, env: Mapping[str, str] | None = None) -> JobStore:
+    """The configured store, with its indexes ensured: MongoDB if one is configured, else the SQLite file.
+
+    ``env`` (default: the process environment) supplies HOME/XDG_DATA_HOME for the default SQLite location.
+    """
     uri = settings.mongodb_uri
     if uri is None:
-        raise PipelineJobsError(
-            ErrorKind.CONFIGURATION,
-            "no MongoDB is configured: set mongodb.authn (or mongodb.host) in config.yml or _REACTOR_MONGODB_AUTHN",
-        )
+        from .store.sqlite import SqliteJobStore, sqlite_path
+
+        path = sqlite_path(settings.section("store").get("sqlite_path"), os.environ if env is None else env)
+        log.debug("no MongoDB is configured; using the embedded store")
+        embedded = SqliteJobStore(path)
+        embedded.ensure_indexes()
+        return embedded
     from .store.mongo import MongoJobStore
 
     timeout = settings.section("mongodb").get("server_selection_timeout_ms")
@@ -76,7 +83,7 @@ def run_message(
             getattr(message, "uuid", None) or getattr(message, "pipeline_uuid", None),
         )
         if store is None:
-            store = open_store(settings)
+            store = open_store(settings, env)
         outcome = service.handle(
             message, store=store, settings=settings, now=now or datetime.now(timezone.utc), origin=intake.origin
         )
