@@ -23,6 +23,7 @@ from typing import Any
 import pymongo
 import pytest
 
+pytest_plugins = ["tests.server_fixtures"]  # live `pipelinejobs serve` processes (live_server, live_server_sqlite)
 ROOT = Path(__file__).resolve().parent.parent
 REACTOR = ROOT / "reactor.py"
 

@@ -1,0 +1,456 @@
+"""The `pipelinejobs` command: pipelines, jobs, nonces, sending messages and `serve`.
+
+A front end like reactor.py: it reads its settings from config.yml and the
+process environment, goes through ``service.handle`` for anything that changes
+a job, prints for people (or ``--json`` for scripts) and maps every error kind
+to an exit code through one table. Starlette, uvicorn and httpx are imported
+only by the subcommands that need them, so ``pipelinejobs job show`` starts fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from . import __version__, logs
+from .errors import ErrorKind, PipelineJobsError
+from .runtime import dumps
+from .settings import Settings, load_settings
+
+USAGE_ERROR = 2
+#: One table from error kind to exit code (2 is argparse's usage error).
+EXIT_CODES: dict[ErrorKind, int] = {
+    ErrorKind.BAD_MESSAGE: 3,
+    ErrorKind.UNAUTHORIZED: 4,
+    ErrorKind.NOT_FOUND: 5,
+    ErrorKind.INVALID_TRANSITION: 6,
+    ErrorKind.CONFLICT: 7,
+    ErrorKind.STORAGE_UNAVAILABLE: 8,
+    ErrorKind.CONFIGURATION: 9,
+    ErrorKind.INTERNAL: 10,
+}
+API_TOKENS_ENV = "PIPELINEJOBS_API_TOKENS"  # comma-separated tokens `serve` accepts (kept out of `ps`)
+BEARER_ENV = "PIPELINEJOBS_API_TOKEN"  # the bearer token `send` uses unless --bearer is given
+
+log = logs.get_logger("cli")
+
+
+# -- shared plumbing ------------------------------------------------------------------------------
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(os.environ, Path(args.config) if args.config else None)
+    logs.add_secrets(settings.secrets)
+    return settings
+
+
+def _open_store(settings: Settings) -> Any:
+    from .runtime import open_store
+
+    return open_store(settings)
+
+
+def _emit(args: argparse.Namespace, data: Any, human: str) -> None:
+    print(dumps(data) if args.json else human)
+
+
+def _read_json(text: str, what: str) -> Any:
+    """JSON from the argument, from a file (``@path``) or from stdin (``-``)."""
+    if text == "-":
+        text = sys.stdin.read()
+    elif text.startswith("@"):
+        text = _read_file(Path(text[1:]), what)
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise PipelineJobsError(
+            ErrorKind.BAD_MESSAGE, f"{what} is not valid JSON ({exc.msg}, line {exc.lineno})"
+        ) from exc
+
+
+def _read_file(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PipelineJobsError(ErrorKind.BAD_MESSAGE, f"cannot read {what} {path}: {exc.strerror}") from exc
+
+
+def _when(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return str(value or "-")
+
+
+def _short(value: Any, width: int = 60) -> str:
+    text = json.dumps(value, default=str, separators=(",", ":"))
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# -- pipeline -------------------------------------------------------------------------------------
+def cmd_pipeline_register(args: argparse.Namespace) -> int:
+    from . import documents, identifiers
+
+    doc = _read_json("@" + args.file, "the pipeline file")
+    if not isinstance(doc, dict) or not isinstance(doc.get("id"), str) or not isinstance(doc.get("components"), list):
+        raise PipelineJobsError(ErrorKind.BAD_MESSAGE, "a pipeline file is a JSON object with 'id' and 'components'")
+    if not all(isinstance(c, dict) for c in doc["components"]):
+        raise PipelineJobsError(ErrorKind.BAD_MESSAGE, "every pipeline component must be a JSON object")
+    settings = _settings(args)
+    uuid = (
+        args.uuid
+        or doc.get("uuid")
+        or identifiers.pipeline_uuid(doc["id"], doc["components"], settings.identity.dns_domain)
+    )
+    now = documents.utc_seconds(datetime.now(timezone.utc))
+    pipeline = {
+        "id": doc["id"],
+        "uuid": uuid,
+        "name": doc.get("name") or doc["id"],
+        "description": doc.get("description") or "",
+        "components": doc["components"],
+        "_admin": documents.admin_block(settings.identity),
+        "_properties": {"created_date": now, "modified_date": now, "revision": 0, "source": documents.RECORD_SOURCE},
+    }
+    store = _open_store(settings)
+    try:
+        stored, created = store.save_pipeline(pipeline)
+    finally:
+        store.close()
+    verb = "registered" if created else "already registered:"
+    _emit(args, {"created": created, "pipeline": stored}, f"{verb} pipeline {stored['id']} as {stored['uuid']}")
+    return 0
+
+
+# -- job ------------------------------------------------------------------------------------------
+def cmd_job_create(args: argparse.Namespace) -> int:
+    from . import service
+    from .intake import Intake, to_plain_json
+    from .messages import classify
+
+    body: dict[str, Any] = {
+        "pipeline_uuid": args.pipeline,
+        "archive_path": args.archive_path,
+        "data": _read_json(args.data, "--data"),
+    }
+    if args.session:
+        body["session"] = args.session
+    settings = _settings(args)
+    message = classify(Intake(body=to_plain_json(body), content_type="application/json"))
+    store = _open_store(settings)
+    try:
+        outcome = service.handle(message, store=store, settings=settings, now=datetime.now(timezone.utc))
+    finally:
+        store.close()
+    verb = "created" if outcome["created"] else "found existing"
+    human = (
+        f"{verb} job {outcome['uuid']} (state {outcome['state']})\n"
+        f"token: {outcome['token']}   <- every event for this job must carry it; keep it private"
+    )
+    _emit(args, outcome, human)
+    return 0
+
+
+def job_text(job: dict[str, Any]) -> str:
+    visible = "hidden (deleted)" if job.get("_visible") is False else "visible"
+    lines = [
+        f"job {job['uuid']}  state {job.get('state')}  ({visible})",
+        f"  pipeline  {job.get('pipeline_uuid')}",
+        f"  archive   {job.get('archive_system')}:{job.get('archive_path')}",
+        f"  data      {_short(job.get('data'))}",
+        f"  updated   {_when(job.get('updated'))}  revision {(job.get('_properties') or {}).get('revision')}",
+    ]
+    history = job.get("history") or []
+    lines.append(f"  history ({len(history)} events, oldest first):")
+    for entry in history:
+        data = f"  data {_short(entry.get('data'), 50)}" if entry.get("data") else ""
+        lines.append(f"    {_when(entry.get('date'))}  {entry.get('name', '?'):<10}{data}".rstrip())
+    return "\n".join(lines)
+
+
+def cmd_job_show(args: argparse.Namespace) -> int:
+    from .documents import public_view
+
+    store = _open_store(_settings(args))
+    try:
+        job = store.find_job(args.uuid)
+    finally:
+        store.close()
+    if job is None:
+        raise PipelineJobsError(ErrorKind.NOT_FOUND, f"no job with uuid {args.uuid}")
+    _emit(args, public_view(job), job_text(job))
+    return 0
+
+
+def cmd_job_list(args: argparse.Namespace) -> int:
+    from .documents import public_view
+
+    store = _open_store(_settings(args))
+    try:
+        jobs = store.list_jobs(state=args.state, pipeline_uuid=args.pipeline, include_hidden=args.all, limit=args.limit)
+    finally:
+        store.close()
+    rows = [f"{'UUID':<36}  {'STATE':<10}  {'UPDATED':<20}  PIPELINE"]
+    rows += [
+        f"{j['uuid']:<36}  {j.get('state', ''):<10}  {_when(j.get('updated')):<20}  {j.get('pipeline_uuid')}"
+        for j in jobs
+    ]
+    _emit(args, [public_view(j) for j in jobs], "\n".join(rows) if jobs else "no jobs match")
+    return 0
+
+
+# -- nonce ----------------------------------------------------------------------------------------
+def _with_registry(args: argparse.Namespace, work: Callable[[Any, Settings], int]) -> int:
+    from .server.registry import open_registry, words
+
+    settings = _settings(args)
+    known = words(settings.section("serve").get("actors"))
+    if known and args.actor not in known:
+        raise PipelineJobsError(
+            ErrorKind.NOT_FOUND, f"actor {args.actor} is not one of serve.actors ({', '.join(known)})"
+        )
+    store = _open_store(settings)
+    try:
+        registry = open_registry(settings, store)
+        try:
+            return work(registry, settings)
+        finally:
+            registry.close()
+    finally:
+        store.close()
+
+
+def _refused(exc: Exception) -> PipelineJobsError:
+    return PipelineJobsError(ErrorKind.BAD_MESSAGE, str(exc))
+
+
+def cmd_nonce_create(args: argparse.Namespace) -> int:
+    from .server.registry import Refused, new_nonce, nonce_tenant
+
+    def work(registry: Any, settings: Settings) -> int:
+        try:
+            nonce = new_nonce(
+                actor_id=args.actor,
+                owner=settings.identity.owner,
+                tenant=nonce_tenant(settings),
+                now=datetime.now(timezone.utc),
+                max_uses=args.max_uses,
+                level=args.level,
+                description=args.description,
+            )
+        except Refused as exc:
+            raise _refused(exc) from exc
+        registry.create_nonce(nonce)
+        uses = "unlimited uses" if nonce["maxUses"] == -1 else f"{nonce['maxUses']} use(s)"
+        human = (
+            f"nonce {nonce['id']} for actor {args.actor}: level {nonce['level']}, {uses}\n"
+            f"use it as ...?x-nonce={nonce['id']} on the actor's messages URL"
+        )
+        _emit(args, nonce, human)
+        return 0
+
+    return _with_registry(args, work)
+
+
+def cmd_nonce_list(args: argparse.Namespace) -> int:
+    def work(registry: Any, settings: Settings) -> int:
+        nonces = registry.list_nonces(args.actor)
+        rows = [f"{'ID':<24}  {'LEVEL':<8}  {'USED':>5}  {'LEFT':>5}  DESCRIPTION"]
+        rows += [
+            f"{n['id']:<24}  {n['level']:<8}  {n['currentUses']:>5}  "
+            f"{'inf' if n['remainingUses'] == -1 else n['remainingUses']:>5}  {n.get('description') or ''}"
+            for n in nonces
+        ]
+        _emit(args, nonces, "\n".join(rows) if nonces else f"no nonces for actor {args.actor}")
+        return 0
+
+    return _with_registry(args, work)
+
+
+def cmd_nonce_delete(args: argparse.Namespace) -> int:
+    def work(registry: Any, settings: Settings) -> int:
+        if not registry.delete_nonce(args.actor, args.nonce_id):
+            raise PipelineJobsError(ErrorKind.NOT_FOUND, f"no such nonce for actor {args.actor}")
+        _emit(args, {"deleted": True}, "nonce deleted")
+        return 0
+
+    return _with_registry(args, work)
+
+
+# -- send -----------------------------------------------------------------------------------------
+def cmd_send(args: argparse.Namespace) -> int:
+    try:
+        from .abaco import send_message
+    except ImportError as exc:
+        raise PipelineJobsError(ErrorKind.CONFIGURATION, "`send` needs pipelinejobs.abaco, which is missing") from exc
+    message = _read_json(args.message, "the message")
+    params: dict[str, str] = {}
+    for pair in args.param:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise PipelineJobsError(ErrorKind.BAD_MESSAGE, f"--param takes NAME=VALUE, not {pair!r}")
+        params[name] = value
+    bearer = args.bearer or os.environ.get(BEARER_ENV) or None
+    logs.add_secrets([s for s in (bearer, args.tapis_token, args.nonce, params.get("token")) if s])
+    response = send_message(
+        args.actor,
+        message,
+        params or None,
+        api_server=args.api_server,
+        bearer=bearer,
+        tapis_token=args.tapis_token,
+        nonce=args.nonce,
+        synchronous=args.sync,
+    )
+    if args.sync:
+        kinds = {kind.value: kind for kind in ErrorKind}
+        if response.get("status") == "error" and response.get("kind") in kinds:  # the manager refused it
+            _emit(args, response, json.dumps(response, indent=2, default=str))
+            print(f"pipelinejobs: the actor refused the message: {response.get('message')}", file=sys.stderr)
+            return EXIT_CODES[kinds[response["kind"]]]
+        human = json.dumps(response, indent=2, default=str)
+    else:
+        result = response.get("result") if isinstance(response, dict) else None
+        execution = (result or {}).get("executionId") or (result or {}).get("execution_id")
+        human = f"sent; execution {execution}" if execution else json.dumps(response, default=str)
+    _emit(args, response, human)
+    return 0
+
+
+# -- serve ----------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from .server.app import create_app, describe, open_server, serve_config
+    from .server.registry import words
+
+    settings = load_settings(os.environ, Path(args.config) if args.config else None)
+    env_tokens = words(os.environ.get(API_TOKENS_ENV))
+    config, plain = serve_config(
+        settings, actors=args.actor, api_tokens=[*args.api_token, *env_tokens], api_server=args.api_server
+    )
+    formatter = logs.configure(secrets=[*settings.secrets, *plain])
+    logs.set_level(settings.section("logs").get("level"))
+    uvicorn_log = logging.getLogger("uvicorn")  # its start-up errors, through the same redacting handler
+    uvicorn_log.handlers[:] = list(logging.getLogger(logs.LOGGER_NAME).handlers)
+    uvicorn_log.setLevel(logging.WARNING)
+    uvicorn_log.propagate = False
+    section = settings.section("serve")
+    host = args.host or str(section.get("host") or "127.0.0.1")
+    port = args.port or int(section.get("port") or 8000)
+    server = open_server(settings, config, plain)
+    formatter.add_secrets(plain)
+    if not len(config.api_tokens):
+        log.warning("no API tokens configured: only nonces (made with `pipelinejobs nonce create`) are accepted")
+    log.info(
+        "pipelinejobs serve %s listening on http://%s:%s for actor(s) %s "
+        "(POST /actors/v2/{id}/messages and /v3/actors/{id}/messages); store: %s; %d API token(s) accepted",
+        __version__,
+        host,
+        port,
+        ", ".join(config.actors),
+        describe(server),
+        len(config.api_tokens),
+    )
+    uvicorn.run(create_app(server), host=host, port=port, log_config=None, access_log=False, lifespan="on")
+    return 0
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON for scripts")
+    common.add_argument("--config", default=argparse.SUPPRESS, help="config.yml to use (default: the checkout's)")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="log at INFO")
+
+    parser = argparse.ArgumentParser(
+        prog="pipelinejobs", description="PipelineJobs Manager: pipelines, jobs, nonces and a local Abaco endpoint."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument("--config", help="config.yml to use (default: the checkout's)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def leaf(group: Any, name: str, func: Callable[[argparse.Namespace], int], help_text: str) -> Any:
+        sub = group.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sub.set_defaults(run=func)
+        return sub
+
+    pipeline = commands.add_parser("pipeline", help="register pipelines").add_subparsers(metavar="ACTION")
+    sub = leaf(pipeline, "register", cmd_pipeline_register, "register a pipeline from a JSON file (id, components)")
+    sub.add_argument("file", help="JSON file with id, components, optional name/description/uuid")
+    sub.add_argument("--uuid", help="use this uuid instead of the one computed from id and components")
+
+    job = commands.add_parser("job", help="create and inspect jobs").add_subparsers(metavar="ACTION")
+    sub = leaf(job, "create", cmd_job_create, "create a job for a registered pipeline")
+    sub.add_argument("--pipeline", required=True, help="the pipeline uuid")
+    sub.add_argument("--archive-path", required=True, help="where the job's products go")
+    sub.add_argument("--data", default="{}", help="run-time parameters: JSON, @file or - for stdin")
+    sub.add_argument("--session", help="a session id correlating events")
+    sub = leaf(job, "show", cmd_job_show, "show a job and its history")
+    sub.add_argument("uuid")
+    sub = leaf(job, "list", cmd_job_list, "list jobs, most recently updated first")
+    sub.add_argument("--state", help="only jobs in this state (e.g. RUNNING)")
+    sub.add_argument("--pipeline", help="only jobs of this pipeline uuid")
+    sub.add_argument("--all", action="store_true", help="include deleted (hidden) jobs")
+    sub.add_argument("--limit", type=int, default=100)
+
+    nonce = commands.add_parser("nonce", help="manage the nonces `serve` accepts").add_subparsers(metavar="ACTION")
+    sub = leaf(nonce, "create", cmd_nonce_create, "create a nonce for an actor")
+    sub.add_argument("--actor", required=True)
+    sub.add_argument("--max-uses", type=int, default=-1, help="-1 (default) for unlimited")
+    sub.add_argument("--level", default="EXECUTE", choices=["READ", "EXECUTE", "UPDATE"])
+    sub.add_argument("--description", default="")
+    sub = leaf(nonce, "list", cmd_nonce_list, "list an actor's nonces")
+    sub.add_argument("--actor", required=True)
+    sub = leaf(nonce, "delete", cmd_nonce_delete, "delete a nonce")
+    sub.add_argument("--actor", required=True)
+    sub.add_argument("nonce_id")
+
+    sub = leaf(commands, "send", cmd_send, "send a message to an actor (Abaco or `pipelinejobs serve`)")
+    sub.add_argument("actor", help="the actor's messages URL, or its id with --api-server")
+    sub.add_argument("message", help="the message: JSON, @file or - for stdin")
+    sub.add_argument("--api-server", help="tenant base URL, e.g. https://api.sd2e.org")
+    sub.add_argument("--bearer", help=f"bearer token (default: ${BEARER_ENV})")
+    sub.add_argument("--tapis-token", help="Tapis v3 token, sent as X-Tapis-Token")
+    sub.add_argument("--nonce", help="send with ?x-nonce=... instead of a bearer token")
+    sub.add_argument("--param", action="append", default=[], help="URL parameter NAME=VALUE (repeatable)")
+    sub.add_argument("--sync", action="store_true", help="wait for the result (_abaco_synchronous=true)")
+
+    sub = leaf(commands, "serve", cmd_serve, "serve Abaco's messages API for the configured actors")
+    sub.add_argument("--host", help="interface to listen on (default: serve.host or 127.0.0.1)")
+    sub.add_argument("--port", type=int, help="port (default: serve.port or 8000)")
+    sub.add_argument("--actor", action="append", default=[], help="actor id to answer for (repeatable)")
+    sub.add_argument(
+        "--api-token", action="append", default=[], help=f"accepted bearer token (repeatable; or ${API_TOKENS_ENV})"
+    )
+    sub.add_argument("--api-server", help="base URL for _links and _abaco_api_server (default: the request's)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help(sys.stderr)
+        return USAGE_ERROR
+    logs.configure(level="INFO" if args.verbose else "WARNING")
+    try:
+        return args.run(args)
+    except PipelineJobsError as exc:
+        if args.json:
+            print(dumps(exc.to_dict()))
+        print(f"pipelinejobs: error ({exc.kind.value}): {exc.message}", file=sys.stderr)
+        return EXIT_CODES[exc.kind]
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

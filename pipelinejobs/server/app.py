@@ -1,0 +1,529 @@
+"""`pipelinejobs serve`: Abaco's messages API for the configured actor ids, handled in-process.
+
+A POST is turned into the environment Abaco would give the container (MSG, the
+content type, the query parameters, the ``_abaco_*`` ids) and handled by the
+same path reactor.py runs: ``intake.from_env`` -> ``messages.classify`` ->
+``service.handle``. Settings are the server's own, loaded once at start; query
+parameters only ever reach the message. Each message becomes an execution with
+the redacted log lines written while handling it, as under Abaco.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .. import __version__, logs
+from ..errors import ErrorKind, PipelineJobsError
+from ..runtime import dumps, handle_env
+from ..settings import Settings
+from ..store.base import JobStore
+from .registry import ApiTokens, Level, Record, Refused, Registry, abaco_time, hashid, new_nonce, nonce_tenant, words
+
+log = logs.get_logger("server")
+
+SERIALIZE_ERROR = "message POST body could not be serialized. Pass JSON data or use the message attribute."
+NO_CREDENTIALS = "No JWT or nonce provided."
+INVALID_JWT = "Invalid JWT."
+NONCE_FOR_NONCES = "Nonces cannot be used to manage nonces; use a bearer token."
+MAX_LOG_CHARS = 1_000_000  # Abaco caps execution logs at 1 MB
+MASK = logs.MASK
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Who the server answers for and whom it trusts (from config.yml's ``serve`` and the CLI)."""
+
+    actors: tuple[str, ...]
+    api_tokens: ApiTokens
+    owner: str = "pipelinejobs"  # the user bearer-token requests act as
+    tenant: str = "SD2E"  # nonce ids are {TENANT}_{hashid}
+    api_server: str | None = None  # base URL for _links and _abaco_api_server; default: the request's
+
+
+class _Capture(logging.Handler):
+    """Keeps the package's log records per handling thread: they become the execution's logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self._buffers: dict[int, list[logging.LogRecord]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        buffer = self._buffers.get(record.thread or 0)
+        if buffer is not None:
+            buffer.append(record)
+
+    @contextmanager
+    def records(self) -> Iterator[list[logging.LogRecord]]:
+        ident, buffer = threading.get_ident(), []
+        self._buffers[ident] = buffer
+        try:
+            yield buffer
+        finally:
+            self._buffers.pop(ident, None)
+
+
+@dataclass
+class Server:
+    """Everything a request needs, opened once at start."""
+
+    config: ServeConfig
+    settings: Settings
+    store: JobStore
+    registry: Registry
+    secrets: tuple[str, ...] = ()  # settings secrets plus plain API tokens, for the log redactor
+    clock: Callable[[], datetime] = utc_now
+    capture: _Capture = field(default_factory=_Capture)
+
+    def execute(self, env: dict[str, str], execution: Record, secrets: Iterable[str]) -> tuple[Record, Any]:
+        """Handle one message like a container run; record and return (execution, result)."""
+        start = self.clock()
+        with self.capture.records() as records:
+            code, result = handle_env(env, settings=self.settings, get_store=lambda: self.store, now=self.clock())
+        finish = self.clock()
+        formatter = logs.RedactingFormatter(secrets=[*self.secrets, *secrets, *_tokens(result)])
+        lines = [formatter.format(record) for record in records] + [formatter.redact(dumps(result))]
+        execution.update(
+            status="COMPLETE",
+            exitCode=code,
+            startTime=abaco_time(start),
+            finishTime=abaco_time(finish),
+            runtime=round((finish - start).total_seconds(), 3),
+            logs="\n".join(lines)[-MAX_LOG_CHARS:],
+            result={**result, "token": MASK} if "token" in result else result,
+        )
+        self.registry.save_execution(execution)
+        return execution, result
+
+    def close(self) -> None:
+        self.store.close()
+        self.registry.close()
+
+
+def _tokens(result: dict[str, Any]) -> list[str]:
+    token = result.get("token")
+    return [token] if isinstance(token, str) else []
+
+
+# -- Abaco's message rules ----------------------------------------------------------------------
+def abaco_message(query_message: str | None, content_type: str, body: bytes) -> tuple[Any, str, str | None]:
+    """(msg as received, ``_abaco_Content_Type``, MSG) from a POST, by Abaco's rules (§1)."""
+    media = content_type.split(";")[0].strip().lower()
+    value: Any = query_message
+    if not value and media == "application/x-www-form-urlencoded":
+        value = (parse_qs(body.decode("utf-8", "replace")).get("message") or [None])[-1]
+    parsed: Any = None
+    parsed_ok = False
+    if media != "application/octet-stream":
+        with suppress(ValueError, RecursionError):
+            parsed, parsed_ok = json.loads(body), True
+    if not value and parsed_ok and isinstance(parsed, dict):
+        value = parsed.get("message")
+    if value:  # the message attribute wins; a dict arrives as its Python repr
+        return value, "str", str(value)
+    if media == "application/octet-stream":
+        return None, "application/octet-stream", None
+    if not parsed_ok:
+        raise Refused(SERIALIZE_ERROR)
+    return parsed, "application/json" if parsed else "str", str(parsed)
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("true", "1", "yes", "on")
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer " and header[7:].strip():
+        return header[7:].strip()
+    return request.headers.get("x-tapis-token", "").strip() or None
+
+
+# -- responses ----------------------------------------------------------------------------------
+def _snake(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
+
+
+def _v3_keys(value: Any) -> Any:
+    """Tapis v3 spells the envelope's result keys in snake case; message contents stay as sent."""
+    if isinstance(value, list):
+        return [_v3_keys(v) for v in value]
+    if isinstance(value, dict):
+        return {_snake(k): v if k in ("msg", "result", "_links") else _v3_keys(v) for k, v in value.items()}
+    return value
+
+
+def _is_v3(request: Request) -> bool:
+    return request.url.path.startswith("/v3/")
+
+
+def _envelope(request: Request, result: Any, message: str = "The request was successful", code: int = 200) -> Response:
+    if _is_v3(request):
+        result = _v3_keys(result)
+    status = "success" if code < 400 else "error"
+    body = {"status": status, "message": message, "version": __version__, "result": result}
+    return JSONResponse(body, status_code=code)
+
+
+def _server(request: Request) -> Server:
+    return request.app.state.server
+
+
+def _base(request: Request) -> str:
+    return _server(request).config.api_server or str(request.base_url).rstrip("/")
+
+
+def _actor_root(request: Request, actor: str) -> str:
+    return f"{_base(request)}/v3/actors/{actor}" if _is_v3(request) else f"{_base(request)}/actors/v2/{actor}"
+
+
+def _owner_link(request: Request, owner: str) -> str:
+    return (
+        f"{_base(request)}/v3/oauth2/profiles/{owner}" if _is_v3(request) else f"{_base(request)}/profiles/v2/{owner}"
+    )
+
+
+# -- authentication -----------------------------------------------------------------------------
+async def _authorize(request: Request, level: Level, *, nonce_ok: bool = True) -> str:
+    """Check the caller as Abaco does; returns the user the request acts as."""
+    server = _server(request)
+    actor = request.path_params["actor_id"]
+    nonce = request.query_params.get("x-nonce") if nonce_ok else None
+    bearer = _bearer(request)
+    if not nonce and not bearer:
+        if not nonce_ok and request.query_params.get("x-nonce"):
+            raise Refused(NONCE_FOR_NONCES)
+        raise Refused(NO_CREDENTIALS)
+    if not nonce and not server.config.api_tokens.check(bearer or ""):
+        raise Refused(INVALID_JWT)
+    if actor not in server.config.actors:
+        raise Refused(f"Actor with identifier '{actor[:128]}' not found", 404)
+    if nonce:
+        used = await run_in_threadpool(server.registry.use_nonce, actor, nonce, level, server.clock())
+        return str(used.get("owner") or server.config.owner)
+    return server.config.owner
+
+
+# -- endpoints ----------------------------------------------------------------------------------
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise Refused(f"The message body is larger than {limit} bytes.", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Refused(f"The message body is larger than {limit} bytes.", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def post_message(request: Request) -> Response:
+    server = _server(request)
+    actor = request.path_params["actor_id"]
+    username = await _authorize(request, Level.EXECUTE)
+    received = server.clock()
+    body = await _read_body(request, 4 * server.settings.limit("max_message_bytes", 1048576))
+    query = request.query_params
+    msg, content_type, raw = abaco_message(query.get("message"), request.headers.get("content-type", ""), body)
+    execution_id = hashid()
+    params = {name: value for name, value in query.items() if name != "message"}
+    env = {
+        **params,  # lowest precedence: Abaco's own variables and MSG win over query parameters
+        "_abaco_actor_id": actor,
+        "_abaco_execution_id": execution_id,
+        "_abaco_api_server": _base(request),
+        "_abaco_username": username,
+        "_abaco_Content_Type": content_type,
+    }
+    env.pop("MSG", None)
+    if raw is not None:
+        env["MSG"] = raw
+    execution: Record = {
+        "id": execution_id,
+        "actorId": actor,
+        "status": "SUBMITTED",
+        "executor": username,
+        "messageReceivedTime": abaco_time(received),
+    }
+    secrets = [v for v in (params.get("x-nonce"), params.get("token"), _bearer(request)) if v]
+    execution, result = await run_in_threadpool(server.execute, env, execution, secrets)
+    log.info("actor %s: execution %s exit code %s", actor, execution_id, execution["exitCode"])
+    if _truthy(query.get("_abaco_synchronous")):
+        headers = {"x-abaco-execution-id": execution_id, "x-abaco-exit-code": str(execution["exitCode"])}
+        return JSONResponse(result, headers=headers)
+    root = _actor_root(request, actor)
+    links = {
+        "self": f"{root}/executions/{execution_id}",
+        "owner": _owner_link(request, username),
+        "messages": f"{root}/messages",
+    }
+    return _envelope(request, {"executionId": execution_id, "msg": msg, "_links": links})
+
+
+async def get_messages(request: Request) -> Response:
+    await _authorize(request, Level.READ)
+    root = _actor_root(request, request.path_params["actor_id"])
+    return _envelope(request, {"messages": 0, "_links": {"messages": f"{root}/messages"}})
+
+
+async def _nonce_body(request: Request) -> dict[str, Any]:
+    body = await _read_body(request, 65536)
+    if not body.strip():
+        return {}
+    try:
+        value = json.loads(body)
+    except ValueError:
+        value = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+    if not isinstance(value, dict):
+        raise Refused("The nonce request body must be a JSON object.")
+    return value
+
+
+async def create_nonce(request: Request) -> Response:
+    server = _server(request)
+    owner = await _authorize(request, Level.UPDATE, nonce_ok=False)
+    body = await _nonce_body(request)
+    nonce = new_nonce(
+        actor_id=request.path_params["actor_id"],
+        owner=owner,
+        tenant=server.config.tenant,
+        now=server.clock(),
+        max_uses=body.get("maxUses", body.get("max_uses", -1)),
+        level=body.get("level", "EXECUTE"),
+        description=body.get("description", ""),
+    )
+    await run_in_threadpool(server.registry.create_nonce, nonce)
+    log.info("actor %s: nonce created (level %s, maxUses %s)", nonce["actorId"], nonce["level"], nonce["maxUses"])
+    return _envelope(request, nonce)
+
+
+async def list_nonces(request: Request) -> Response:
+    await _authorize(request, Level.READ, nonce_ok=False)
+    nonces = await run_in_threadpool(_server(request).registry.list_nonces, request.path_params["actor_id"])
+    return _envelope(request, nonces)
+
+
+async def nonce_detail(request: Request) -> Response:
+    server = _server(request)
+    actor, nonce_id = request.path_params["actor_id"], request.path_params["nonce_id"]
+    if request.method == "DELETE":
+        await _authorize(request, Level.UPDATE, nonce_ok=False)
+        if not await run_in_threadpool(server.registry.delete_nonce, actor, nonce_id):
+            raise Refused("Nonce does not exist.")
+        return _envelope(request, None, "Nonce deleted successfully.")
+    await _authorize(request, Level.READ, nonce_ok=False)
+    nonce = await run_in_threadpool(server.registry.get_nonce, actor, nonce_id)
+    if nonce is None:
+        raise Refused("Nonce does not exist.")
+    return _envelope(request, nonce)
+
+
+_SUMMARY = ("id", "status", "exitCode", "messageReceivedTime", "finishTime")
+
+
+async def list_executions(request: Request) -> Response:
+    server = _server(request)
+    actor = request.path_params["actor_id"]
+    await _authorize(request, Level.READ)
+    raw_limit = request.query_params.get("limit", "100")
+    limit = min(max(int(raw_limit), 1), 1000) if raw_limit.isdigit() else 100
+    rows = await run_in_threadpool(server.registry.list_executions, actor, limit)
+    executions = [{key: row.get(key) for key in _SUMMARY} for row in rows]
+    return _envelope(request, {"actorId": actor, "executions": executions})
+
+
+async def _execution(request: Request) -> Record:
+    server = _server(request)
+    actor, execution_id = request.path_params["actor_id"], request.path_params["execution_id"]
+    await _authorize(request, Level.READ)
+    found = await run_in_threadpool(server.registry.get_execution, actor, execution_id)
+    if found is None:
+        raise Refused(f"Execution with identifier '{execution_id[:64]}' not found", 404)
+    return found
+
+
+async def get_execution(request: Request) -> Response:
+    execution = await _execution(request)
+    root = _actor_root(request, execution["actorId"])
+    links = {"self": f"{root}/executions/{execution['id']}", "logs": f"{root}/executions/{execution['id']}/logs"}
+    shown = {k: v for k, v in execution.items() if k != "logs"}
+    return _envelope(request, {**shown, "_links": links})
+
+
+async def get_execution_logs(request: Request) -> Response:
+    execution = await _execution(request)
+    root = _actor_root(request, execution["actorId"])
+    links = {"execution": f"{root}/executions/{execution['id']}"}
+    return _envelope(request, {"logs": execution.get("logs", ""), "_links": links})
+
+
+async def health(request: Request) -> Response:
+    server = _server(request)
+    return JSONResponse({"status": "ok", "store": server.store.backend, "actors": list(server.config.actors)})
+
+
+# -- errors, access log, app --------------------------------------------------------------------
+async def _refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Refused)
+    return _envelope(request, None, exc.message, exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return _envelope(request, None, str(exc.detail), exc.status_code)
+
+
+async def _pipelinejobs_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, PipelineJobsError)
+    log.warning("request failed (%s): %s", exc.kind.value, exc.message)
+    code = 503 if exc.kind is ErrorKind.STORAGE_UNAVAILABLE else 500
+    return _envelope(request, None, exc.message, code)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _envelope(request, None, "Internal server error.", 500)
+
+
+_NONCE_IN_PATH = re.compile(r"(/nonces/)[^/]+")
+
+
+class AccessLog:
+    """One line per request: method, path (nonce ids masked) and status; never the query string."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}
+
+        async def remember(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, remember)
+        finally:
+            path = _NONCE_IN_PATH.sub(lambda m: m.group(1) + MASK, scope.get("path", ""))
+            log.info("%s %s %s", scope.get("method"), path, status["code"])
+
+
+def _routes() -> list[Route]:
+    routes = [Route("/healthz", health, methods=["GET"])]
+    for prefix in ("/actors/v2/{actor_id}", "/v3/actors/{actor_id}"):
+        routes += [
+            Route(f"{prefix}/messages", post_message, methods=["POST"]),
+            Route(f"{prefix}/messages", get_messages, methods=["GET"]),
+            Route(f"{prefix}/nonces", create_nonce, methods=["POST"]),
+            Route(f"{prefix}/nonces", list_nonces, methods=["GET"]),
+            Route(f"{prefix}/nonces/{{nonce_id}}", nonce_detail, methods=["GET", "DELETE"]),
+            Route(f"{prefix}/executions", list_executions, methods=["GET"]),
+            Route(f"{prefix}/executions/{{execution_id}}", get_execution, methods=["GET"]),
+            Route(f"{prefix}/executions/{{execution_id}}/logs", get_execution_logs, methods=["GET"]),
+        ]
+    return routes
+
+
+def create_app(server: Server) -> Starlette:
+    """The ASGI app; it attaches the log capture at start and closes the store at shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> Any:
+        package_logger = logging.getLogger(logs.LOGGER_NAME)
+        package_logger.addHandler(server.capture)
+        try:
+            yield
+        finally:
+            package_logger.removeHandler(server.capture)
+            server.close()
+
+    app = Starlette(
+        routes=_routes(),
+        lifespan=lifespan,
+        exception_handlers={
+            Refused: _refused,
+            HTTPException: _http_error,
+            PipelineJobsError: _pipelinejobs_error,
+            Exception: _internal_error,
+        },
+    )
+    app.state.server = server
+    app.add_middleware(AccessLog)
+    return app
+
+
+def serve_config(
+    settings: Settings,
+    *,
+    actors: Iterable[str] = (),
+    api_tokens: Iterable[str] = (),
+    api_server: str | None = None,
+) -> tuple[ServeConfig, tuple[str, ...]]:
+    """The server's configuration: CLI values over config.yml's ``serve`` section.
+
+    Returns the config and the plain API tokens (for the log redactor only).
+    """
+    section = settings.section("serve")
+    chosen = tuple(dict.fromkeys(words(actors) or words(section.get("actors"))))
+    if not chosen:
+        raise PipelineJobsError(ErrorKind.CONFIGURATION, "no actor ids: pass --actor ID or set serve.actors")
+    plain = tuple(dict.fromkeys([*words(api_tokens), *words(section.get("api_tokens"))]))
+    tokens = ApiTokens.from_plain(plain, words(section.get("api_token_sha256")))
+    config = ServeConfig(
+        actors=chosen,
+        api_tokens=tokens,
+        owner=str(section.get("username") or settings.identity.owner),
+        tenant=nonce_tenant(settings),
+        api_server=(api_server or section.get("api_server") or None),
+    )
+    return config, plain
+
+
+def open_server(settings: Settings, config: ServeConfig, plain_tokens: Iterable[str] = ()) -> Server:
+    """Open the job store and the registry once, on the same backend."""
+    from ..runtime import open_store
+    from .registry import open_registry
+
+    store = open_store(settings)
+    try:
+        registry = open_registry(settings, store)
+    except BaseException:
+        store.close()
+        raise
+    return Server(config, settings, store, registry, secrets=(*settings.secrets, *plain_tokens))
+
+
+def describe(server: Server) -> str:
+    """Where the data lives, without credentials: for the start-up log line."""
+    if server.store.backend == "mongodb":
+        uri = server.settings.mongodb_uri
+        hosts = uri.reveal().split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1] if uri else "?"
+        return f"mongodb database '{server.settings.mongodb_database}' on {hosts}"
+    path = getattr(server.store, "path", None)
+    registry_path = getattr(server.registry, "path", None)
+    return f"{server.store.backend} file {path} (nonces and executions in {registry_path})"

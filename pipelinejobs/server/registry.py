@@ -1,0 +1,414 @@
+"""What `pipelinejobs serve` keeps besides jobs: API tokens, Abaco-style nonces and executions.
+
+A nonce with N uses must admit exactly N requests even when they race, so a use
+is one conditional write per backend (MongoDB ``find_one_and_update`` with a
+``remainingUses > 0`` filter, SQLite ``UPDATE ... WHERE remaining_uses > 0``);
+the reason for a refusal is read afterwards, when nothing depends on it.
+The registry lives where the jobs live: the same MongoDB database, or a SQLite
+file next to the embedded job store.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import sqlite3
+import string
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import ErrorKind, PipelineJobsError
+from ..settings import Settings
+
+Record = dict[str, Any]
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+class Level(enum.IntEnum):
+    """Abaco's permission levels; a higher level includes the lower ones."""
+
+    READ = 1
+    EXECUTE = 2
+    UPDATE = 3
+
+
+class Refused(Exception):
+    """A request refused with Abaco's wording; the HTTP front end answers 400."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+NONCE_MISSING = "Nonce does not exist."
+NONCE_LEVEL = "Nonce does not have sufficient permissions level."
+NONCE_USED_UP = "No remaining uses left for this nonce."
+
+
+def hashid() -> str:
+    """A 13-character id, shaped like Abaco's hashids."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(13))
+
+
+def abaco_time(moment: datetime) -> str:
+    """UTC with milliseconds and a Z, as Abaco displays times."""
+    moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+class ApiTokens:
+    """The bearer tokens `serve` accepts, kept only as sha256 digests."""
+
+    def __init__(self, digests: Iterable[str] = ()) -> None:
+        self._digests = tuple(sorted({d.strip().lower() for d in digests if d and d.strip()}))
+
+    @classmethod
+    def from_plain(cls, tokens: Iterable[str], digests: Iterable[str] = ()) -> ApiTokens:
+        return cls([*digests, *(sha256(t) for t in tokens if t)])
+
+    def __len__(self) -> int:
+        return len(self._digests)
+
+    def check(self, presented: str) -> bool:
+        """Constant-time in the token; every digest is compared so timing tells nothing."""
+        digest = sha256(presented)
+        found = False
+        for known in self._digests:
+            found |= hmac.compare_digest(digest, known)
+        return found
+
+
+def sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def new_nonce(
+    *,
+    actor_id: str,
+    owner: str,
+    tenant: str,
+    now: datetime,
+    max_uses: Any = -1,
+    level: Any = "EXECUTE",
+    description: Any = "",
+) -> Record:
+    """A nonce record as Abaco lays it out, after Abaco's checks of maxUses and level."""
+    if isinstance(max_uses, str) and max_uses.lstrip("-").isdigit():
+        max_uses = int(max_uses)
+    if isinstance(max_uses, bool) or not isinstance(max_uses, int) or max_uses == 0 or max_uses < -1:
+        raise Refused("Invalid maxUses: must be -1 (unlimited) or a positive integer.")
+    name = str(level).upper() if level is not None else "EXECUTE"
+    if name not in Level.__members__:
+        raise Refused("Invalid level: must be one of READ, EXECUTE, UPDATE.")
+    return {
+        "id": f"{tenant.upper()}_{hashid()}",
+        "actorId": actor_id,
+        "owner": owner,
+        "level": name,
+        "maxUses": max_uses,
+        "currentUses": 0,
+        "remainingUses": max_uses,
+        "description": "" if description is None else str(description)[:1000],
+        "createTime": abaco_time(now),
+        "lastUseTime": None,
+    }
+
+
+def refusal(nonce: Record | None, level: Level) -> Refused:
+    """Why a use was refused, read after the conditional write missed."""
+    if nonce is None:
+        return Refused(NONCE_MISSING)
+    if Level[nonce["level"]] < level:
+        return Refused(NONCE_LEVEL)
+    return Refused(NONCE_USED_UP)
+
+
+class Registry(Protocol):
+    backend: str
+
+    def create_nonce(self, nonce: Record) -> Record: ...
+
+    def get_nonce(self, actor_id: str, nonce_id: str) -> Record | None: ...
+
+    def list_nonces(self, actor_id: str) -> list[Record]: ...
+
+    def delete_nonce(self, actor_id: str, nonce_id: str) -> bool: ...
+
+    def use_nonce(self, actor_id: str, nonce_id: str, level: Level, now: datetime) -> Record:
+        """Count one use atomically, or raise Refused with Abaco's reason."""
+
+    def save_execution(self, execution: Record) -> None: ...
+
+    def get_execution(self, actor_id: str, execution_id: str) -> Record | None: ...
+
+    def list_executions(self, actor_id: str, limit: int = 100) -> list[Record]: ...
+
+    def close(self) -> None: ...
+
+
+class MongoRegistry:
+    """Collections ``abaco_nonces`` and ``abaco_executions`` in the catalog database."""
+
+    backend = "mongodb"
+
+    def __init__(self, uri: str, database: str, *, timeout_ms: int = 10000) -> None:
+        import pymongo
+
+        from ..store.mongo import translate_errors
+
+        self._translate = translate_errors
+        self._client: Any = pymongo.MongoClient(
+            uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, appname="pipelinejobs-serve"
+        )
+        db = self._client[database]
+        self.nonces = db["abaco_nonces"]
+        self.executions = db["abaco_executions"]
+        with self._translate():
+            self.nonces.create_index("id", unique=True, name="id_unique")
+            self.executions.create_index("id", unique=True, name="id_unique")
+            self.executions.create_index([("actorId", 1), ("messageReceivedTime", -1)], name="actor_time")
+
+    @staticmethod
+    def _plain(doc: Record | None) -> Record | None:
+        if doc is None:
+            return None
+        return {k: v for k, v in doc.items() if k not in ("_id", "levelRank")}
+
+    def create_nonce(self, nonce: Record) -> Record:
+        with self._translate():
+            self.nonces.insert_one({**nonce, "levelRank": int(Level[nonce["level"]])})
+        return dict(nonce)
+
+    def get_nonce(self, actor_id: str, nonce_id: str) -> Record | None:
+        with self._translate():
+            return self._plain(self.nonces.find_one({"id": nonce_id, "actorId": actor_id}))
+
+    def list_nonces(self, actor_id: str) -> list[Record]:
+        with self._translate():
+            return [self._plain(d) for d in self.nonces.find({"actorId": actor_id}).sort("createTime", 1)]  # type: ignore[misc]
+
+    def delete_nonce(self, actor_id: str, nonce_id: str) -> bool:
+        with self._translate():
+            return self.nonces.delete_one({"id": nonce_id, "actorId": actor_id}).deleted_count == 1
+
+    def use_nonce(self, actor_id: str, nonce_id: str, level: Level, now: datetime) -> Record:
+        from pymongo import ReturnDocument
+
+        base = {"id": nonce_id, "actorId": actor_id, "levelRank": {"$gte": int(level)}}
+        stamp = {"$set": {"lastUseTime": abaco_time(now)}}
+        with self._translate():
+            # limited nonces: the filter admits the use only while uses remain
+            doc = self.nonces.find_one_and_update(
+                {**base, "remainingUses": {"$gt": 0}},
+                {**stamp, "$inc": {"remainingUses": -1, "currentUses": 1}},
+                return_document=ReturnDocument.AFTER,
+            )
+            if doc is None:  # unlimited nonces keep remainingUses at -1
+                doc = self.nonces.find_one_and_update(
+                    {**base, "maxUses": -1},
+                    {**stamp, "$inc": {"currentUses": 1}},
+                    return_document=ReturnDocument.AFTER,
+                )
+        if doc is None:
+            raise refusal(self.get_nonce(actor_id, nonce_id), level)
+        return self._plain(doc)  # type: ignore[return-value]
+
+    def save_execution(self, execution: Record) -> None:
+        with self._translate():
+            self.executions.insert_one(dict(execution))
+
+    def get_execution(self, actor_id: str, execution_id: str) -> Record | None:
+        with self._translate():
+            return self._plain(self.executions.find_one({"id": execution_id, "actorId": actor_id}))
+
+    def list_executions(self, actor_id: str, limit: int = 100) -> list[Record]:
+        with self._translate():
+            cursor = self.executions.find({"actorId": actor_id}).sort("messageReceivedTime", -1).limit(limit)
+            return [self._plain(d) for d in cursor]  # type: ignore[misc]
+
+    def close(self) -> None:
+        self._client.close()
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS abaco_nonces (
+    id TEXT PRIMARY KEY,
+    actor_id TEXT NOT NULL,
+    level_rank INTEGER NOT NULL,
+    max_uses INTEGER NOT NULL,
+    remaining_uses INTEGER NOT NULL,
+    current_uses INTEGER NOT NULL DEFAULT 0,
+    last_use_time TEXT,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS abaco_executions (
+    id TEXT PRIMARY KEY,
+    actor_id TEXT NOT NULL,
+    received TEXT NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS abaco_executions_actor ON abaco_executions (actor_id, received);
+"""
+
+
+class SqliteRegistry:
+    """The same registry in a SQLite file; one short-lived connection per call, so any thread may use it."""
+
+    backend = "sqlite"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(_SCHEMA)
+
+    def _connect(self) -> _Closing:
+        try:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise _unavailable(self.path, exc) from exc
+        conn.row_factory = sqlite3.Row
+        return _Closing(conn, self.path)
+
+    @staticmethod
+    def _nonce(row: sqlite3.Row | None) -> Record | None:
+        if row is None:
+            return None
+        record = json.loads(row["record"])
+        record.update(currentUses=row["current_uses"], remainingUses=row["remaining_uses"])
+        record["lastUseTime"] = row["last_use_time"]
+        return record
+
+    def create_nonce(self, nonce: Record) -> Record:
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO abaco_nonces (id, actor_id, level_rank, max_uses, remaining_uses, current_uses, record)"
+                " VALUES (?, ?, ?, ?, ?, 0, ?)",
+                (
+                    nonce["id"],
+                    nonce["actorId"],
+                    int(Level[nonce["level"]]),
+                    nonce["maxUses"],
+                    nonce["remainingUses"],
+                    json.dumps(nonce),
+                ),
+            )
+        return dict(nonce)
+
+    def get_nonce(self, actor_id: str, nonce_id: str) -> Record | None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT * FROM abaco_nonces WHERE id = ? AND actor_id = ?", (nonce_id, actor_id))
+            return self._nonce(row.fetchone())
+
+    def list_nonces(self, actor_id: str) -> list[Record]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT * FROM abaco_nonces WHERE actor_id = ? ORDER BY rowid", (actor_id,))
+            return [self._nonce(r) for r in rows.fetchall()]  # type: ignore[misc]
+
+    def delete_nonce(self, actor_id: str, nonce_id: str) -> bool:
+        with self._connect() as conn:
+            cursor = conn.execute("DELETE FROM abaco_nonces WHERE id = ? AND actor_id = ?", (nonce_id, actor_id))
+            return cursor.rowcount == 1
+
+    def use_nonce(self, actor_id: str, nonce_id: str, level: Level, now: datetime) -> Record:
+        with self._connect() as conn:
+            # one statement: SQLite takes the write lock for it, so racing uses are serialised
+            cursor = conn.execute(
+                "UPDATE abaco_nonces SET current_uses = current_uses + 1, last_use_time = ?,"
+                " remaining_uses = CASE WHEN max_uses = -1 THEN -1 ELSE remaining_uses - 1 END"
+                " WHERE id = ? AND actor_id = ? AND level_rank >= ? AND (max_uses = -1 OR remaining_uses > 0)",
+                (abaco_time(now), nonce_id, actor_id, int(level)),
+            )
+            admitted = cursor.rowcount == 1
+        nonce = self.get_nonce(actor_id, nonce_id)
+        if not admitted or nonce is None:
+            raise refusal(nonce, level)
+        return nonce
+
+    def save_execution(self, execution: Record) -> None:
+        with self._connect() as conn:
+            conn.execute(
+                "INSERT INTO abaco_executions (id, actor_id, received, record) VALUES (?, ?, ?, ?)",
+                (execution["id"], execution["actorId"], execution["messageReceivedTime"], json.dumps(execution)),
+            )
+
+    def get_execution(self, actor_id: str, execution_id: str) -> Record | None:
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT record FROM abaco_executions WHERE id = ? AND actor_id = ?", (execution_id, actor_id)
+            ).fetchone()
+        return json.loads(row["record"]) if row else None
+
+    def list_executions(self, actor_id: str, limit: int = 100) -> list[Record]:
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT record FROM abaco_executions WHERE actor_id = ? ORDER BY received DESC, rowid DESC LIMIT ?",
+                (actor_id, limit),
+            ).fetchall()
+        return [json.loads(r["record"]) for r in rows]
+
+    def close(self) -> None:
+        """Nothing stays open between calls."""
+
+
+class _Closing:
+    """A connection that closes when its ``with`` block ends (sqlite3's own only commits)."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn, self._path = conn, path
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self._conn
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        self._conn.close()
+        if isinstance(exc, sqlite3.DatabaseError):
+            raise _unavailable(self._path, exc) from exc
+
+
+def _unavailable(path: Path, exc: Exception) -> PipelineJobsError:
+    return PipelineJobsError(ErrorKind.STORAGE_UNAVAILABLE, f"the registry file {path} cannot be used ({exc})")
+
+
+def words(value: Any) -> list[str]:
+    """A list from a YAML list or a comma/space separated string (config values, env variables)."""
+    if value is None:
+        return []
+    items = value if isinstance(value, list | tuple) else re.split(r"[\s,]+", str(value))
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def nonce_tenant(settings: Settings) -> str:
+    """The tenant part of nonce ids: ``serve.tenant``, else the identity's tenant."""
+    return str(settings.section("serve").get("tenant") or settings.identity.tenant).upper()
+
+
+def sqlite_path_for(store: Any, settings: Settings) -> Path:
+    """A file next to the embedded job store (``<store>.abaco.sqlite``)."""
+    store_path = getattr(store, "path", None) or settings.section("store").get("sqlite_path")
+    base = (
+        Path(str(store_path)) if store_path and str(store_path) != ":memory:" else Path(".pipelinejobs/catalog.sqlite")
+    )
+    return base.with_name(base.stem + ".abaco.sqlite")
+
+
+def open_registry(settings: Settings, store: Any = None) -> Registry:
+    """The registry on the same backend as the job store: MongoDB if configured, else SQLite."""
+    uri = settings.mongodb_uri
+    if uri is not None:
+        timeout = settings.section("mongodb").get("server_selection_timeout_ms")
+        return MongoRegistry(
+            uri.reveal(),
+            settings.mongodb_database,
+            timeout_ms=timeout if isinstance(timeout, int) and timeout > 0 else 10000,
+        )
+    return SqliteRegistry(sqlite_path_for(store, settings))
