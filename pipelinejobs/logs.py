@@ -26,16 +26,25 @@ _PATTERNS = (
 class RedactingFormatter(logging.Formatter):
     """Formats a record, then removes every secret from the text."""
 
+    #: Secrets added after start-up (job tokens of messages at hand). A long-running server
+    #: keeps only the most recent ones; the token patterns below still mask older ones.
+    MAX_RECENT = 256
+
     def __init__(self, fmt: str | None = None, secrets: Iterable[str] = ()) -> None:
         super().__init__(fmt or "%(asctime)s %(levelname)s %(name)s: %(message)s")
-        self._secrets: set[str] = set()
-        self.add_secrets(secrets)
+        self._fixed = {s for s in secrets if s and len(s) >= 4}
+        self._recent: dict[str, None] = {}  # insertion-ordered set
 
     def add_secrets(self, secrets: Iterable[str]) -> None:
-        self._secrets.update(s for s in secrets if s and len(s) >= 4)
+        for secret in secrets:
+            if secret and len(secret) >= 4 and secret not in self._fixed:
+                self._recent.pop(secret, None)
+                self._recent[secret] = None
+        while len(self._recent) > self.MAX_RECENT:
+            del self._recent[next(iter(self._recent))]
 
     def redact(self, text: str) -> str:
-        for secret in sorted(self._secrets, key=len, reverse=True):
+        for secret in sorted({*self._fixed, *self._recent}, key=len, reverse=True):
             text = text.replace(secret, MASK)
         for pattern in _PATTERNS:
             text = pattern.sub(lambda m: m.group(1) + MASK + (m.group(3) if m.lastindex == 3 else ""), text)

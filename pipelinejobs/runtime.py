@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -59,41 +59,53 @@ def dumps(value: Any) -> str:
     return json.dumps(value, default=json_default, sort_keys=False)
 
 
-def run_message(
-    env: Mapping[str, str],
-    *,
-    config_path: Path | None = None,
-    store: JobStore | None = None,
-    now: datetime | None = None,
+def handle_env(
+    env: Mapping[str, str], *, settings: Settings, get_store: Callable[[], JobStore], now: datetime
 ) -> tuple[int, dict[str, Any]]:
-    """Handle the message described by ``env``; returns (exit code, result object)."""
+    """One message from an Abaco-style environment: intake, classify, handle. Never raises.
+
+    Shared by ``reactor.py`` (one process per message) and ``pipelinejobs serve`` (in-process).
+    The store is asked for only once the message is valid, so bad input never touches storage.
+    """
     from . import service
 
-    formatter = logs.configure(secrets=collect_secrets(env, {}))
-    own_store = store is None
     try:
-        settings = load_settings(env, config_path)
-        formatter.add_secrets(settings.secrets)
-        logs.set_level(settings.section("logs").get("level"))
         intake = from_env(env, settings.limit("max_message_bytes", 1048576))
         message = classify(intake, settings.limit("max_data_bytes", 262144))
-        log.info(
-            "received %s for %s",
-            type(message).__name__,
-            getattr(message, "uuid", None) or getattr(message, "pipeline_uuid", None),
-        )
-        if store is None:
-            store = open_store(settings, env)
-        outcome = service.handle(
-            message, store=store, settings=settings, now=now or datetime.now(timezone.utc), origin=intake.origin
-        )
+        subject = getattr(message, "uuid", None) or getattr(message, "pipeline_uuid", None)
+        log.info("received %s for %s", type(message).__name__, subject)
+        outcome = service.handle(message, store=get_store(), settings=settings, now=now, origin=intake.origin)
         return 0, outcome
     except PipelineJobsError as exc:
         log.warning("rejected (%s): %s", exc.kind.value, exc.message)
         return 1, exc.to_dict()
     except Exception:  # a bug: keep the (redacted) traceback in the log, not in the answer
         log.exception("internal error")
-        return 1, PipelineJobsError(ErrorKind.INTERNAL, "internal error; the actor's log has the details").to_dict()
+        return 1, PipelineJobsError(ErrorKind.INTERNAL, "internal error; the logs have the details").to_dict()
+
+
+def run_message(
+    env: Mapping[str, str],
+    *,
+    config_path: Path | None = None,
+    now: datetime | None = None,
+) -> tuple[int, dict[str, Any]]:
+    """Handle the message described by ``env`` as reactor.py does; returns (exit code, result object)."""
+    formatter = logs.configure(secrets=collect_secrets(env, {}))
+    opened: list[JobStore] = []
+
+    def get_store() -> JobStore:
+        opened.append(open_store(settings, env))
+        return opened[-1]
+
+    try:
+        settings = load_settings(env, config_path)
+        formatter.add_secrets(settings.secrets)
+        logs.set_level(settings.section("logs").get("level"))
+        return handle_env(env, settings=settings, get_store=get_store, now=now or datetime.now(timezone.utc))
+    except PipelineJobsError as exc:  # settings could not be read
+        log.warning("rejected (%s): %s", exc.kind.value, exc.message)
+        return 1, exc.to_dict()
     finally:
-        if own_store and store is not None:
+        for store in opened:
             store.close()

@@ -50,3 +50,11 @@ def test_set_level_ignores_nonsense() -> None:
     assert logging.getLogger(logs.LOGGER_NAME).level == logging.INFO
     logs.set_level("debug")
     assert logging.getLogger(logs.LOGGER_NAME).level == logging.DEBUG
+
+
+def test_recent_secrets_are_bounded_for_long_running_servers() -> None:
+    formatter = logs.RedactingFormatter(secrets=["fixed-secret-value"])
+    formatter.add_secrets(f"token-number-{i:05d}" for i in range(formatter.MAX_RECENT + 10))
+    text = formatter.redact("fixed-secret-value token-number-00000 token-number-00265")
+    assert "fixed-secret-value" not in text and "token-number-00265" not in text
+    assert "token-number-00000" in text  # evicted: only the newest MAX_RECENT are kept
