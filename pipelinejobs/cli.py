@@ -32,6 +32,7 @@ EXIT_CODES: dict[ErrorKind, int] = {
     ErrorKind.INVALID_TRANSITION: 6,
     ErrorKind.CONFLICT: 7,
     ErrorKind.STORAGE_UNAVAILABLE: 8,
+    ErrorKind.REMOTE_UNAVAILABLE: 11,
     ErrorKind.CONFIGURATION: 9,
     ErrorKind.INTERNAL: 10,
 }

@@ -20,6 +20,7 @@ class ErrorKind(str, enum.Enum):
     INVALID_TRANSITION = "invalid_transition"  # the job's state does not allow the event
     CONFLICT = "conflict"  # the job kept changing under us; safe to retry
     STORAGE_UNAVAILABLE = "storage_unavailable"  # the database cannot be reached
+    REMOTE_UNAVAILABLE = "remote_unavailable"  # an actor/messages URL cannot be reached or failed (5xx)
     CONFIGURATION = "configuration"  # the deployment is misconfigured
     INTERNAL = "internal"  # a bug; details are in the (redacted) log
 

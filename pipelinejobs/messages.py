@@ -3,10 +3,12 @@
 The kinds, tried in this order: a PipelineJobEvent, a PipelineJobDeleteAction or
 a PipelineJobAction (create) in the body (the three schemas exclude each other
 through ``additionalProperties: false``); an Agave job callback (``status`` URL
-parameter and an Agave job record as body); an event by URL parameters (``uuid``
-and ``name``/``event`` parameters, the JSON body becomes ``data``). A message
-that fits none is rejected with, for each candidate, the reason it did not fit:
-keyword, field path and schema title, never the submitted value.
+parameter and an Agave job record as body); a Tapis v3 job notification (a body
+with an ``event`` object, ``uuid``/``token`` URL parameters, no ``name``); an event
+by URL parameters (``uuid`` and ``name``/``event`` parameters, the JSON body
+becomes ``data``). A message that fits none is rejected with, for each candidate,
+the reason it did not fit: keyword, field path and schema title, never the
+submitted value.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from . import agave
+from . import agave, tapis
 from .errors import ErrorKind, PipelineJobsError
 from .intake import Intake
 
@@ -26,6 +28,7 @@ SCHEMA_FILES = {
     "delete": "PipelineJobDeleteAction.json",
     "create": "PipelineJobAction.json",
     "agavejobs": "AgaveJobsPost.json",
+    "tapisv3": "TapisV3JobNotification.json",
 }
 
 
@@ -35,7 +38,7 @@ class EventMessage:
     name: str
     token: str | None = None
     data: dict[str, Any] | None = None
-    via: str = "message"  # message | url | agave
+    via: str = "message"  # message | url | agave | tapis
 
 
 @dataclass(frozen=True)
@@ -196,6 +199,11 @@ def _classify(intake: Intake) -> Message:
             if not reasons:
                 return _agave_callback(body, params)
             why_not[_title("agavejobs") + " (callback with status parameter)"] = reasons[:3]
+        if isinstance(body.get("event"), dict) and not (params.get("name") or params.get("event")):
+            reasons = schema_errors("tapisv3", body) or ([] if params.get("uuid") else ["needs the uuid URL parameter"])
+            if not reasons:
+                return _tapis_notification(body, params)
+            why_not[_title("tapisv3") + " (callback with uuid parameter)"] = reasons[:3]
     name = params.get("name") or params.get("event")
     if params.get("uuid") and name:
         if body is None or isinstance(body, dict):
@@ -258,3 +266,14 @@ def _agave_callback(record: dict[str, Any], params: dict[str, str]) -> EventMess
     if params.get("token"):
         fields["token"] = params["token"]
     return _validated_event(fields, "agave", "the Agave callback's URL parameters")
+
+
+def _tapis_notification(notification: dict[str, Any], params: dict[str, str]) -> EventMessage:
+    fields: dict[str, Any] = {
+        "uuid": params["uuid"],
+        "name": tapis.event_for_status(tapis.job_status(notification)),
+        "data": tapis.event_data(notification),
+    }
+    if params.get("token"):
+        fields["token"] = params["token"]
+    return _validated_event(fields, "tapis", "the Tapis notification's URL parameters")
