@@ -1,0 +1,506 @@
+"""``ManagedPipelineJob``: a drop-in for SD2E datacatalog's class of that name, as other actors use it.
+
+Replace ``from datacatalog.managers.pipelinejobs import ManagedPipelineJob`` with
+``from pipelinejobs.client import ManagedPipelineJob``. Jobs get the same UUIDs,
+documents and tokens as the library's (datacatalog-compat.md §2-4), and two
+transports carry the events:
+
+- ``transport="database"`` (default, as the library): the events are applied in
+  this process through ``pipelinejobs.service`` on the catalog's MongoDB (or any
+  ``JobStore`` passed in), so the manager's validation, state machine and atomic
+  conditional update are used, never a read-modify-replace.
+- ``transport="message"``: every action is a message POSTed to the PipelineJobs
+  Manager actor (``pipelinejobs.abaco.send_message``), authenticated by the
+  pipeline's nonce, a bearer token or an ``X-Tapis-Token``; no database access.
+
+Where the library was wrong this client follows the project's decisions (compat
+§3-4, §6-7): job tokens are enforced and ``_salt`` is never rotated, so the token
+in a callback URL stays valid; setting up a job that exists reuses it with its
+history (the library wiped it); callback URLs are URL-encoded and never hold
+``//``; Agave's UPDATED status is an ``update``, not an invalid event name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import uuid as uuidlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from . import identifiers, service
+from .abaco import send_message
+from .errors import ErrorKind, PipelineJobsError
+from .intake import Intake, Origin
+from .logs import get_logger
+from .messages import CreateMessage, classify
+from .settings import Settings, load_settings, mongodb_uri
+from .store.base import JobStore
+
+log = get_logger("client")
+
+DEFAULT_API_SERVER = "https://api.sd2e.org"
+#: Parent arguments in the order the library looked for them; the first one given becomes ``child_of``.
+METADATA_ARGS = (
+    ("experiment_design_id", "experiment_design"),
+    ("experiment_id", "experiment"),
+    ("sample_id", "sample"),
+    ("measurement_id", "measurement"),
+)
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_APP_ID = re.compile(r"^[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*-\d+(\.\d+)*(u\d+)?$")
+_NO_CONFIG = Path(__file__).with_name("client-reads-no-config.yml")  # absent on purpose: settings are arguments
+
+
+class ManagedPipelineJobError(PipelineJobsError):
+    """A job could not be set up, or the manager refused one of its events."""
+
+
+@dataclass(frozen=True)
+class PipelinesConfig:
+    """The ``pipelines`` settings of an actor that runs jobs for a pipeline."""
+
+    pipeline_uuid: str
+    job_manager_id: str
+    job_manager_nonce: str | None = None
+    api_server: str = DEFAULT_API_SERVER
+    api_version: str = "v2"  # "v3": the manager is reached at /v3/actors/{id}/messages
+
+    @classmethod
+    def from_mapping(cls, pipelines: Mapping[str, Any]) -> PipelinesConfig:
+        missing = [key for key in ("pipeline_uuid", "job_manager_id") if not pipelines.get(key)]
+        if missing:
+            raise ManagedPipelineJobError(ErrorKind.CONFIGURATION, f"pipelines needs {', '.join(missing)}")
+        return cls(
+            pipeline_uuid=str(pipelines["pipeline_uuid"]),
+            job_manager_id=str(pipelines["job_manager_id"]).strip("/"),
+            job_manager_nonce=pipelines.get("job_manager_nonce") or None,
+            api_server=str(pipelines.get("api_server") or DEFAULT_API_SERVER).rstrip("/"),
+            api_version=str(pipelines.get("api_version") or "v2"),
+        )
+
+    @property
+    def messages_url(self) -> str:
+        if self.api_version == "v3":
+            return f"{self.api_server}/v3/actors/{self.job_manager_id}/messages"
+        return f"{self.api_server}/actors/v2/{self.job_manager_id}/messages"
+
+
+@dataclass(frozen=True)
+class _Provenance(Origin):
+    """An Origin whose agent and task URLs were named by the caller (the job's ``agent``/``task``)."""
+
+    agent_url: str | None = None
+    task_url: str | None = None
+
+    @property
+    def agent(self) -> str | None:
+        return self.agent_url
+
+    @property
+    def task(self) -> str | None:
+        return self.task_url
+
+
+class DatabaseTransport:
+    """Applies actions in this process, through the manager's own business path."""
+
+    name = "database"
+
+    def __init__(self, store: JobStore, settings: Settings, clock: Callable[[], datetime]) -> None:
+        self.store, self.settings, self.clock = store, settings, clock
+
+    def create(self, body: dict[str, Any], origin: Origin) -> dict[str, Any]:
+        message = classify(Intake(body=body, content_type="application/json"))
+        if not isinstance(message, CreateMessage):
+            raise ManagedPipelineJobError(ErrorKind.INTERNAL, "the job's fields did not make a create message")
+        uuid = identifiers.job_uuid(message.pipeline_uuid, list(message.child_of), message.data, self._domain)
+        existing = self.store.find_job(uuid)
+        if existing is not None:  # reuse it, history and salt included
+            token = identifiers.job_token(str(existing.get("_salt")), uuid, existing.get("_admin") or {})
+            return {"status": "ok", "created": False, "uuid": uuid, "state": existing.get("state"), "token": token}
+        return service.create_job(message, store=self.store, settings=self.settings, now=self.clock(), origin=origin)
+
+    def event(self, body: dict[str, Any]) -> dict[str, Any]:
+        message = classify(Intake(body=body, content_type="application/json"))
+        return service.handle(message, store=self.store, settings=self.settings, now=self.clock())
+
+    @property
+    def _domain(self) -> str:
+        return self.settings.identity.dns_domain
+
+
+class MessageTransport:
+    """Sends every action to the PipelineJobs Manager actor as an Abaco message."""
+
+    name = "message"
+
+    def __init__(self, url: str, *, synchronous: bool, env: Mapping[str, str], **send_options: Any) -> None:
+        self.url, self.synchronous, self.env, self.send_options = url, synchronous, env, send_options
+
+    def _send(self, body: dict[str, Any], synchronous: bool) -> dict[str, Any]:
+        answer = send_message(self.url, body, synchronous=synchronous, env=self.env, **self.send_options)
+        if synchronous and answer.get("status") == "error":
+            kinds = {kind.value: kind for kind in ErrorKind}
+            raise ManagedPipelineJobError(
+                kinds.get(str(answer.get("kind")), ErrorKind.INTERNAL),
+                f"the job manager refused the message: {answer.get('message', 'no reason given')}",
+                **{k: v for k, v in (answer.get("details") or {}).items() if k not in ("kind", "message")},
+            )
+        return answer
+
+    def create(self, body: dict[str, Any], origin: Origin) -> dict[str, Any]:
+        answer = self._send(body, True)  # the token exists only in the manager's answer
+        if not (isinstance(answer.get("uuid"), str) and isinstance(answer.get("token"), str)):
+            raise ManagedPipelineJobError(ErrorKind.INTERNAL, "the job manager's answer holds no job uuid and token")
+        return answer
+
+    def event(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._send(body, self.synchronous)
+
+
+class ManagedPipelineJob:
+    """A PipelineJob run by this actor: set it up, send it events, hand its callback to Agave/Tapis.
+
+    ``mongodb`` is the settings dict (``authn``/``database`` or host/port/username/
+    password/database/auth_source, compat §8; unused by the message transport) and
+    ``pipelines`` a dict with ``pipeline_uuid``, ``job_manager_id``,
+    ``job_manager_nonce`` and optional ``api_server`` (default https://api.sd2e.org)
+    and ``api_version`` (``v3`` for /v3/actors). Parents are ``child_of`` (UUIDs) or
+    the first given of ``experiment_design_id``, ``experiment_id``, ``sample_id``,
+    ``measurement_id`` (an id or UUID, or a list of them; ids become typed UUIDs).
+    ``env`` (default ``os.environ``) gives ``_abaco_actor_id``/``_abaco_execution_id``
+    for ``agent``/``task``, the ``_admin`` owner and the provenance of messages.
+
+    Differences from the library, on purpose: event methods return the manager's
+    outcome (``status``, ``uuid``, ``state``, ``event``...) and ``job`` holds the
+    set-up outcome, rather than the whole document; ``fail()`` before ``run()``
+    records FAILED instead of deleting the job; ``index()`` only records the event
+    (file indexing is not this project's job);
+    ``archive_patterns``/``product_patterns`` are not stored; a default
+    ``archive_path`` is ``/products/v2/<pipeline>/<parents>/<data>`` of plain hex
+    digests (the library used hashids with a private salt). With the message
+    transport the job's ``agent``/``task`` are the manager's own execution.
+    """
+
+    def __init__(
+        self,
+        mongodb: Mapping[str, Any] | None = None,
+        pipelines: Mapping[str, Any] | None = None,
+        instanced: bool = False,
+        agave: Any = None,  # accepted for compatibility; no Agave client is needed
+        *,
+        data: Mapping[str, Any] | None = None,
+        session: str | None = None,
+        archive_path: str | None = None,
+        archive_system: str | None = None,
+        agent: str | None = None,
+        task: str | None = None,
+        experiment_design_id: str | list[str] | None = None,
+        experiment_id: str | list[str] | None = None,
+        sample_id: str | list[str] | None = None,
+        measurement_id: str | list[str] | None = None,
+        child_of: list[str] | None = None,
+        pipeline_uuid: str | None = None,
+        transport: str = "database",
+        store: JobStore | None = None,
+        env: Mapping[str, str] | None = None,
+        bearer: str | None = None,
+        tapis_token: str | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        synchronous: bool = True,
+        http_client: Any = None,
+        clock: Callable[[], datetime] | None = None,
+        **ignored: Any,  # the library's other options (archive_patterns, inputs, level_store, ...)
+    ) -> None:
+        self.env: Mapping[str, str] = os.environ if env is None else env
+        overrides = {"pipeline_uuid": pipeline_uuid} if pipeline_uuid else {}
+        self.config = PipelinesConfig.from_mapping({**dict(pipelines or {}), **overrides})
+        self.api_server = self.config.api_server
+        self._clock = clock or (lambda: datetime.now(timezone.utc))
+        self._settings = replace(load_settings(self.env, _NO_CONFIG), config={"mongodb": dict(mongodb or {})})
+        domain = self._settings.identity.dns_domain
+        self.pipeline_uuid = self.config.pipeline_uuid
+        self.data: dict[str, Any] = json.loads(json.dumps(dict(data or {})))
+        self.session = session or uuidlib.uuid4().hex[:12]
+        parents = {
+            "experiment_design_id": experiment_design_id,
+            "experiment_id": experiment_id,
+            "sample_id": sample_id,
+            "measurement_id": measurement_id,
+        }
+        self.child_of = list(child_of) if child_of is not None else _parents(parents, domain)
+        self.generated_by, self.acted_on, self.acted_using = [self.pipeline_uuid], [], []
+        self.archive_system = archive_system
+        self.archive_path = archive_path or default_archive_path(
+            self.pipeline_uuid, self.child_of, self.data, self.session if instanced else None, self._clock(), domain
+        )
+        self.agent = _canonical_agent(agent or self.env.get("_abaco_actor_id"), self.api_server)
+        self.task = _canonical_task(task or self.env.get("_abaco_execution_id"), self.agent, self.api_server)
+        self.uuid: str | None = None
+        self.token: str | None = None
+        self.callback: str | None = None
+        self.state: str | None = None
+        self.job: dict[str, Any] | None = None
+        self._own_store: JobStore | None = None
+        if ignored:
+            log.debug("ignored options: %s", ", ".join(sorted(ignored)))
+        if transport == "database":
+            if store is None:
+                store = self._own_store = _open_store(mongodb or {})
+            self._transport: DatabaseTransport | MessageTransport = DatabaseTransport(
+                store, self._settings, self._clock
+            )
+        elif transport == "message":
+            self._transport = MessageTransport(
+                self.config.messages_url,
+                synchronous=synchronous,
+                env=self.env,
+                nonce=self.config.job_manager_nonce,
+                bearer=bearer,
+                tapis_token=tapis_token,
+                timeout=timeout,
+                retries=retries,
+                client=http_client,
+            )
+        else:
+            raise ManagedPipelineJobError(ErrorKind.CONFIGURATION, "transport must be 'database' or 'message'")
+
+    # -- set-up ------------------------------------------------------------------------------
+    def setup(self, data: Mapping[str, Any] | None = None) -> ManagedPipelineJob:
+        """Create the job, or reuse it when its UUID exists; sets ``uuid``, ``token``, ``callback``.
+
+        ``data`` is merged over the constructor's (it is part of the job's identity).
+        """
+        if data:
+            self.data = _merge(self.data, json.loads(json.dumps(dict(data))))
+        body: dict[str, Any] = {
+            "pipeline_uuid": self.pipeline_uuid,
+            "archive_path": self.archive_path,
+            "data": self.data,
+            "session": self.session,
+            "child_of": self.child_of,
+        }
+        if self.archive_system:
+            body["archive_system"] = self.archive_system
+        origin = _Provenance(api_server=self.api_server, agent_url=self.agent, task_url=self.task)
+        with _as_client_error():
+            outcome = self._transport.create(body, origin)
+        domain = self._settings.identity.dns_domain
+        expected = identifiers.job_uuid(self.pipeline_uuid, self.child_of, self.data, domain)
+        if outcome["uuid"] != expected:
+            log.warning("the manager derived job uuid %s, not %s (CATALOG_DNS_DOMAIN?)", outcome["uuid"], expected)
+        self.uuid, self.token, self.state, self.job = outcome["uuid"], outcome["token"], outcome.get("state"), outcome
+        self.callback = self.build_webhook()
+        return self
+
+    def build_webhook(self) -> str:
+        """The callback URL: events POSTed to it reach the manager (URL-encoded, no ``//``)."""
+        self._require_setup()
+        query = [("x-nonce", self.config.job_manager_nonce)] if self.config.job_manager_nonce else []
+        query += [("token", self.token), ("uuid", self.uuid), ("session", self.session)]
+        return f"{self.config.messages_url}?{urlencode(query)}"
+
+    def agave_notifications(self) -> list[dict[str, Any]]:
+        """Agave v2 job ``notifications``, as the library set them (the status macro stays unencoded)."""
+        hook = self.build_webhook()
+        return [
+            {"event": "RUNNING", "persistent": True, "url": hook + "&status=${JOB_STATUS}"},
+            {"event": "ARCHIVING_FINISHED", "persistent": False, "url": hook + "&status=FINISHED"},
+            {"event": "FAILED", "persistent": False, "url": hook + "&status=${JOB_STATUS}"},
+        ]
+
+    def tapis_subscriptions(self, ttl_minutes: int = 10080) -> list[dict[str, Any]]:
+        """Tapis v3 job ``subscriptions``: every status change is POSTed to the callback URL."""
+        return [
+            {
+                "description": f"PipelineJob {self.uuid} status callbacks",
+                "enabled": True,
+                "eventCategoryFilter": "JOB_NEW_STATUS",
+                "ttlMinutes": ttl_minutes,
+                "deliveryTargets": [{"deliveryMethod": "WEBHOOK", "deliveryAddress": self.build_webhook()}],
+            }
+        ]
+
+    # -- events ------------------------------------------------------------------------------
+    def handle(
+        self, event_name: str, data: Mapping[str, Any] | None = None, token: str | None = None
+    ) -> dict[str, Any]:
+        """Send one event; ``token`` (e.g. an admin token) overrides the job's own."""
+        if self.uuid is None:
+            self.setup()
+        body: dict[str, Any] = {"uuid": self.uuid, "name": event_name.lower(), "token": token or self.token}
+        if data is not None:
+            body["data"] = json.loads(json.dumps(dict(data)))
+        with _as_client_error():
+            outcome = self._transport.event(body)
+        if outcome.get("state"):
+            self.state = outcome["state"]
+        return outcome
+
+    def run(self, data: Mapping[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
+        """CREATED or RUNNING -> RUNNING."""
+        return self.handle("run", data, token)
+
+    def update(self, data: Mapping[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
+        """Attach data to the history; the state stays (Agave's UPDATED status maps here too)."""
+        return self.handle("update", data, token)
+
+    def resource(self, data: Mapping[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
+        """Record a resource event (staging, queueing ...); the state stays."""
+        return self.handle("resource", data, token)
+
+    def finish(self, data: Mapping[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
+        """RUNNING -> FINISHED."""
+        return self.handle("finish", data, token)
+
+    def fail(self, data: Mapping[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
+        """-> FAILED. The library deleted a job that had not run yet; here it keeps its history."""
+        return self.handle("fail", data, token)
+
+    def index(self, data: Mapping[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
+        """FINISHED -> INDEXING (records the event only; files are not indexed here)."""
+        return self.handle("index", data, token)
+
+    def indexed(self, data: Mapping[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
+        """INDEXING -> FINISHED."""
+        return self.handle("indexed", data, token)
+
+    def validate(self, data: Mapping[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
+        """FINISHED -> VALIDATING."""
+        return self.handle("validate", data, token)
+
+    def validated(self, data: Mapping[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
+        """VALIDATING -> VALIDATED."""
+        return self.handle("validated", data, token)
+
+    def reject(self, data: Mapping[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
+        """VALIDATING -> REJECTED."""
+        return self.handle("reject", data, token)
+
+    def finalize(self, data: Mapping[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
+        """VALIDATED -> FINALIZED."""
+        return self.handle("finalize", data, token)
+
+    def retire(self, data: Mapping[str, Any] | None = None, token: str | None = None) -> dict[str, Any]:
+        """A finished, failed, rejected or finalized job -> RETIRED."""
+        return self.handle("retire", data, token)
+
+    # -- housekeeping ------------------------------------------------------------------------
+    @property
+    def transport(self) -> str:
+        return self._transport.name
+
+    def close(self) -> None:
+        """Close the database connection this object opened (none for the message transport)."""
+        if self._own_store is not None:
+            self._own_store.close()
+            self._own_store = None
+
+    def __enter__(self) -> ManagedPipelineJob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:  # never the token
+        return f"ManagedPipelineJob(uuid={self.uuid!r}, pipeline={self.pipeline_uuid!r}, state={self.state!r})"
+
+    def _require_setup(self) -> None:
+        if self.uuid is None or self.token is None:
+            raise ManagedPipelineJobError(ErrorKind.CONFIGURATION, "call setup() first: the job has no uuid yet")
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def typed_uuids(values: str | list[str], uuid_type: str, domain: str = identifiers.DEFAULT_DNS_DOMAIN) -> list[str]:
+    """Ids become ``catalog_uuid(id, type)``; UUIDs are kept and must carry the type's prefix."""
+    result: list[str] = []
+    for value in [values] if isinstance(values, str) else list(values):
+        text = str(value).strip()
+        if _UUID.match(text.lower()):
+            if not text.lower().startswith(identifiers.TYPE_PREFIXES[uuid_type]):
+                raise ManagedPipelineJobError(
+                    ErrorKind.BAD_MESSAGE, f"a {uuid_type} UUID must start with its type prefix"
+                )
+            text = text.lower()
+        else:
+            text = identifiers.catalog_uuid(text, uuid_type, domain)
+        if text not in result:
+            result.append(text)
+    return result
+
+
+def _parents(arguments: Mapping[str, Any], domain: str) -> list[str]:
+    for name, uuid_type in METADATA_ARGS:
+        if arguments.get(name):
+            return typed_uuids(arguments[name], uuid_type, domain)
+    return []
+
+
+def default_archive_path(
+    pipeline_uuid: str, child_of: list[str], data: Mapping[str, Any], session: str | None, now: datetime, domain: str
+) -> str:
+    """``/products/v2/<pipeline>/<parents>/<data>`` [+ ``/<session>-<UTC time>Z`` when instanced]."""
+    parents = identifiers.catalog_uuid(":".join(child_of), "generic", domain)
+    params = identifiers.catalog_uuid(json.dumps(data, sort_keys=True, separators=(",", ":")), "generic", domain)
+    path = "/products/v2/" + "/".join(u.replace("-", "") for u in (pipeline_uuid, parents, params))
+    if session is None:
+        return path
+    prefix = session if len(session) >= 4 else uuidlib.uuid4().hex[:8]
+    return f"{path}/{prefix.rstrip('-')}-{now.astimezone(timezone.utc):%Y%m%dT%H%M%S}Z"
+
+
+def _canonical_agent(agent: str | None, api_server: str) -> str | None:
+    if not agent or "://" in agent:
+        return agent or None
+    return f"{api_server}/{'apps' if _APP_ID.match(agent) else 'actors'}/v2/{agent}"
+
+
+def _canonical_task(task: str | None, agent: str | None, api_server: str) -> str | None:
+    if not task or "://" in task:
+        return task or None
+    if task.endswith("-007"):  # an Agave job id
+        return f"{api_server}/jobs/v2/{task}"
+    return f"{agent}/executions/{task}" if agent else task
+
+
+@contextlib.contextmanager
+def _as_client_error() -> Iterator[None]:
+    """Every refusal reaches the actor as a ManagedPipelineJobError, with its kind and safe details."""
+    try:
+        yield
+    except ManagedPipelineJobError:
+        raise
+    except PipelineJobsError as exc:
+        raise ManagedPipelineJobError(exc.kind, exc.message, **exc.details) from exc
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        both_dicts = isinstance(merged.get(key), dict) and isinstance(value, dict)
+        merged[key] = _merge(merged[key], value) if both_dicts else value
+    return merged
+
+
+def _open_store(mongodb: Mapping[str, Any]) -> JobStore:
+    uri = mongodb_uri(mongodb)
+    if uri is None:
+        raise ManagedPipelineJobError(
+            ErrorKind.CONFIGURATION, "the database transport needs mongodb settings: authn, or host (and credentials)"
+        )
+    from .store.mongo import MongoJobStore
+
+    store = MongoJobStore(uri.reveal(), str(mongodb.get("database") or "catalog"))
+    try:
+        store.ensure_indexes()  # the unique uuid index makes a racing second create reuse the first job
+    except PipelineJobsError as exc:
+        log.warning("could not ensure the catalog's indexes (%s); continuing", exc.message)
+    return store
