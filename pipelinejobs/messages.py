@@ -115,7 +115,7 @@ def schema_errors(kind: str, instance: Any) -> list[str]:
 
     check = validator(kind)
     errors = sorted(check.iter_errors(instance), key=relevance, reverse=True)
-    return [_explain(e) for e in errors]
+    return list(dict.fromkeys(_explain(e) for e in errors))  # one line per reason, in relevance order
 
 
 def _title(kind: str) -> str:

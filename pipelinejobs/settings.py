@@ -203,10 +203,29 @@ def _identity(env: Mapping[str, str]) -> Identity:
     )
 
 
+#: ``_REACTOR_*`` settings that name things rather than grant access. The SDK redacts every
+#: ``_REACTOR_*`` value; masking a database name or a file path would only blind the logs
+#: (every occurrence of the word ``catalog`` would read ``*****``).
+NOT_SECRET_ENV = frozenset(
+    {
+        "_REACTOR_MONGODB_DATABASE",
+        "_REACTOR_STORE_SQLITE_PATH",
+        "_REACTOR_LOGS_LEVEL",
+        "_REACTOR_SERVE_HOST",
+        "_REACTOR_SERVE_PORT",
+        "_REACTOR_SERVE_ACTORS",
+        "_REACTOR_SERVE_API_SERVER",
+        "_REACTOR_SERVE_USERNAME",
+        "_REACTOR_SERVE_TENANT",
+    }
+)
+
+
 def collect_secrets(env: Mapping[str, str], config: dict[str, Any]) -> set[str]:
+    """Every value the log redactor must mask: credentials, tokens, nonces, ``_REACTOR_*`` values."""
     found: set[str] = set()
     for name, value in env.items():
-        if name.startswith(ENV_PREFIX) and len(value) > 4:
+        if name.startswith(ENV_PREFIX) and name not in NOT_SECRET_ENV and len(value) > 4:
             found.add(value)
     for name in ("_abaco_access_token", "x-nonce", "token", "CATALOG_ADMIN_TOKEN_SECRET", "CATALOG_ADMIN_TOKEN_KEY"):
         if env.get(name):

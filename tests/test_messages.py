@@ -77,3 +77,10 @@ def test_repr_and_json_parse_to_the_same_message() -> None:
     with pytest.raises(PipelineJobsError) as err:
         _classify('{"n": NaN}')
     assert "not JSON" in err.value.message
+
+
+def test_each_reason_is_given_once() -> None:
+    with pytest.raises(PipelineJobsError) as err:
+        _classify({"a": 1})
+    reasons = err.value.details["candidates"]["PipelineJobEvent"]
+    assert len(reasons) == len(set(reasons)) and "missing required field 'uuid', 'name'" in reasons

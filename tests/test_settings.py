@@ -94,3 +94,15 @@ def test_identity_from_environment() -> None:
     ).identity
     assert (ident.owner, ident.project, ident.tenant) == ("abaco-user", "SD2E-Community", "tacc")
     assert load_settings({"TACC_USERNAME": "tu", "_abaco_username": "x"}, ROOT_CONFIG).identity.owner == "tu"
+
+
+def test_reactor_values_are_secret_except_names_and_paths() -> None:
+    env = {
+        "_REACTOR_MONGODB_AUTHN": _authn("mongodb://u:pw@db:27017/admin"),
+        "_REACTOR_SERVE_API_TOKENS": "api-token-1,api-token-2",
+        "_REACTOR_MONGODB_DATABASE": "catalog_staging",
+        "_REACTOR_STORE_SQLITE_PATH": "/data/pipelinejobs.sqlite3",
+    }
+    secrets = load_settings(env, ROOT_CONFIG).secrets
+    assert _authn("mongodb://u:pw@db:27017/admin") in secrets and "api-token-1,api-token-2" in secrets
+    assert "catalog_staging" not in secrets and "/data/pipelinejobs.sqlite3" not in secrets
