@@ -3,7 +3,7 @@
 Replace ``from datacatalog.managers.pipelinejobs import ManagedPipelineJob`` with
 ``from pipelinejobs.client import ManagedPipelineJob``. Jobs get the same UUIDs,
 documents and tokens as the library's (datacatalog-compat.md §2-4), and two
-transports carry the events:
+transports (``pipelinejobs.transports``) carry the events:
 
 - ``transport="database"`` (default, as the library): the events are applied in
   this process through ``pipelinejobs.service`` on the catalog's MongoDB (or any
@@ -12,6 +12,9 @@ transports carry the events:
 - ``transport="message"``: every action is a message POSTed to the PipelineJobs
   Manager actor (``pipelinejobs.abaco.send_message``), authenticated by the
   pipeline's nonce, a bearer token or an ``X-Tapis-Token``; no database access.
+
+This module builds the job's fields, its callback URL, Agave notifications and
+Tapis subscriptions; the transports only carry its actions.
 
 Where the library was wrong this client follows the project's decisions (compat
 §3-4, §6-7): job tokens are enforced and ``_salt`` is never rotated, so the token
@@ -34,14 +37,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from . import identifiers, service
-from .abaco import send_message
+from . import identifiers
 from .errors import ErrorKind, PipelineJobsError
-from .intake import Intake, Origin
+from .intake import Origin
 from .logs import get_logger
-from .messages import CreateMessage, classify
-from .settings import Settings, load_settings, mongodb_uri
+from .settings import load_settings
 from .store.base import JobStore
+from .transports import DatabaseTransport, MessageTransport, Transport
 
 log = get_logger("client")
 
@@ -108,63 +110,6 @@ class _Provenance(Origin):
         return self.task_url
 
 
-class DatabaseTransport:
-    """Applies actions in this process, through the manager's own business path."""
-
-    name = "database"
-
-    def __init__(self, store: JobStore, settings: Settings, clock: Callable[[], datetime]) -> None:
-        self.store, self.settings, self.clock = store, settings, clock
-
-    def create(self, body: dict[str, Any], origin: Origin) -> dict[str, Any]:
-        message = classify(Intake(body=body, content_type="application/json"))
-        if not isinstance(message, CreateMessage):
-            raise ManagedPipelineJobError(ErrorKind.INTERNAL, "the job's fields did not make a create message")
-        uuid = identifiers.job_uuid(message.pipeline_uuid, list(message.child_of), message.data, self._domain)
-        existing = self.store.find_job(uuid)
-        if existing is not None:  # reuse it, history and salt included
-            token = identifiers.job_token(str(existing.get("_salt")), uuid, existing.get("_admin") or {})
-            return {"status": "ok", "created": False, "uuid": uuid, "state": existing.get("state"), "token": token}
-        return service.create_job(message, store=self.store, settings=self.settings, now=self.clock(), origin=origin)
-
-    def event(self, body: dict[str, Any]) -> dict[str, Any]:
-        message = classify(Intake(body=body, content_type="application/json"))
-        return service.handle(message, store=self.store, settings=self.settings, now=self.clock())
-
-    @property
-    def _domain(self) -> str:
-        return self.settings.identity.dns_domain
-
-
-class MessageTransport:
-    """Sends every action to the PipelineJobs Manager actor as an Abaco message."""
-
-    name = "message"
-
-    def __init__(self, url: str, *, synchronous: bool, env: Mapping[str, str], **send_options: Any) -> None:
-        self.url, self.synchronous, self.env, self.send_options = url, synchronous, env, send_options
-
-    def _send(self, body: dict[str, Any], synchronous: bool) -> dict[str, Any]:
-        answer = send_message(self.url, body, synchronous=synchronous, env=self.env, **self.send_options)
-        if synchronous and answer.get("status") == "error":
-            kinds = {kind.value: kind for kind in ErrorKind}
-            raise ManagedPipelineJobError(
-                kinds.get(str(answer.get("kind")), ErrorKind.INTERNAL),
-                f"the job manager refused the message: {answer.get('message', 'no reason given')}",
-                **{k: v for k, v in (answer.get("details") or {}).items() if k not in ("kind", "message")},
-            )
-        return answer
-
-    def create(self, body: dict[str, Any], origin: Origin) -> dict[str, Any]:
-        answer = self._send(body, True)  # the token exists only in the manager's answer
-        if not (isinstance(answer.get("uuid"), str) and isinstance(answer.get("token"), str)):
-            raise ManagedPipelineJobError(ErrorKind.INTERNAL, "the job manager's answer holds no job uuid and token")
-        return answer
-
-    def event(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._send(body, self.synchronous)
-
-
 class ManagedPipelineJob:
     """A PipelineJob run by this actor: set it up, send it events, hand its callback to Agave/Tapis.
 
@@ -228,7 +173,7 @@ class ManagedPipelineJob:
         self._settings = replace(load_settings(self.env, _NO_CONFIG), config={"mongodb": dict(mongodb or {})})
         domain = self._settings.identity.dns_domain
         self.pipeline_uuid = self.config.pipeline_uuid
-        self.data: dict[str, Any] = json.loads(json.dumps(dict(data or {})))
+        self.data: dict[str, Any] = _json_copy(data or {})
         self.session = session or uuidlib.uuid4().hex[:12]
         parents = {
             "experiment_design_id": experiment_design_id,
@@ -249,15 +194,16 @@ class ManagedPipelineJob:
         self.callback: str | None = None
         self.state: str | None = None
         self.job: dict[str, Any] | None = None
-        self._own_store: JobStore | None = None
         if ignored:
             log.debug("ignored options: %s", ", ".join(sorted(ignored)))
+        self._transport: Transport
         if transport == "database":
-            if store is None:
-                store = self._own_store = _open_store(mongodb or {})
-            self._transport: DatabaseTransport | MessageTransport = DatabaseTransport(
-                store, self._settings, self._clock
-            )
+            with _as_client_error():
+                self._transport = (
+                    DatabaseTransport.open(self._settings, self._clock)
+                    if store is None
+                    else DatabaseTransport(store, self._settings, self._clock)
+                )
         elif transport == "message":
             self._transport = MessageTransport(
                 self.config.messages_url,
@@ -280,7 +226,7 @@ class ManagedPipelineJob:
         ``data`` is merged over the constructor's (it is part of the job's identity).
         """
         if data:
-            self.data = _merge(self.data, json.loads(json.dumps(dict(data))))
+            self.data = _merge(self.data, _json_copy(data))
         body: dict[str, Any] = {
             "pipeline_uuid": self.pipeline_uuid,
             "archive_path": self.archive_path,
@@ -338,7 +284,7 @@ class ManagedPipelineJob:
             self.setup()
         body: dict[str, Any] = {"uuid": self.uuid, "name": event_name.lower(), "token": token or self.token}
         if data is not None:
-            body["data"] = json.loads(json.dumps(dict(data)))
+            body["data"] = _json_copy(data)
         with _as_client_error():
             outcome = self._transport.event(body)
         if outcome.get("state"):
@@ -400,9 +346,7 @@ class ManagedPipelineJob:
 
     def close(self) -> None:
         """Close the database connection this object opened (none for the message transport)."""
-        if self._own_store is not None:
-            self._own_store.close()
-            self._own_store = None
+        self._transport.close()
 
     def __enter__(self) -> ManagedPipelineJob:
         return self
@@ -482,25 +426,14 @@ def _as_client_error() -> Iterator[None]:
         raise ManagedPipelineJobError(exc.kind, exc.message, **exc.details) from exc
 
 
+def _json_copy(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy in plain JSON types (tuples become lists), as the job's data is stored and sent."""
+    return json.loads(json.dumps(dict(data)))
+
+
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in extra.items():
         both_dicts = isinstance(merged.get(key), dict) and isinstance(value, dict)
         merged[key] = _merge(merged[key], value) if both_dicts else value
     return merged
-
-
-def _open_store(mongodb: Mapping[str, Any]) -> JobStore:
-    uri = mongodb_uri(mongodb)
-    if uri is None:
-        raise ManagedPipelineJobError(
-            ErrorKind.CONFIGURATION, "the database transport needs mongodb settings: authn, or host (and credentials)"
-        )
-    from .store.mongo import MongoJobStore
-
-    store = MongoJobStore(uri.reveal(), str(mongodb.get("database") or "catalog"))
-    try:
-        store.ensure_indexes()  # the unique uuid index makes a racing second create reuse the first job
-    except PipelineJobsError as exc:
-        log.warning("could not ensure the catalog's indexes (%s); continuing", exc.message)
-    return store
