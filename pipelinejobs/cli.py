@@ -307,11 +307,11 @@ def cmd_send(args: argparse.Namespace) -> int:
         synchronous=args.sync,
     )
     if args.sync:
-        kinds = {kind.value: kind for kind in ErrorKind}
-        if response.get("status") == "error" and response.get("kind") in kinds:  # the manager refused it
+        kind = ErrorKind.from_value(response.get("kind"))
+        if response.get("status") == "error" and kind is not None:  # the manager refused it
             _emit(args, response, json.dumps(response, indent=2, default=str))
             print(f"pipelinejobs: the actor refused the message: {response.get('message')}", file=sys.stderr)
-            return EXIT_CODES[kinds[response["kind"]]]
+            return EXIT_CODES[kind]
         human = json.dumps(response, indent=2, default=str)
     else:
         result = response.get("result") if isinstance(response, dict) else None

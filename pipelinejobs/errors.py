@@ -24,6 +24,14 @@ class ErrorKind(str, enum.Enum):
     CONFIGURATION = "configuration"  # the deployment is misconfigured
     INTERNAL = "internal"  # a bug; details are in the (redacted) log
 
+    @classmethod
+    def from_value(cls, value: object) -> ErrorKind | None:
+        """The kind named in an error answer (e.g. from a remote manager), or None."""
+        try:
+            return cls(value)
+        except ValueError:
+            return None
+
 
 class PipelineJobsError(Exception):
     """A rejection with a kind, a human message and allow-listed details."""

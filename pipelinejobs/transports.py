@@ -115,9 +115,8 @@ class MessageTransport:
     def _send(self, body: dict[str, Any], synchronous: bool) -> dict[str, Any]:
         answer = send_message(self.url, body, synchronous=synchronous, env=self.env, **self.send_options)
         if synchronous and answer.get("status") == "error":
-            kinds = {kind.value: kind for kind in ErrorKind}
             raise PipelineJobsError(
-                kinds.get(str(answer.get("kind")), ErrorKind.INTERNAL),
+                ErrorKind.from_value(answer.get("kind")) or ErrorKind.INTERNAL,
                 f"the job manager refused the message: {answer.get('message', 'no reason given')}",
                 **{k: v for k, v in (answer.get("details") or {}).items() if k not in ("kind", "message")},
             )

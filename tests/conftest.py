@@ -33,6 +33,31 @@ EXAMPLE_PIPELINE_COMPONENTS = [
     {"id": "bbq-brisket-0.5.0", "inputs": {}, "parameters": {"smoke": True}},
 ]
 EXAMPLE_PIPELINE_UUID = "10650844-1baa-55c5-a481-5e945b19c065"
+#: The keys of a job document, in the order python-datacatalog writes them (compat §4).
+DATACATALOG_JOB_KEYS = [
+    "pipeline_uuid",
+    "archive_path",
+    "archive_system",
+    "archive_patterns",
+    "product_patterns",
+    "data",
+    "session",
+    "agent",
+    "task",
+    "generated_by",
+    "child_of",
+    "acted_on",
+    "acted_using",
+    "uuid",
+    "state",
+    "last_event",
+    "updated",
+    "history",
+    "_visible",
+    "_properties",
+    "_admin",
+    "_salt",
+]
 
 
 def _free_port() -> int:

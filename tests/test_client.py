@@ -20,7 +20,7 @@ import pytest
 from pipelinejobs import identifiers
 from pipelinejobs.client import ManagedPipelineJob, ManagedPipelineJobError, typed_uuids
 from pipelinejobs.errors import ErrorKind
-from tests.conftest import EXAMPLE_PIPELINE_UUID, authn_for
+from tests.conftest import DATACATALOG_JOB_KEYS, EXAMPLE_PIPELINE_UUID, authn_for
 from tests.server_fixtures import LiveServer, free_port
 from tests.test_tapis import tapis_notification
 
@@ -28,30 +28,6 @@ ENV = {"TACC_USERNAME": "sd2eadm", "_abaco_actor_id": "G1p783PxpalBB", "_abaco_e
 NONCE = "TACC_n0nce+/=&x1"
 CLOCK = datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
 COMPAT_DATA = {"param1": "value1", "param2": 1, "param3": True, "param4": [1, 2, 3], "param5": ["a", "b", "c"]}
-DOCUMENT_KEYS = [
-    "pipeline_uuid",
-    "archive_path",
-    "archive_system",
-    "archive_patterns",
-    "product_patterns",
-    "data",
-    "session",
-    "agent",
-    "task",
-    "generated_by",
-    "child_of",
-    "acted_on",
-    "acted_using",
-    "uuid",
-    "state",
-    "last_event",
-    "updated",
-    "history",
-    "_visible",
-    "_properties",
-    "_admin",
-    "_salt",
-]
 LIFECYCLE = [
     ("run", "RUNNING"),
     ("update", "RUNNING"),
@@ -167,7 +143,7 @@ def test_document_layout_and_token_match_the_library(mongo: dict, example_pipeli
     with new_job(mongo, pipelines(), data=COMPAT_DATA, measurement_id="10483e8d-6602-532a-8941-176ce20dd05a") as job:
         job.setup()
     doc = db.jobs.find_one({"uuid": job.uuid}, {"_id": False})
-    assert list(doc) == DOCUMENT_KEYS
+    assert list(doc) == DATACATALOG_JOB_KEYS
     created = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     assert (doc["state"], doc["last_event"], doc["updated"]) == ("CREATED", "create", created)
     assert doc["generated_by"] == [EXAMPLE_PIPELINE_UUID] and doc["acted_on"] == doc["acted_using"] == []

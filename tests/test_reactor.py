@@ -20,7 +20,7 @@ import bson
 import pytest
 
 from pipelinejobs import identifiers
-from tests.conftest import EXAMPLE_PIPELINE_UUID, ROOT, Reactor, ReactorResult, authn_for
+from tests.conftest import DATACATALOG_JOB_KEYS, EXAMPLE_PIPELINE_UUID, ROOT, Reactor, ReactorResult, authn_for
 
 AS_JSON_AND_REPR = pytest.mark.parametrize("as_repr", [False, True], ids=["json", "repr"])
 
@@ -103,30 +103,7 @@ def test_create_returns_uuid_and_token_and_is_idempotent(
     assert first["action"] == "create" and first["created"] is True and first["state"] == "CREATED"
     assert first["uuid"] == identifiers.job_uuid(EXAMPLE_PIPELINE_UUID, [], {"example_data": "datadata"})
     job = db.jobs.find_one({"uuid": first["uuid"]})
-    assert list(job)[1:] == [
-        "pipeline_uuid",
-        "archive_path",
-        "archive_system",
-        "archive_patterns",
-        "product_patterns",
-        "data",
-        "session",
-        "agent",
-        "task",
-        "generated_by",
-        "child_of",
-        "acted_on",
-        "acted_using",
-        "uuid",
-        "state",
-        "last_event",
-        "updated",
-        "history",
-        "_visible",
-        "_properties",
-        "_admin",
-        "_salt",
-    ]
+    assert list(job)[1:] == DATACATALOG_JOB_KEYS  # [0] is MongoDB's _id
     assert job["_admin"] == {"owner": "tester", "project": "SD2E-Community", "tenant": "sd2e"}
     assert job["agent"] == "https://api.example.org/actors/v2/pjmanager0001"
     assert isinstance(job["updated"], datetime) and job["updated"].microsecond == 0
