@@ -327,7 +327,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from .server.app import create_app, describe, open_server, serve_config
+    from .server.app import create_app
+    from .server.execution import describe, open_server, serve_config
     from .server.registry import words
 
     settings = load_settings(os.environ, Path(args.config) if args.config else None)

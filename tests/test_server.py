@@ -412,7 +412,7 @@ def test_serve_config_from_config_yml_and_environment(tmp_path: Any) -> None:
     """The proposed `serve` section: actors and token digests from the file, plain tokens only from the environment."""
     import hashlib
 
-    from pipelinejobs.server.app import serve_config
+    from pipelinejobs.server.execution import serve_config
     from pipelinejobs.settings import load_settings
 
     path = tmp_path / "config.yml"

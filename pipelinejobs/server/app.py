@@ -1,11 +1,11 @@
-"""`pipelinejobs serve`: Abaco's messages API for the configured actor ids, handled in-process.
+"""`pipelinejobs serve`: Abaco's messages API for the configured actor ids, over HTTP.
 
 A POST is turned into the environment Abaco would give the container (MSG, the
-content type, the query parameters, the ``_abaco_*`` ids) and handled by the
-same path reactor.py runs: ``intake.from_env`` -> ``messages.classify`` ->
-``service.handle``. Settings are the server's own, loaded once at start; query
-parameters only ever reach the message. Each message becomes an execution with
-the redacted log lines written while handling it, as under Abaco.
+content type, the query parameters, the ``_abaco_*`` ids) and handed to
+``Server.execute`` (``execution.py``), which runs the same path as reactor.py.
+Settings are the server's own, loaded once at start; query parameters only ever
+reach the message. This module holds the HTTP side: Abaco's message rules,
+the response envelope, authentication, the routes and the app.
 """
 
 from __future__ import annotations
@@ -13,11 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -31,10 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__, logs
 from ..errors import ErrorKind, PipelineJobsError
-from ..runtime import dumps, handle_env
-from ..settings import Settings
-from ..store.base import JobStore
-from .registry import ApiTokens, Level, Record, Refused, Registry, abaco_time, hashid, new_nonce, nonce_tenant, words
+from .execution import Server
+from .registry import Level, Record, Refused, abaco_time, hashid, new_nonce
 
 log = logs.get_logger("server")
 
@@ -42,87 +36,6 @@ SERIALIZE_ERROR = "message POST body could not be serialized. Pass JSON data or 
 NO_CREDENTIALS = "No JWT or nonce provided."
 INVALID_JWT = "Invalid JWT."
 NONCE_FOR_NONCES = "Nonces cannot be used to manage nonces; use a bearer token."
-MAX_LOG_CHARS = 1_000_000  # Abaco caps execution logs at 1 MB
-MASK = logs.MASK
-
-
-def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """Who the server answers for and whom it trusts (from config.yml's ``serve`` and the CLI)."""
-
-    actors: tuple[str, ...]
-    api_tokens: ApiTokens
-    owner: str = "pipelinejobs"  # the user bearer-token requests act as
-    tenant: str = "SD2E"  # nonce ids are {TENANT}_{hashid}
-    api_server: str | None = None  # base URL for _links and _abaco_api_server; default: the request's
-
-
-class _Capture(logging.Handler):
-    """Keeps the package's log records per handling thread: they become the execution's logs."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self._buffers: dict[int, list[logging.LogRecord]] = {}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        buffer = self._buffers.get(record.thread or 0)
-        if buffer is not None:
-            buffer.append(record)
-
-    @contextmanager
-    def records(self) -> Iterator[list[logging.LogRecord]]:
-        ident, buffer = threading.get_ident(), []
-        self._buffers[ident] = buffer
-        try:
-            yield buffer
-        finally:
-            self._buffers.pop(ident, None)
-
-
-@dataclass
-class Server:
-    """Everything a request needs, opened once at start."""
-
-    config: ServeConfig
-    settings: Settings
-    store: JobStore
-    registry: Registry
-    secrets: tuple[str, ...] = ()  # settings secrets plus plain API tokens, for the log redactor
-    clock: Callable[[], datetime] = utc_now
-    capture: _Capture = field(default_factory=_Capture)
-
-    def execute(self, env: dict[str, str], execution: Record, secrets: Iterable[str]) -> tuple[Record, Any]:
-        """Handle one message like a container run; record and return (execution, result)."""
-        start = self.clock()
-        with self.capture.records() as records:
-            code, result = handle_env(env, settings=self.settings, get_store=lambda: self.store, now=self.clock())
-        finish = self.clock()
-        formatter = logs.RedactingFormatter(secrets=[*self.secrets, *secrets, *_tokens(result)])
-        lines = [formatter.format(record) for record in records] + [formatter.redact(dumps(result))]
-        execution.update(
-            status="COMPLETE",
-            exitCode=code,
-            startTime=abaco_time(start),
-            finishTime=abaco_time(finish),
-            runtime=round((finish - start).total_seconds(), 3),
-            logs="\n".join(lines)[-MAX_LOG_CHARS:],
-            result={**result, "token": MASK} if "token" in result else result,
-        )
-        self.registry.save_execution(execution)
-        return execution, result
-
-    def close(self) -> None:
-        self.store.close()
-        self.registry.close()
-
-
-def _tokens(result: dict[str, Any]) -> list[str]:
-    token = result.get("token")
-    return [token] if isinstance(token, str) else []
 
 
 # -- Abaco's message rules ----------------------------------------------------------------------
@@ -266,8 +179,8 @@ async def post_message(request: Request) -> Response:
         "executor": username,
         "messageReceivedTime": abaco_time(received),
     }
-    secrets = [v for v in (params.get("x-nonce"), params.get("token"), _bearer(request)) if v]
-    execution, result = await run_in_threadpool(server.execute, env, execution, secrets)
+    bearer = _bearer(request)  # the message's own secrets (token, x-nonce) are in env
+    execution, result = await run_in_threadpool(server.execute, env, execution, [bearer] if bearer else [])
     log.info("actor %s: execution %s exit code %s", actor, execution_id, execution["exitCode"])
     if _truthy(query.get("_abaco_synchronous")):
         headers = {"x-abaco-execution-id": execution_id, "x-abaco-exit-code": str(execution["exitCode"])}
@@ -429,7 +342,7 @@ class AccessLog:
         try:
             await self.app(scope, receive, remember)
         finally:
-            path = _NONCE_IN_PATH.sub(lambda m: m.group(1) + MASK, scope.get("path", ""))
+            path = _NONCE_IN_PATH.sub(lambda m: m.group(1) + logs.MASK, scope.get("path", ""))
             log.info("%s %s %s", scope.get("method"), path, status["code"])
 
 
@@ -475,55 +388,3 @@ def create_app(server: Server) -> Starlette:
     app.state.server = server
     app.add_middleware(AccessLog)
     return app
-
-
-def serve_config(
-    settings: Settings,
-    *,
-    actors: Iterable[str] = (),
-    api_tokens: Iterable[str] = (),
-    api_server: str | None = None,
-) -> tuple[ServeConfig, tuple[str, ...]]:
-    """The server's configuration: CLI values over config.yml's ``serve`` section.
-
-    Returns the config and the plain API tokens (for the log redactor only).
-    """
-    section = settings.section("serve")
-    chosen = tuple(dict.fromkeys(words(actors) or words(section.get("actors"))))
-    if not chosen:
-        raise PipelineJobsError(ErrorKind.CONFIGURATION, "no actor ids: pass --actor ID or set serve.actors")
-    plain = tuple(dict.fromkeys([*words(api_tokens), *words(section.get("api_tokens"))]))
-    tokens = ApiTokens.from_plain(plain, words(section.get("api_token_sha256")))
-    config = ServeConfig(
-        actors=chosen,
-        api_tokens=tokens,
-        owner=str(section.get("username") or settings.identity.owner),
-        tenant=nonce_tenant(settings),
-        api_server=(api_server or section.get("api_server") or None),
-    )
-    return config, plain
-
-
-def open_server(settings: Settings, config: ServeConfig, plain_tokens: Iterable[str] = ()) -> Server:
-    """Open the job store and the registry once, on the same backend."""
-    from ..runtime import open_store
-    from .registry import open_registry
-
-    store = open_store(settings)
-    try:
-        registry = open_registry(settings, store)
-    except BaseException:
-        store.close()
-        raise
-    return Server(config, settings, store, registry, secrets=(*settings.secrets, *plain_tokens))
-
-
-def describe(server: Server) -> str:
-    """Where the data lives, without credentials: for the start-up log line."""
-    if server.store.backend == "mongodb":
-        uri = server.settings.mongodb_uri
-        hosts = uri.reveal().split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1] if uri else "?"
-        return f"mongodb database '{server.settings.mongodb_database}' on {hosts}"
-    path = getattr(server.store, "path", None)
-    registry_path = getattr(server.registry, "path", None)
-    return f"{server.store.backend} file {path} (nonces and executions in {registry_path})"

@@ -1,0 +1,159 @@
+"""The execution side of `pipelinejobs serve`: its configuration, what it opens at start, and one message run.
+
+A message is handled by the same path reactor.py runs (``runtime.handle_env``)
+against the server's own settings and store, opened once at start. Each message
+becomes an execution record holding the redacted log lines written while it was
+handled, as under Abaco. Nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from .. import logs
+from ..errors import ErrorKind, PipelineJobsError
+from ..runtime import dumps, handle_env, open_store
+from ..settings import Settings, collect_secrets
+from ..store.base import JobStore
+from .registry import ApiTokens, Record, Registry, abaco_time, nonce_tenant, open_registry, words
+
+MAX_LOG_CHARS = 1_000_000  # Abaco caps execution logs at 1 MB
+
+
+def utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Who the server answers for and whom it trusts (from config.yml's ``serve`` and the CLI)."""
+
+    actors: tuple[str, ...]
+    api_tokens: ApiTokens
+    owner: str = "pipelinejobs"  # the user bearer-token requests act as
+    tenant: str = "SD2E"  # nonce ids are {TENANT}_{hashid}
+    api_server: str | None = None  # base URL for _links and _abaco_api_server; default: the request's
+
+
+class _Capture(logging.Handler):
+    """Keeps the package's log records per handling thread: they become the execution's logs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self._buffers: dict[int, list[logging.LogRecord]] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        buffer = self._buffers.get(record.thread or 0)
+        if buffer is not None:
+            buffer.append(record)
+
+    @contextmanager
+    def records(self) -> Iterator[list[logging.LogRecord]]:
+        ident, buffer = threading.get_ident(), []
+        self._buffers[ident] = buffer
+        try:
+            yield buffer
+        finally:
+            self._buffers.pop(ident, None)
+
+
+@dataclass
+class Server:
+    """Everything a request needs, opened once at start."""
+
+    config: ServeConfig
+    settings: Settings
+    store: JobStore
+    registry: Registry
+    secrets: tuple[str, ...] = ()  # settings secrets plus plain API tokens, for the log redactor
+    clock: Callable[[], datetime] = utc_now
+    capture: _Capture = field(default_factory=_Capture)
+
+    def execute(self, env: dict[str, str], execution: Record, secrets: Iterable[str]) -> tuple[Record, Any]:
+        """Handle one message like a container run; record and return (execution, result).
+
+        The logs hide what reactor.py's would (``collect_secrets`` of the message's environment),
+        plus ``secrets`` (e.g. the caller's bearer token) and a token the result hands out.
+        """
+        start = self.clock()
+        with self.capture.records() as records:
+            code, result = handle_env(env, settings=self.settings, get_store=lambda: self.store, now=self.clock())
+        finish = self.clock()
+        hidden = [*self.secrets, *collect_secrets(env, {}), *secrets, *_tokens(result)]
+        formatter = logs.RedactingFormatter(secrets=hidden)
+        lines = [formatter.format(record) for record in records] + [formatter.redact(dumps(result))]
+        execution.update(
+            status="COMPLETE",
+            exitCode=code,
+            startTime=abaco_time(start),
+            finishTime=abaco_time(finish),
+            runtime=round((finish - start).total_seconds(), 3),
+            logs="\n".join(lines)[-MAX_LOG_CHARS:],
+            result={**result, "token": logs.MASK} if "token" in result else result,
+        )
+        self.registry.save_execution(execution)
+        return execution, result
+
+    def close(self) -> None:
+        self.store.close()
+        self.registry.close()
+
+
+def _tokens(result: dict[str, Any]) -> list[str]:
+    token = result.get("token")
+    return [token] if isinstance(token, str) else []
+
+
+def serve_config(
+    settings: Settings,
+    *,
+    actors: Iterable[str] = (),
+    api_tokens: Iterable[str] = (),
+    api_server: str | None = None,
+) -> tuple[ServeConfig, tuple[str, ...]]:
+    """The server's configuration: CLI values over config.yml's ``serve`` section.
+
+    Returns the config and the plain API tokens (for the log redactor only).
+    """
+    section = settings.section("serve")
+    chosen = tuple(dict.fromkeys(words(actors) or words(section.get("actors"))))
+    if not chosen:
+        raise PipelineJobsError(ErrorKind.CONFIGURATION, "no actor ids: pass --actor ID or set serve.actors")
+    plain = tuple(dict.fromkeys([*words(api_tokens), *words(section.get("api_tokens"))]))
+    tokens = ApiTokens.from_plain(plain, words(section.get("api_token_sha256")))
+    config = ServeConfig(
+        actors=chosen,
+        api_tokens=tokens,
+        owner=str(section.get("username") or settings.identity.owner),
+        tenant=nonce_tenant(settings),
+        api_server=(api_server or section.get("api_server") or None),
+    )
+    return config, plain
+
+
+def open_server(settings: Settings, config: ServeConfig, plain_tokens: Iterable[str] = ()) -> Server:
+    """Open the job store and the registry once, on the same backend."""
+    store = open_store(settings)
+    try:
+        registry = open_registry(settings, store)
+    except BaseException:
+        store.close()
+        raise
+    return Server(config, settings, store, registry, secrets=(*settings.secrets, *plain_tokens))
+
+
+def describe(server: Server) -> str:
+    """Where the data lives, without credentials: for the start-up log line."""
+    if server.store.backend == "mongodb":
+        uri = server.settings.mongodb_uri
+        hosts = uri.reveal().split("://", 1)[-1].split("/", 1)[0].rsplit("@", 1)[-1] if uri else "?"
+        return f"mongodb database '{server.settings.mongodb_database}' on {hosts}"
+    path = getattr(server.store, "path", None)
+    registry_path = getattr(server.registry, "path", None)
+    return f"{server.store.backend} file {path} (nonces and executions in {registry_path})"
