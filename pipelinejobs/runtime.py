@@ -35,11 +35,8 @@ def open_store(settings: Settings, env: Mapping[str, str] | None = None) -> JobS
         return embedded
     from .store.mongo import MongoJobStore
 
-    timeout = settings.section("mongodb").get("server_selection_timeout_ms")
     store = MongoJobStore(
-        uri.reveal(),
-        settings.mongodb_database,
-        server_selection_timeout_ms=timeout if isinstance(timeout, int) and timeout > 0 else 10000,
+        uri.reveal(), settings.mongodb_database, server_selection_timeout_ms=settings.mongodb_timeout_ms
     )
     store.ensure_indexes()
     return store

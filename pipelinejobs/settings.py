@@ -93,6 +93,12 @@ class Settings:
         return str(self.section("mongodb").get("database") or "catalog")
 
     @property
+    def mongodb_timeout_ms(self) -> int:
+        """How long to wait for MongoDB: ``mongodb.server_selection_timeout_ms``, else 10 s."""
+        timeout = self.section("mongodb").get("server_selection_timeout_ms")
+        return timeout if isinstance(timeout, int) and timeout > 0 else 10000
+
+    @property
     def accept_unverified_tokens(self) -> bool:
         return self.section("legacy").get("accept_unverified_tokens") is True
 

@@ -405,10 +405,5 @@ def open_registry(settings: Settings, store: Any = None) -> Registry:
     """The registry on the same backend as the job store: MongoDB if configured, else SQLite."""
     uri = settings.mongodb_uri
     if uri is not None:
-        timeout = settings.section("mongodb").get("server_selection_timeout_ms")
-        return MongoRegistry(
-            uri.reveal(),
-            settings.mongodb_database,
-            timeout_ms=timeout if isinstance(timeout, int) and timeout > 0 else 10000,
-        )
+        return MongoRegistry(uri.reveal(), settings.mongodb_database, timeout_ms=settings.mongodb_timeout_ms)
     return SqliteRegistry(sqlite_path_for(store, settings))
