@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, authn_for
+from tests.conftest import ROOT, authn_for, stop_process
 
 ACTOR_ID = "pjmanager0001"
 OTHER_ACTOR_ID = "pjmanager0002"  # a second actor the server answers for (nonces must not cross over)
@@ -105,12 +105,7 @@ def start_server(
         _wait_until_ready(server)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @pytest.fixture
