@@ -25,6 +25,8 @@ from typing import Any, Protocol
 
 from ..errors import ErrorKind, PipelineJobsError
 from ..settings import Settings
+from ..store.base import JobStore
+from ..store.sqlite import SqliteJobStore
 
 Record = dict[str, Any]
 
@@ -392,18 +394,16 @@ def nonce_tenant(settings: Settings) -> str:
     return str(settings.section("serve").get("tenant") or settings.identity.tenant).upper()
 
 
-def sqlite_path_for(store: Any, settings: Settings) -> Path:
-    """A file next to the embedded job store (``<store>.abaco.sqlite``)."""
-    store_path = getattr(store, "path", None) or settings.section("store").get("sqlite_path")
-    base = (
-        Path(str(store_path)) if store_path and str(store_path) != ":memory:" else Path(".pipelinejobs/catalog.sqlite")
-    )
-    return base.with_name(base.stem + ".abaco.sqlite")
+def sqlite_path_for(store: SqliteJobStore) -> Path:
+    """A file next to the embedded job store's (``<store>.abaco.sqlite``): serve and the CLI share it."""
+    return store.path.with_name(store.path.stem + ".abaco.sqlite")
 
 
-def open_registry(settings: Settings, store: Any = None) -> Registry:
+def open_registry(settings: Settings, store: JobStore) -> Registry:
     """The registry on the same backend as the job store: MongoDB if configured, else SQLite."""
     uri = settings.mongodb_uri
     if uri is not None:
         return MongoRegistry(uri.reveal(), settings.mongodb_database, timeout_ms=settings.mongodb_timeout_ms)
-    return SqliteRegistry(sqlite_path_for(store, settings))
+    if not isinstance(store, SqliteJobStore):
+        raise PipelineJobsError(ErrorKind.CONFIGURATION, "no MongoDB is configured and the job store is not a file")
+    return SqliteRegistry(sqlite_path_for(store))
