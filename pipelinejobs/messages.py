@@ -9,6 +9,12 @@ by URL parameters (``uuid`` and ``name``/``event`` parameters, the JSON body
 becomes ``data``). A message that fits none is rejected with, for each candidate,
 the reason it did not fit: keyword, field path and schema title, never the
 submitted value.
+
+Whether a message fits is decided by ``schemacheck`` (no jsonschema import on the
+hot path); jsonschema words the reasons only when every candidate is refused.
+An event's delivery id (``event_id``) comes from the body, else the ``event_id``
+URL parameter, else is derived from an Agave or Tapis callback (``agave.delivery_id``,
+``tapis.delivery_id``).
 """
 
 from __future__ import annotations
