@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -20,26 +19,10 @@ log = logs.get_logger("runtime")
 
 
 def open_store(settings: Settings, env: Mapping[str, str] | None = None) -> JobStore:
-    """The configured store, with its indexes ensured: MongoDB if one is configured, else the SQLite file.
+    """The configured job store (see :mod:`pipelinejobs.store.factory`); the caller closes it."""
+    from .store.factory import open_job_store
 
-    ``env`` (default: the process environment) supplies HOME/XDG_DATA_HOME for the default SQLite location.
-    """
-    uri = settings.mongodb_uri
-    if uri is None:
-        from .store.sqlite import SqliteJobStore, sqlite_path
-
-        path = sqlite_path(settings.section("store").get("sqlite_path"), os.environ if env is None else env)
-        log.debug("no MongoDB is configured; using the embedded store")
-        embedded = SqliteJobStore(path)
-        embedded.ensure_indexes()
-        return embedded
-    from .store.mongo import MongoJobStore
-
-    store = MongoJobStore(
-        uri.reveal(), settings.mongodb_database, server_selection_timeout_ms=settings.mongodb_timeout_ms
-    )
-    store.ensure_indexes()
-    return store
+    return open_job_store(settings, env)
 
 
 def json_default(value: Any) -> Any:

@@ -16,7 +16,14 @@ import yaml
 from pipelinejobs import cli
 from pipelinejobs.errors import ErrorKind
 from pipelinejobs.settings import read_config_file
-from tests.conftest import EXAMPLE_PIPELINE_COMPONENTS, EXAMPLE_PIPELINE_ID, EXAMPLE_PIPELINE_UUID, ROOT, authn_for
+from tests.conftest import (
+    EXAMPLE_PIPELINE_COMPONENTS,
+    EXAMPLE_PIPELINE_ID,
+    EXAMPLE_PIPELINE_UUID,
+    ROOT,
+    authn_for,
+    prepare_database,
+)
 from tests.server_fixtures import LiveServer
 
 
@@ -25,6 +32,7 @@ def env(monkeypatch: pytest.MonkeyPatch, mongodb_uri: str, database_name: str, d
     """The CLI reads its settings from the environment, as it would on an operator's machine."""
     monkeypatch.setenv("_REACTOR_MONGODB_AUTHN", authn_for(mongodb_uri))
     monkeypatch.setenv("_REACTOR_MONGODB_DATABASE", database_name)
+    prepare_database(mongodb_uri, database_name)  # `pipelinejobs db init`, once per deployment
     return db
 
 

@@ -20,7 +20,7 @@ import pytest
 from pipelinejobs import identifiers
 from pipelinejobs.client import ManagedPipelineJob, ManagedPipelineJobError, typed_uuids
 from pipelinejobs.errors import ErrorKind
-from tests.conftest import DATACATALOG_JOB_KEYS, EXAMPLE_PIPELINE_UUID, authn_for
+from tests.conftest import DATACATALOG_JOB_KEYS, EXAMPLE_PIPELINE_UUID, authn_for, prepare_database
 from tests.server_fixtures import LiveServer, free_port
 from tests.test_tapis import tapis_notification
 
@@ -45,7 +45,8 @@ LIFECYCLE = [
 # -- helpers -----------------------------------------------------------------------------------
 @pytest.fixture
 def mongo(mongodb_uri: str, database_name: str) -> dict[str, str]:
-    """The ``mongodb`` settings dict, as actors pass it (compat §8)."""
+    """The ``mongodb`` settings dict, as actors pass it (compat §8), on a catalog prepared by `db init`."""
+    prepare_database(mongodb_uri, database_name)
     return {"authn": authn_for(mongodb_uri), "database": database_name}
 
 
@@ -211,7 +212,9 @@ def test_database_transport_from_setup_to_retire(mongo: dict, example_pipeline: 
     assert [h["data"] for h in doc["history"][1:]] == [{"step": name} for name, _ in LIFECYCLE]
     assert doc["_properties"]["revision"] == len(LIFECYCLE)
     assert doc["_salt"] == salt  # never rotated: the callback's token stays valid
-    assert db.updates.count_documents({"uuid": job.uuid}) == 1 + len(LIFECYCLE)
+    assert db.updates.count_documents({"uuid": job.uuid}) == 1  # the create; events are in the event log
+    log = list(db.events.find({"uuid": job.uuid}).sort("seq", 1))
+    assert [(r["seq"], r["name"]) for r in log] == list(enumerate(["create"] + [name for name, _ in LIFECYCLE]))
 
 
 @pytest.mark.parametrize(

@@ -141,6 +141,7 @@ def open_server(settings: Settings, config: ServeConfig, plain_tokens: Iterable[
     """Open the job store and the registry once, on the same backend."""
     store = open_store(settings)
     try:
+        store.ensure_indexes()  # serve prepares the store at start, so messages never pay for it
         registry = open_registry(settings, store)
     except BaseException:
         store.close()
