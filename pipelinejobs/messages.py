@@ -39,6 +39,8 @@ class EventMessage:
     token: str | None = None
     data: dict[str, Any] | None = None
     via: str = "message"  # message | url | agave | tapis
+    event_id: str | None = None  # a delivery id: a repeated delivery is answered, not applied again
+    status: str | None = None  # a scheduler's own status word (Agave/Tapis callbacks), for stale checks
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,12 @@ def _missing_index_is_configuration(index: str) -> Iterator[None]:
         raise
 
 
+def _at_revision(uuid: str, revision: int) -> dict[str, Any]:
+    """The visible job, if it is still at ``revision`` (a job without one counts as revision 0)."""
+    at = {"$in": [0, None]} if revision == 0 else revision
+    return {"uuid": uuid, "_properties.revision": at, "_visible": {"$ne": False}}
+
+
 def hosts_of(uri: str) -> str:
     """The host list of a MongoDB URI, without credentials or options."""
     return uri.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
@@ -233,7 +239,7 @@ class MongoJobStore:
         found = self.events.find_one({"uuid": uuid, "seq": revision + 1, "slot": ""}, {"_id": False})
         if found is not None:
             record = EventRecord.from_document(found)
-            self.jobs.update_one({"uuid": uuid, "_properties.revision": revision}, self._apply_update(record))
+            self.jobs.update_one(_at_revision(uuid, revision), self._apply_update(record))
 
     # -- protocol --------------------------------------------------------
     def ensure_indexes(self) -> None:
@@ -301,7 +307,8 @@ class MongoJobStore:
         if not include_hidden:
             query["_visible"] = {"$ne": False}
         with self._translate():
-            cursor = self.jobs.find(query, {"_id": False}).sort("updated", pymongo.DESCENDING).limit(limit)
+            cursor = self.jobs.find(query, {"_id": False, "history": False}).sort("updated", pymongo.DESCENDING)
+            cursor = cursor.limit(limit)
             return list(cursor)
 
     def insert_job(self, job: Document, audit: Document) -> tuple[Document, bool]:
@@ -337,9 +344,7 @@ class MongoJobStore:
                 # another writer took this revision: make sure the job shows it, then read again
                 self._roll_forward(uuid, expected_revision)
                 return AppendResult(Append.MOVED)
-            applied = self.jobs.update_one(
-                {"uuid": uuid, "_properties.revision": expected_revision}, self._apply_update(record)
-            )
+            applied = self.jobs.update_one(_at_revision(uuid, expected_revision), self._apply_update(record))
             if applied.matched_count == 1:
                 return AppendResult(Append.APPLIED)
             # the job moved on without our update: either a writer rolled our record forward

@@ -256,7 +256,8 @@ class SqliteJobStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
-                conn.execute("COMMIT")
+                if conn.in_transaction:  # the work may have rolled back on purpose
+                    conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
