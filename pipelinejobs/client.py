@@ -84,13 +84,12 @@ class PipelinesConfig:
         missing = [key for key in ("pipeline_uuid", "job_manager_id") if not pipelines.get(key)]
         if missing:
             raise ManagedPipelineJobError(ErrorKind.CONFIGURATION, f"pipelines needs {', '.join(missing)}")
+        api_server = pipelines.get("api_server") or (env or {}).get(API_SERVER_ENV) or DEFAULT_API_SERVER
         return cls(
             pipeline_uuid=str(pipelines["pipeline_uuid"]),
             job_manager_id=str(pipelines["job_manager_id"]).strip("/"),
             job_manager_nonce=pipelines.get("job_manager_nonce") or None,
-            api_server=str(pipelines.get("api_server") or (env or {}).get(API_SERVER_ENV) or DEFAULT_API_SERVER).rstrip(
-                "/"
-            ),
+            api_server=str(api_server).rstrip("/"),
             api_version=str(pipelines.get("api_version") or "v2"),
         )
 
@@ -160,7 +159,7 @@ class ManagedPipelineJob:
         experiment_id: str | list[str] | None = None,
         sample_id: str | list[str] | None = None,
         measurement_id: str | list[str] | None = None,
-        child_of: list[str] | None = None,
+        child_of: str | list[str] | None = None,
         pipeline_uuid: str | None = None,
         transport: str = "database",
         store: JobStore | None = None,
@@ -408,8 +407,8 @@ def typed_uuids(values: str | list[str], uuid_type: str, domain: str = identifie
     return _unique_sorted(result)
 
 
-def _unique_sorted(uuids: list[str]) -> list[str]:
-    return sorted({str(u).strip().lower() for u in uuids})
+def _unique_sorted(uuids: str | list[str]) -> list[str]:
+    return sorted({str(u).strip().lower() for u in ([uuids] if isinstance(uuids, str) else uuids)})
 
 
 def _parents(arguments: Mapping[str, Any], domain: str) -> list[str]:

@@ -350,6 +350,7 @@ def test_parents_in_any_order_or_repeated_make_the_same_job(mongo: dict, example
     assert doc["child_of"] == parents
     explicit = new_job(None, pipelines(), transport="message", child_of=[parents[1], parents[0], parents[1]])
     assert explicit.child_of == parents[:2]
+    assert new_job(None, pipelines(), transport="message", child_of=parents[0]).child_of == [parents[0]]
 
 
 def test_the_default_archive_path_is_the_librarys_hashids_recipe() -> None:
