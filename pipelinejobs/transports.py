@@ -79,7 +79,8 @@ class DatabaseTransport:
         existing = self.store.find_job(uuid)
         if existing is not None:
             token = identifiers.job_token(str(existing.get("_salt")), uuid, existing.get("_admin") or {})
-            return {"status": "ok", "created": False, "uuid": uuid, "state": existing.get("state"), "token": token}
+            answer = {"status": "ok", "created": False, "uuid": uuid, "state": existing.get("state"), "token": token}
+            return {**answer, "archive_path": existing.get("archive_path")}  # the client keeps the stored path
         return service.create_job(message, store=self.store, settings=self.settings, now=self.clock(), origin=origin)
 
     def event(self, body: dict[str, Any]) -> dict[str, Any]:
