@@ -254,7 +254,7 @@ def create_job(
             pipeline_uuid=message.pipeline_uuid,
         )
     identity = settings.identity
-    child_of = list(message.child_of)
+    child_of = sorted(set(message.child_of))  # as ManagedPipelineJob does: parents in any order, one job
     uuid = identifiers.job_uuid(message.pipeline_uuid, child_of, message.data, identity.dns_domain)
     job = documents.new_job(
         uuid=uuid,
@@ -282,5 +282,6 @@ def create_job(
         "created": created,
         "uuid": uuid,
         "state": stored["state"],
+        "archive_path": stored.get("archive_path"),
         "token": token,
     }
