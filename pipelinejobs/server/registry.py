@@ -19,6 +19,7 @@ import secrets
 import sqlite3
 import string
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,8 +35,9 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 
 
 class Level(enum.IntEnum):
-    """Abaco's permission levels; a higher level includes the lower ones."""
+    """Abaco's permission levels; a higher level includes the lower ones (a NONE nonce admits nothing)."""
 
+    NONE = 0
     READ = 1
     EXECUTE = 2
     UPDATE = 3
@@ -92,6 +94,46 @@ def sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+INT64_MAX = 2**63 - 1  # the largest count either store keeps exactly (MongoDB's int64)
+
+# Abaco's texts (actors/controllers.py, models.py; the parser's help text is the Nonce model's)
+NONCE_NOT_FOUND = "Nonce not found."
+MAX_USES_NOT_INTEGER = "The max uses parameter must be an integer."
+MAX_USES_RANGE = "The max uses parameter must be a positive integer or -1 (to denote unlimited uses)."
+MAX_USES_HELP = "Maximum number of times this nonce can be redeemed. Default is unlimited."
+LEVEL_CHOICES = tuple(Level.__members__)
+BAD_LEVEL = f"Invalid nonce description. The level attribute must be one of: {LEVEL_CHOICES}"
+BAD_NONCE_BODY = "Invalid nonce description: Unable to process the JSON description."
+_DECIMAL = re.compile(r"[+-]?[0-9]+")
+
+
+def _max_uses(value: Any, field: str) -> int:
+    """maxUses as Abaco's request parser reads it (an integer), then Abaco's range check.
+
+    Deliberately stricter than Python's ``int()``: no booleans, fractions, Unicode digits or
+    ``1_000``; and a count beyond int64 is refused rather than overflowing the store.
+    """
+    unparsable = Refused(f"Invalid nonce description: {{{field!r}: {MAX_USES_HELP!r}}}")
+    if value is None:
+        raise Refused(MAX_USES_NOT_INTEGER)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if not _DECIMAL.fullmatch(text):
+            raise unparsable
+        if len(text.lstrip("+-").lstrip("0")) > 19:  # more digits than int64 holds: no int() of a huge string
+            raise Refused(f"{MAX_USES_RANGE} The largest is {INT64_MAX}.")
+        value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise unparsable
+    if value == 0 or value < -1:
+        raise Refused(MAX_USES_RANGE)
+    if value > INT64_MAX:
+        raise Refused(f"{MAX_USES_RANGE} The largest is {INT64_MAX}.")
+    return value
+
+
 def new_nonce(
     *,
     actor_id: str,
@@ -101,23 +143,26 @@ def new_nonce(
     max_uses: Any = -1,
     level: Any = "EXECUTE",
     description: Any = "",
+    roles: Iterable[str] = (),
+    field: str = "maxUses",
 ) -> Record:
-    """A nonce record as Abaco lays it out, after Abaco's checks of maxUses and level."""
-    if isinstance(max_uses, str) and max_uses.lstrip("-").isdigit():
-        max_uses = int(max_uses)
-    if isinstance(max_uses, bool) or not isinstance(max_uses, int) or max_uses == 0 or max_uses < -1:
-        raise Refused("Invalid maxUses: must be -1 (unlimited) or a positive integer.")
-    name = str(level).upper() if level is not None else "EXECUTE"
-    if name not in Level.__members__:
-        raise Refused("Invalid level: must be one of READ, EXECUTE, UPDATE.")
+    """A nonce record as Abaco stores it, after Abaco's checks of maxUses and level.
+
+    ``field`` is how the request spelled maxUses (``max_uses`` on Tapis v3), for the refusal text.
+    Levels are case-sensitive, as in Abaco.
+    """
+    uses = _max_uses(max_uses, field)
+    if not isinstance(level, str) or level not in LEVEL_CHOICES:
+        raise Refused(BAD_LEVEL)
     return {
         "id": f"{tenant.upper()}_{hashid()}",
         "actorId": actor_id,
         "owner": owner,
-        "level": name,
-        "maxUses": max_uses,
+        "roles": list(roles),
+        "level": level,
+        "maxUses": uses,
         "currentUses": 0,
-        "remainingUses": max_uses,
+        "remainingUses": uses,
         "description": "" if description is None else str(description)[:1000],
         "createTime": abaco_time(now),
         "lastUseTime": None,
@@ -131,6 +176,100 @@ def refusal(nonce: Record | None, level: Level) -> Refused:
     if Level[nonce["level"]] < level:
         return Refused(NONCE_LEVEL)
     return Refused(NONCE_USED_UP)
+
+
+# -- how Abaco displays records (models.py ``display()``; the API answers in these shapes) ------
+@dataclass(frozen=True)
+class Links:
+    """Where Abaco's hypermedia points: the tenant's base URL, with v2 or v3 paths."""
+
+    api_server: str
+    v3: bool = False
+
+    def actor(self, actor_id: str) -> str:
+        return f"{self.api_server}/v3/actors/{actor_id}" if self.v3 else f"{self.api_server}/actors/v2/{actor_id}"
+
+    def profile(self, user: str) -> str:
+        return f"{self.api_server}/v3/oauth2/profiles/{user}" if self.v3 else f"{self.api_server}/profiles/v2/{user}"
+
+
+def display_time(value: str | None) -> str:
+    """Abaco shows a time that was never set as the string "None" (``display_time``)."""
+    return value or "None"
+
+
+def display_nonce(nonce: Record, links: Links) -> Record:
+    actor = links.actor(nonce["actorId"])
+    shown = {
+        "id": nonce["id"],
+        "actorId": nonce["actorId"],
+        "owner": nonce["owner"],
+        "roles": list(nonce.get("roles") or []),
+        "apiServer": links.api_server,
+        "level": nonce["level"],
+        "maxUses": nonce["maxUses"],
+        "currentUses": nonce["currentUses"],
+        "remainingUses": nonce["remainingUses"],
+        "description": nonce.get("description", ""),
+        "createTime": display_time(nonce.get("createTime")),
+        "lastUseTime": display_time(nonce.get("lastUseTime")),
+    }
+    shown["_links"] = {
+        "self": f"{actor}/nonces/{nonce['id']}",
+        "owner": links.profile(nonce["owner"]),
+        "actor": actor,
+    }
+    return shown
+
+
+def display_execution(execution: Record, links: Links) -> Record:
+    """One execution; serve measures no container, so ``cpu`` and ``io`` are 0. Logs have their own endpoint."""
+    actor = links.actor(execution["actorId"])
+    shown = {k: v for k, v in execution.items() if k != "logs"}
+    shown.setdefault("cpu", 0)
+    shown.setdefault("io", 0)
+    shown["apiServer"] = links.api_server
+    shown["_links"] = {
+        "self": f"{actor}/executions/{execution['id']}",
+        "owner": links.profile(str(execution.get("executor") or "")),
+        "logs": f"{actor}/executions/{execution['id']}/logs",
+    }
+    return shown
+
+
+_SUMMARY_ROW = ("id", "status", "startTime", "finishTime", "messageReceivedTime", "exitCode")
+
+
+def display_executions(actor_id: str, owner: str, rows: list[Record], totals: Totals, links: Links) -> Record:
+    """Abaco's ExecutionsSummary: totals over all the actor's executions, then the rows (newest first)."""
+    actor = links.actor(actor_id)
+    return {
+        "actorId": actor_id,
+        "apiServer": links.api_server,
+        "owner": owner,
+        "totalExecutions": totals.executions,
+        "totalCpu": 0,
+        "totalIo": 0,
+        "totalRuntime": totals.runtime,
+        "executions": [{key: row.get(key) for key in _SUMMARY_ROW} for row in rows],
+        "_links": {"self": f"{actor}/executions", "owner": links.profile(owner)},
+    }
+
+
+def display_logs(execution: Record, owner: str, links: Links) -> Record:
+    url = f"{links.actor(execution['actorId'])}/executions/{execution['id']}"
+    return {
+        "logs": execution.get("logs", ""),
+        "_links": {"self": f"{url}/logs", "owner": links.profile(owner), "execution": url},
+    }
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What an actor's executions add up to (the summary counts all of them, not just the page shown)."""
+
+    executions: int = 0
+    runtime: float = 0.0
 
 
 class Registry(Protocol):
@@ -150,6 +289,8 @@ class Registry(Protocol):
     def save_execution(self, execution: Record) -> None: ...
 
     def get_execution(self, actor_id: str, execution_id: str) -> Record | None: ...
+
+    def execution_totals(self, actor_id: str) -> Totals: ...
 
     def list_executions(self, actor_id: str, limit: int = 100) -> list[Record]: ...
 
@@ -230,6 +371,17 @@ class MongoRegistry:
     def get_execution(self, actor_id: str, execution_id: str) -> Record | None:
         with self._translate():
             return self._plain(self.executions.find_one({"id": execution_id, "actorId": actor_id}))
+
+    def execution_totals(self, actor_id: str) -> Totals:
+        pipeline = [
+            {"$match": {"actorId": actor_id}},
+            {"$group": {"_id": None, "executions": {"$sum": 1}, "runtime": {"$sum": "$runtime"}}},
+        ]
+        with self._translate():
+            found = list(self.executions.aggregate(pipeline))
+        if not found:
+            return Totals()
+        return Totals(int(found[0]["executions"]), round(float(found[0]["runtime"] or 0), 3))
 
     def list_executions(self, actor_id: str, limit: int = 100) -> list[Record]:
         with self._translate():
@@ -349,6 +501,14 @@ class SqliteRegistry:
                 "SELECT record FROM abaco_executions WHERE id = ? AND actor_id = ?", (execution_id, actor_id)
             ).fetchone()
         return json.loads(row["record"]) if row else None
+
+    def execution_totals(self, actor_id: str) -> Totals:
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT COUNT(*), TOTAL(json_extract(record, '$.runtime')) FROM abaco_executions WHERE actor_id = ?",
+                (actor_id,),
+            ).fetchone()
+        return Totals(int(row[0]), round(float(row[1]), 3))
 
     def list_executions(self, actor_id: str, limit: int = 100) -> list[Record]:
         with self._connect() as conn:
