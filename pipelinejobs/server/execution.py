@@ -75,15 +75,20 @@ class Server:
     clock: Callable[[], datetime] = utc_now
     capture: _Capture = field(default_factory=_Capture)
 
-    def execute(self, env: dict[str, str], execution: Record, secrets: Iterable[str]) -> tuple[Record, Any]:
+    def execute(
+        self, env: dict[str, str], execution: Record, secrets: Iterable[str], parsed: dict[str, Any] | None = None
+    ) -> tuple[Record, Any]:
         """Handle one message like a container run; record and return (execution, result).
 
+        ``parsed`` is the JSON object whose repr is ``env["MSG"]``, so it is not parsed again.
         The logs hide what reactor.py's would (``collect_secrets`` of the message's environment),
         plus ``secrets`` (e.g. the caller's bearer token) and a token the result hands out.
         """
         start = self.clock()
         with self.capture.records() as records:
-            code, result = handle_env(env, settings=self.settings, get_store=lambda: self.store, now=self.clock())
+            code, result = handle_env(
+                env, settings=self.settings, get_store=lambda: self.store, now=self.clock(), parsed=parsed
+            )
         finish = self.clock()
         hidden = [*self.secrets, *collect_secrets(env, {}), *secrets, *_tokens(result)]
         formatter = logs.RedactingFormatter(secrets=hidden)
