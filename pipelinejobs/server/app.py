@@ -21,13 +21,15 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as StarletteJSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__, logs
 from ..errors import ErrorKind, PipelineJobsError
 from .execution import Server
+from .jsontext import dumps_utf8
 from .registry import Level, Record, Refused, abaco_time, hashid, new_nonce
 
 log = logs.get_logger("server")
@@ -36,6 +38,16 @@ SERIALIZE_ERROR = "message POST body could not be serialized. Pass JSON data or 
 NO_CREDENTIALS = "No JWT or nonce provided."
 INVALID_JWT = "Invalid JWT."
 NONCE_FOR_NONCES = "Nonces cannot be used to manage nonces; use a bearer token."
+
+
+class JSONResponse(StarletteJSONResponse):
+    """Every answer: lone surrogates (from echoed input) become U+FFFD instead of a 500 after the fact.
+
+    NaN in an echoed message is written as Abaco's Flask writes it, not refused.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return dumps_utf8(content, allow_nan=True, indent=None, separators=(",", ":"))
 
 
 # -- Abaco's message rules ----------------------------------------------------------------------

@@ -21,6 +21,7 @@ from ..errors import ErrorKind, PipelineJobsError
 from ..runtime import dumps, handle_env, open_store
 from ..settings import Settings, collect_secrets
 from ..store.base import JobStore
+from .recorder import WriteBehind
 from .registry import ApiTokens, Record, Registry, abaco_time, nonce_tenant, open_registry, words
 
 MAX_LOG_CHARS = 1_000_000  # Abaco caps execution logs at 1 MB
@@ -106,8 +107,11 @@ class Server:
         return execution, result
 
     def close(self) -> None:
-        self.store.close()
-        self.registry.close()
+        """Flush and close the registry first: on MongoDB it writes through the store's client."""
+        try:
+            self.registry.close()
+        finally:
+            self.store.close()
 
 
 def _tokens(result: dict[str, Any]) -> list[str]:
@@ -143,10 +147,15 @@ def serve_config(
 
 
 def open_server(settings: Settings, config: ServeConfig, plain_tokens: Iterable[str] = ()) -> Server:
-    """Open the job store and the registry once, on the same backend."""
+    """Open the job store and the registry once, on the same backend, with the registry's indexes.
+
+    Execution records are written behind (``recorder.WriteBehind``), in batches off the request path.
+    """
     store = open_store(settings)
     try:
-        registry = open_registry(settings, store)
+        inner = open_registry(settings, store)
+        inner.ensure_indexes()
+        registry = WriteBehind(inner)
     except BaseException:
         store.close()
         raise
