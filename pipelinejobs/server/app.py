@@ -2,7 +2,8 @@
 
 A POST is turned into the environment Abaco would give the container (MSG, the
 content type, the query parameters, the ``_abaco_*`` ids) and handed to
-``Server.execute`` (``execution.py``), which runs the same path as reactor.py.
+``Server.execute`` (``execution.py``), which runs the same path as reactor.py,
+with the JSON object already parsed here so that MSG is not parsed back.
 Settings are the server's own, loaded once at start; query parameters only ever
 reach the message. This module holds the HTTP side: Abaco's message rules,
 the response envelope, authentication, the routes and the app.

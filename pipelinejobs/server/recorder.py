@@ -19,6 +19,7 @@ dropped with an error in the log.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from datetime import datetime
@@ -35,7 +36,7 @@ class WriteBehind:
     """A registry whose execution records are stored in batches by a background thread."""
 
     def __init__(
-        self, inner: Registry, *, interval: float = 0.02, batch: int = 200, max_pending: int = 100_000
+        self, inner: Registry, *, interval: float = 0.05, batch: int = 200, max_pending: int = 100_000
     ) -> None:
         self.inner = inner
         self.backend = inner.backend
@@ -97,7 +98,7 @@ class WriteBehind:
         """Store the pending records; they leave the buffer only once stored. True if nothing failed."""
         while True:
             with self._wake:
-                batch = list(self._pending.values())[: self.batch]
+                batch = list(itertools.islice(self._pending.values(), self.batch))
             if not batch:
                 return True
             try:
