@@ -233,7 +233,9 @@ def cmd_job_history(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise PipelineJobsError(ErrorKind.BAD_MESSAGE, f"--after: {exc}") from exc
     shown = [record.to_document() for record in records]
-    _emit(args, {"uuid": args.uuid, "events": shown, "next": next_cursor}, history_text(args.uuid, records, next_cursor))
+    _emit(
+        args, {"uuid": args.uuid, "events": shown, "next": next_cursor}, history_text(args.uuid, records, next_cursor)
+    )
     return 0
 
 

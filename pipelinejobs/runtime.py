@@ -40,17 +40,23 @@ def dumps(value: Any) -> str:
 
 
 def handle_env(
-    env: Mapping[str, str], *, settings: Settings, get_store: Callable[[], JobStore], now: datetime
+    env: Mapping[str, str],
+    *,
+    settings: Settings,
+    get_store: Callable[[], JobStore],
+    now: datetime,
+    parsed: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """One message from an Abaco-style environment: intake, classify, handle. Never raises.
 
     Shared by ``reactor.py`` (one process per message) and ``pipelinejobs serve`` (in-process).
     The store is asked for only once the message is valid, so bad input never touches storage.
+    ``parsed``: serve's already parsed JSON object whose repr is MSG (``intake.from_env``).
     """
     from . import service
 
     try:
-        intake = from_env(env, settings.limit("max_message_bytes", 1048576))
+        intake = from_env(env, settings.limit("max_message_bytes", 1048576), parsed=parsed)
         message = classify(intake, settings.limit("max_data_bytes", 262144))
         subject = getattr(message, "uuid", None) or getattr(message, "pipeline_uuid", None)
         log.info("received %s for %s", type(message).__name__, subject)

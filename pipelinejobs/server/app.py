@@ -2,7 +2,8 @@
 
 A POST is turned into the environment Abaco would give the container (MSG, the
 content type, the query parameters, the ``_abaco_*`` ids) and handed to
-``Server.execute`` (``execution.py``), which runs the same path as reactor.py.
+``Server.execute`` (``execution.py``), which runs the same path as reactor.py,
+with the JSON object already parsed here so that MSG is not parsed back.
 Settings are the server's own, loaded once at start; query parameters only ever
 reach the message. This module holds the HTTP side: Abaco's message rules,
 the response envelope, authentication, the routes and the app.
@@ -16,20 +17,22 @@ import json
 import logging
 import re
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as StarletteJSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__, logs
 from ..errors import ErrorKind, PipelineJobsError
 from .execution import Server
+from .jsontext import dumps_utf8
 from .registry import (
     BAD_NONCE_BODY,
     NONCE_NOT_FOUND,
@@ -61,9 +64,28 @@ TAPIS_NO_TENANT = (
 TAPIS_INVALID = "Invalid Tapis token."
 
 
+class JSONResponse(StarletteJSONResponse):
+    """Every answer: lone surrogates (from echoed input) become U+FFFD instead of a 500 after the fact.
+
+    NaN in an echoed message is written as Abaco's Flask writes it, not refused.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return dumps_utf8(content, allow_nan=True, indent=None, separators=(",", ":"))
+
+
 # -- Abaco's message rules ----------------------------------------------------------------------
-def abaco_message(query_message: str | None, content_type: str, body: bytes) -> tuple[Any, str, str | None]:
-    """(msg as received, ``_abaco_Content_Type``, MSG) from a POST, by Abaco's rules (§1)."""
+class AbacoMessage(NamedTuple):
+    """A POSTed message by Abaco's rules (§1)."""
+
+    msg: Any  # as received, echoed in the reply and kept in the execution record
+    content_type: str  # ``_abaco_Content_Type``
+    raw: str | None  # MSG, what the container would get
+    parsed: dict[str, Any] | None  # the JSON object whose repr MSG is: the manager reads it, not MSG
+
+
+def abaco_message(query_message: str | None, content_type: str, body: bytes) -> AbacoMessage:
+    """The message of a POST, by Abaco's rules (§1)."""
     media = content_type.split(";")[0].strip().lower()
     value: Any = query_message
     if not value and media == "application/x-www-form-urlencoded":
@@ -76,12 +98,13 @@ def abaco_message(query_message: str | None, content_type: str, body: bytes) -> 
     if not value and parsed_ok and isinstance(parsed, dict):
         value = parsed.get("message")
     if value:  # the message attribute wins; a dict arrives as its Python repr
-        return value, "str", str(value)
+        return AbacoMessage(value, "str", str(value), value if isinstance(value, dict) else None)
     if media == "application/octet-stream":
-        return None, "application/octet-stream", None
+        return AbacoMessage(None, "application/octet-stream", None, None)
     if not parsed_ok:
         raise Refused(SERIALIZE_ERROR)
-    return parsed, "application/json" if parsed else "str", str(parsed)
+    kind = "application/json" if parsed else "str"
+    return AbacoMessage(parsed, kind, str(parsed), parsed if isinstance(parsed, dict) else None)
 
 
 def _truthy(value: str | None) -> bool:
@@ -215,7 +238,8 @@ async def post_message(request: Request) -> Response:
     received = server.clock()
     body = await _read_body(request, 4 * server.settings.limit("max_message_bytes", 1048576))
     query = request.query_params
-    msg, content_type, raw = abaco_message(query.get("message"), request.headers.get("content-type", ""), body)
+    message = abaco_message(query.get("message"), request.headers.get("content-type", ""), body)
+    msg, content_type, raw = message.msg, message.content_type, message.raw
     execution_id = hashid()
     params = {name: value for name, value in query.items() if name != "message"}
     env = {
@@ -237,7 +261,8 @@ async def post_message(request: Request) -> Response:
         "messageReceivedTime": abaco_time(received),
     }
     bearer = _bearer(request)  # the message's own secrets (token, x-nonce) are in env
-    execution, result = await run_in_threadpool(server.execute, env, execution, [bearer] if bearer else [])
+    secrets = [bearer] if bearer else []
+    execution, result = await run_in_threadpool(server.execute, env, execution, secrets, message.parsed)
     log.info("actor %s: execution %s exit code %s", actor, execution_id, execution["exitCode"])
     if _truthy(query.get("_abaco_synchronous")):
         headers = {"x-abaco-execution-id": execution_id, "x-abaco-exit-code": str(execution["exitCode"])}

@@ -4,8 +4,9 @@ A nonce with N uses must admit exactly N requests even when they race, so a use
 is one conditional write per backend (MongoDB ``find_one_and_update`` with a
 ``remainingUses > 0`` filter, SQLite ``UPDATE ... WHERE remaining_uses > 0``);
 the reason for a refusal is read afterwards, when nothing depends on it.
-The registry lives where the jobs live: the same MongoDB database, or a SQLite
-file next to the embedded job store.
+The registry lives where the jobs live: the same MongoDB database (through the
+job store's one client), or a SQLite file next to the embedded job store, used
+through a few pooled connections that stay open until ``close``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import re
 import secrets
 import sqlite3
 import string
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +31,7 @@ from ..errors import ErrorKind, PipelineJobsError
 from ..settings import Settings
 from ..store.base import JobStore
 from ..store.sqlite import SqliteJobStore
+from .jsontext import surrogate_safe
 
 Record = dict[str, Any]
 
@@ -288,36 +292,47 @@ class Registry(Protocol):
 
     def save_execution(self, execution: Record) -> None: ...
 
+    def save_executions(self, executions: list[Record]) -> None:
+        """Store a batch in one round trip; a record already stored (same id) is kept as is."""
+
     def get_execution(self, actor_id: str, execution_id: str) -> Record | None: ...
 
     def execution_totals(self, actor_id: str) -> Totals: ...
 
     def list_executions(self, actor_id: str, limit: int = 100) -> list[Record]: ...
 
+    def ensure_indexes(self) -> None:
+        """Create what lookups need (serve at start, ``pipelinejobs db init``); never per request."""
+
     def close(self) -> None: ...
 
 
 class MongoRegistry:
-    """Collections ``abaco_nonces`` and ``abaco_executions`` in the catalog database."""
+    """Collections ``abaco_nonces`` and ``abaco_executions`` in the catalog database.
+
+    It borrows the job store's ``Database`` (one MongoClient per process), so ``close`` leaves it open.
+    """
 
     backend = "mongodb"
 
-    def __init__(self, uri: str, database: str, *, timeout_ms: int = 10000) -> None:
-        import pymongo
-
+    def __init__(self, database: Any) -> None:
         from ..store.mongo import translate_errors
 
         self._translate = translate_errors
-        self._client: Any = pymongo.MongoClient(
-            uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, appname="pipelinejobs-serve"
-        )
-        db = self._client[database]
-        self.nonces = db["abaco_nonces"]
-        self.executions = db["abaco_executions"]
+        self.nonces = database["abaco_nonces"]
+        self.executions = database["abaco_executions"]
+
+    def ensure_indexes(self) -> None:
+        from pymongo import IndexModel
+
         with self._translate():
-            self.nonces.create_index("id", unique=True, name="id_unique")
-            self.executions.create_index("id", unique=True, name="id_unique")
-            self.executions.create_index([("actorId", 1), ("messageReceivedTime", -1)], name="actor_time")
+            self.nonces.create_indexes([IndexModel("id", unique=True, name="id_unique")])
+            self.executions.create_indexes(
+                [
+                    IndexModel("id", unique=True, name="id_unique"),
+                    IndexModel([("actorId", 1), ("messageReceivedTime", -1)], name="actor_time"),
+                ]
+            )
 
     @staticmethod
     def _plain(doc: Record | None) -> Record | None:
@@ -326,6 +341,7 @@ class MongoRegistry:
         return {k: v for k, v in doc.items() if k not in ("_id", "levelRank")}
 
     def create_nonce(self, nonce: Record) -> Record:
+        nonce = surrogate_safe(nonce)  # BSON cannot hold a lone surrogate (e.g. in the description)
         with self._translate():
             self.nonces.insert_one({**nonce, "levelRank": int(Level[nonce["level"]])})
         return dict(nonce)
@@ -365,8 +381,20 @@ class MongoRegistry:
         return self._plain(doc)  # type: ignore[return-value]
 
     def save_execution(self, execution: Record) -> None:
+        self.save_executions([execution])
+
+    def save_executions(self, executions: list[Record]) -> None:
+        from pymongo.errors import BulkWriteError
+
+        if not executions:
+            return
         with self._translate():
-            self.executions.insert_one(dict(execution))
+            try:  # unordered: a duplicate (from a retried batch) does not stop the rest
+                self.executions.insert_many([surrogate_safe(dict(e)) for e in executions], ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if exc.details.get("writeConcernErrors") or any(e.get("code") != 11000 for e in errors):
+                    raise
 
     def get_execution(self, actor_id: str, execution_id: str) -> Record | None:
         with self._translate():
@@ -389,7 +417,7 @@ class MongoRegistry:
             return [self._plain(d) for d in cursor]  # type: ignore[misc]
 
     def close(self) -> None:
-        self._client.close()
+        """The client belongs to the job store, which closes it."""
 
 
 _SCHEMA = """
@@ -414,24 +442,59 @@ CREATE INDEX IF NOT EXISTS abaco_executions_actor ON abaco_executions (actor_id,
 
 
 class SqliteRegistry:
-    """The same registry in a SQLite file; one short-lived connection per call, so any thread may use it."""
+    """The same registry in a SQLite file, through a small pool of connections any thread may borrow.
+
+    A borrowed connection is used by one thread at a time; the pool keeps at most
+    ``pool_size`` idle ones open between calls, and ``close`` closes them all.
+    """
 
     backend = "sqlite"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, pool_size: int = 8) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._pool_size = pool_size
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self.ensure_indexes()
+
+    def ensure_indexes(self) -> None:
+        """Tables and index (idempotent, local and cheap: also run when the file is first opened)."""
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
 
-    def _connect(self) -> _Closing:
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """Borrow a pooled connection; driver failures become one clear error."""
+        with self._lock:
+            if self._closed:
+                raise PipelineJobsError(ErrorKind.STORAGE_UNAVAILABLE, f"the registry file {self.path} is closed")
+            conn = self._idle.pop() if self._idle else None
+        healthy = False
         try:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            if conn is None:
+                conn = self._open()
+            yield conn
+            healthy = not conn.in_transaction
         except sqlite3.DatabaseError as exc:
             raise _unavailable(self.path, exc) from exc
-        conn.row_factory = sqlite3.Row
-        return _Closing(conn, self.path)
+        finally:
+            if conn is not None:
+                self._give_back(conn, healthy)
+
+    def _give_back(self, conn: sqlite3.Connection, healthy: bool) -> None:
+        with self._lock:
+            if healthy and not self._closed and len(self._idle) < self._pool_size:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     @staticmethod
     def _nonce(row: sqlite3.Row | None) -> Record | None:
@@ -443,6 +506,7 @@ class SqliteRegistry:
         return record
 
     def create_nonce(self, nonce: Record) -> Record:
+        nonce = surrogate_safe(nonce)  # stored and shown as the MongoDB registry would
         with self._connect() as conn:
             conn.execute(
                 "INSERT INTO abaco_nonces (id, actor_id, level_rank, max_uses, remaining_uses, current_uses, record)"
@@ -489,11 +553,22 @@ class SqliteRegistry:
         return nonce
 
     def save_execution(self, execution: Record) -> None:
+        self.save_executions([execution])
+
+    def save_executions(self, executions: list[Record]) -> None:
+        if not executions:
+            return
+        rows = [(e["id"], e["actorId"], e["messageReceivedTime"], json.dumps(surrogate_safe(e))) for e in executions]
         with self._connect() as conn:
-            conn.execute(
-                "INSERT INTO abaco_executions (id, actor_id, received, record) VALUES (?, ?, ?, ?)",
-                (execution["id"], execution["actorId"], execution["messageReceivedTime"], json.dumps(execution)),
-            )
+            conn.execute("BEGIN IMMEDIATE")  # one transaction, one commit for the batch
+            try:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO abaco_executions (id, actor_id, received, record) VALUES (?, ?, ?, ?)", rows
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def get_execution(self, actor_id: str, execution_id: str) -> Record | None:
         with self._connect() as conn:
@@ -519,22 +594,12 @@ class SqliteRegistry:
         return [json.loads(r["record"]) for r in rows]
 
     def close(self) -> None:
-        """Nothing stays open between calls."""
-
-
-class _Closing:
-    """A connection that closes when its ``with`` block ends (sqlite3's own only commits)."""
-
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        self._conn, self._path = conn, path
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self._conn
-
-    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        self._conn.close()
-        if isinstance(exc, sqlite3.DatabaseError):
-            raise _unavailable(self._path, exc) from exc
+        """Close the pooled connections; later calls are refused."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 def _unavailable(path: Path, exc: Exception) -> PipelineJobsError:
@@ -560,10 +625,15 @@ def sqlite_path_for(store: SqliteJobStore) -> Path:
 
 
 def open_registry(settings: Settings, store: JobStore) -> Registry:
-    """The registry on the same backend as the job store: MongoDB if configured, else SQLite."""
-    uri = settings.mongodb_uri
-    if uri is not None:
-        return MongoRegistry(uri.reveal(), settings.mongodb_database, timeout_ms=settings.mongodb_timeout_ms)
+    """The registry beside the job store: in its MongoDB database (sharing its client), else a SQLite file.
+
+    The only place a registry is constructed; it does not create MongoDB indexes (``ensure_indexes``).
+    """
+    if store.backend == "mongodb":
+        database = getattr(store, "database", None)
+        if database is None:  # stores that predate ``MongoJobStore.database``
+            database = store.jobs.database  # type: ignore[attr-defined]
+        return MongoRegistry(database)
     if not isinstance(store, SqliteJobStore):
         raise PipelineJobsError(ErrorKind.CONFIGURATION, "no MongoDB is configured and the job store is not a file")
     return SqliteRegistry(sqlite_path_for(store))
