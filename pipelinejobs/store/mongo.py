@@ -120,6 +120,14 @@ def _missing_index_is_configuration(index: str) -> Iterator[None]:
         raise
 
 
+def _retry_once(write: Callable[[], T]) -> T:
+    """Run an idempotent write, once more after a network error (the first may or may not have landed)."""
+    try:
+        return write()
+    except ConnectionFailure:
+        return write()
+
+
 def _at_revision(uuid: str, revision: int) -> dict[str, Any]:
     """The visible job, if it is still at ``revision`` (a job without one counts as revision 0)."""
     at = {"$in": [0, None]} if revision == 0 else revision
@@ -144,8 +152,12 @@ class MongoJobStore:
         history_window: int = DEFAULT_HISTORY_WINDOW,
         inline_data_bytes: int = DEFAULT_INLINE_DATA_BYTES,
     ) -> None:
-        options: dict[str, Any] = {"tz_aware": True, "retryWrites": True, "appname": "pipelinejobs-manager"}
-        lowered = uri.lower()  # timeouts given in the URI win over the configured ones
+        options: dict[str, Any] = {"tz_aware": True, "appname": "pipelinejobs-manager"}
+        lowered = uri.lower()  # options given in the URI win over these defaults
+        if "retrywrites" not in lowered:
+            # the event path's writes are idempotent by construction and retried here (see _retry_once),
+            # so they need no server-side retry bookkeeping, which costs a write of its own on some servers
+            options["retryWrites"] = False
         if "serverselectiontimeoutms" not in lowered:
             options["serverSelectionTimeoutMS"] = server_selection_timeout_ms
         if "connecttimeoutms" not in lowered:
@@ -207,6 +219,21 @@ class MongoJobStore:
         }
         entry = record.history_entry(self.inline_data_bytes)
         return {"$push": {"history": {"$each": [entry], "$slice": -self.history_window}}, "$set": changes}
+
+    def _insert_record(self, record: EventRecord) -> Any:
+        """Insert a log record, retrying once after a network error; a retry that finds its own record succeeds."""
+        doc = record.to_document()
+        try:
+            return self.events.insert_one(dict(doc)).inserted_id
+        except ConnectionFailure:
+            try:
+                return self.events.insert_one(dict(doc)).inserted_id
+            except DuplicateKeyError:
+                key = {"uuid": record.uuid, "seq": record.seq, "slot": record.slot}
+                mine = self.events.find_one({**key, "event_uuid": record.event_uuid}, {"_id": True})
+                if mine is None:
+                    raise
+                return mine["_id"]
 
     def _remember_logged(self, uuid: str) -> None:
         self._logged[uuid] = None
@@ -335,7 +362,7 @@ class MongoJobStore:
         with self._translate():
             self._ensure_logged(uuid)
             try:
-                inserted = self.events.insert_one(record.to_document())
+                inserted_id = self._insert_record(record)
             except DuplicateKeyError as exc:
                 if record.event_id is not None and "event_id" in ((exc.details or {}).get("keyPattern") or {}):
                     existing = self.find_delivery(uuid, record.event_id)
@@ -344,7 +371,8 @@ class MongoJobStore:
                 # another writer took this revision: make sure the job shows it, then read again
                 self._roll_forward(uuid, expected_revision)
                 return AppendResult(Append.MOVED)
-            applied = self.jobs.update_one(_at_revision(uuid, expected_revision), self._apply_update(record))
+            update = self._apply_update(record)
+            applied = _retry_once(lambda: self.jobs.update_one(_at_revision(uuid, expected_revision), update))
             if applied.matched_count == 1:
                 return AppendResult(Append.APPLIED)
             # the job moved on without our update: either a writer rolled our record forward
@@ -352,7 +380,7 @@ class MongoJobStore:
             window = self.jobs.find_one({"uuid": uuid}, {"_id": False, "history": {"$slice": -self.history_window}})
             if window is not None and any(e.get("uuid") == record.event_uuid for e in window.get("history") or []):
                 return AppendResult(Append.APPLIED)
-            self.events.delete_one({"_id": inserted.inserted_id})
+            self.events.delete_one({"_id": inserted_id})
             return AppendResult(Append.MOVED)
 
     def record_stale(self, record: EventRecord) -> AppendResult:
