@@ -315,8 +315,8 @@ class MongoJobStore:
             return self.jobs.find_one({"uuid": uuid}, _HEAD_PROJECTION, hint="uuid_unique")
 
     def find_job(self, uuid: str) -> Document | None:
-        with self._translate():
-            return self.jobs.find_one({"uuid": uuid}, {"_id": False})
+        with self._translate(), self._indexed("jobs.uuid_unique"):
+            return self.jobs.find_one({"uuid": uuid}, {"_id": False}, hint="uuid_unique")
 
     def list_jobs(
         self,
