@@ -151,8 +151,9 @@ class MongoJobStore:
         write_concern: WriteConcern | None = None,
         history_window: int = DEFAULT_HISTORY_WINDOW,
         inline_data_bytes: int = DEFAULT_INLINE_DATA_BYTES,
+        client_options: dict[str, Any] | None = None,
     ) -> None:
-        options: dict[str, Any] = {"tz_aware": True, "appname": "pipelinejobs-manager"}
+        options: dict[str, Any] = {"tz_aware": True, "appname": "pipelinejobs-manager", **(client_options or {})}
         lowered = uri.lower()  # options given in the URI win over these defaults
         if "retrywrites" not in lowered:
             # the event path's writes are idempotent by construction and retried here (see _retry_once),
