@@ -242,9 +242,16 @@ def cmd_job_history(args: argparse.Namespace) -> int:
 # -- db -------------------------------------------------------------------------------------------
 def cmd_db_init(args: argparse.Namespace) -> int:
     """Create the store's indexes (MongoDB) or tables (SQLite): once per deployment, safe to repeat."""
+    from .store.factory import open_registry
+
     settings = _settings(args)
     with _open_store(settings) as store:
         store.ensure_indexes()
+        registry = open_registry(settings, store)  # serve's nonces and executions
+        try:
+            registry.ensure_indexes()
+        finally:
+            registry.close()
         missing = store.missing_indexes()
         where = store.describe()
     if missing:
@@ -255,7 +262,8 @@ def cmd_db_init(args: argparse.Namespace) -> int:
 
 # -- nonce ----------------------------------------------------------------------------------------
 def _with_registry(args: argparse.Namespace, work: Callable[[Any, Settings], int]) -> int:
-    from .server.registry import open_registry, words
+    from .server.registry import words
+    from .store.factory import open_registry
 
     settings = _settings(args)
     known = words(settings.section("serve").get("actors"))
