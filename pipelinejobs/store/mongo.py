@@ -167,7 +167,7 @@ class MongoJobStore:
         self.database_name = database
         self._where = f"MongoDB at {self.hosts}"
         self._client: pymongo.MongoClient = pymongo.MongoClient(uri, **options)
-        codec = CodecOptions(tz_aware=True, tzinfo=timezone.utc)
+        codec: CodecOptions = CodecOptions(tz_aware=True, tzinfo=timezone.utc)
         concern = write_concern or WriteConcern(w="majority", j=True)
         #: the catalog database, shared with serve's registry (one MongoClient per process)
         self.database = self._client.get_database(database, codec_options=codec, write_concern=concern)

@@ -391,7 +391,8 @@ class SqliteJobStore:
         include_hidden: bool = False,
         limit: int = 100,
     ) -> list[Document]:
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
         if state:
             where.append("state = ?")
             params.append(state)
