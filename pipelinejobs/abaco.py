@@ -1,8 +1,10 @@
 """Sending a message to an Abaco actor, the way the reactors SDK does (abaco-runtime.md §4).
 
-POST ``{"message": message}`` with the parameters in the query string, provenance
-parameters when running inside Abaco, a bearer token (v2), an ``X-Tapis-Token`` (v3)
-or a nonce, a timeout, and capped exponential backoff on network errors and 5xx.
+POST ``{"message": message}`` with the parameters in the query string, the sender's
+provenance tags (the SDK's ``x_src_*`` and ``x_session``, which win over caller
+parameters so a caller cannot pose as another actor), a bearer token (v2), an
+``X-Tapis-Token`` (v3) or a nonce, a timeout, and capped exponential backoff on
+network errors and 5xx.
 A 4xx is the caller's mistake and is never retried. Errors say what happened
 (HTTP status, Abaco's message) but never carry a token or a nonce.
 """
@@ -16,16 +18,25 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import ErrorKind, PipelineJobsError
+from .identifiers import session_name
 
 if TYPE_CHECKING:  # httpx is imported lazily: importing this module stays cheap
     import httpx
 
-#: Provenance parameters added inside Abaco, and the environment variables they come from.
-PROVENANCE = (
-    ("x_src_actor_id", ("_abaco_actor_id",)),
-    ("x_src_execution_id", ("_abaco_execution_id",)),
-    ("x_session", ("SESSION", "x_session")),
+#: The sender's environment variables and the provenance parameters they become (the reactors SDK's tags).
+SENDER_TAGS = (
+    ("_abaco_actor_id", "x_src_actor_id"),
+    ("_abaco_execution_id", "x_src_execution_id"),
+    ("APP_ID", "x_src_app_id"),
+    ("JOB_ID", "x_src_job_id"),
+    ("EVENT", "x_src_event"),
+    ("UUID", "x_src_uuid"),
+    ("_event_uuid", "x_session"),
 )
+#: Where the sender's session is read when no ``_event_uuid`` names it, first match wins.
+SESSION_VARS = ("x_session", "SESSION")
+#: Any of these in the environment means the sender runs inside Abaco.
+ABACO_VARS = ("_abaco_actor_id", "_abaco_execution_id")
 MAX_ERROR_CHARS = 300
 _AUTH_WORDS = ("jwt", "nonce", "permission", "token", "unauthori")
 
@@ -48,10 +59,11 @@ def messages_url(actor: str, api_server: str | None) -> str:
 
 
 def with_params(url: str, params: Mapping[str, Any]) -> str:
-    """``url`` with ``params`` added to its query string (existing ones kept), URL-encoded."""
+    """``url`` with ``params`` added to its query string, URL-encoded; a name in both takes ``params``' value."""
     parts = urlsplit(url)
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    pairs += [(str(k), _param_text(v)) for k, v in params.items() if v is not None]
+    given = {str(k): _param_text(v) for k, v in params.items() if v is not None}
+    pairs = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in given]
+    pairs += list(given.items())
     return urlunsplit(parts._replace(query=urlencode(pairs)))
 
 
@@ -62,14 +74,22 @@ def _param_text(value: Any) -> str:
 
 
 def provenance(env: Mapping[str, str] | None) -> dict[str, str]:
-    """``x_src_*``/``x_session`` from an Abaco environment; empty outside Abaco."""
+    """The sender's tags: ``x_src_*`` and ``x_session`` from ``env``, as the reactors SDK derives them.
+
+    ``x_session`` is ``_event_uuid``, else ``x_session``, else ``SESSION``; inside Abaco
+    one is always sent, and when none is set it is an adjective-animal name (the SDK's
+    nickname) seeded by the execution, so one execution's messages share a session.
+    Outside Abaco only what ``env`` holds is sent.
+    """
     if not env:
         return {}
-    found: dict[str, str] = {}
-    for param, names in PROVENANCE:
-        value = next((env[name] for name in names if env.get(name)), None)
-        if value:
-            found[param] = value
+    found = {param: env[name] for name, param in SENDER_TAGS if env.get(name)}
+    if "x_session" not in found:
+        session = next((env[name] for name in SESSION_VARS if env.get(name)), None)
+        if session is None and any(env.get(name) for name in ABACO_VARS):
+            session = session_name(env.get("_abaco_execution_id") or env.get("_abaco_actor_id"))
+        if session:
+            found["x_session"] = session
     return found
 
 
@@ -93,9 +113,10 @@ def send_message(
 ) -> dict[str, Any]:
     """POST ``message`` to ``actor`` (an actor id or a full messages URL) and return Abaco's JSON answer.
 
-    ``env`` is the environment of the running actor (e.g. ``os.environ``): inside Abaco
-    it supplies the provenance parameters and, when ``api_server`` is not given,
-    ``_abaco_api_server``. Explicit ``params`` win over provenance. Up to ``retries``
+    ``env`` is the environment of the running actor (e.g. ``os.environ``): it supplies
+    the provenance parameters (``provenance``) and, when ``api_server`` is not given,
+    ``_abaco_api_server``. The sender's tags win over ``params`` and over a query in
+    ``actor``'s URL, as in the SDK, so a caller cannot spoof ``x_src_actor_id``. Up to ``retries``
     retries follow a connection error, a timeout or a 5xx, after ``backoff * 2**n``
     seconds capped at ``max_backoff``. A timed-out POST may still have been delivered,
     so the manager treats a repeated event as a repeat, not a new fact.
@@ -104,7 +125,7 @@ def send_message(
     """
     import httpx
 
-    query = {**provenance(env), **dict(params or {})}
+    query = {**dict(params or {}), **provenance(env)}
     if nonce:
         query["x-nonce"] = nonce
     if synchronous:

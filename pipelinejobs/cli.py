@@ -203,9 +203,67 @@ def cmd_job_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def history_text(uuid: str, records: list[Any], next_cursor: str | None) -> str:
+    if not records:
+        return f"job {uuid}: no history"
+    lines = [f"{'SEQ':>6}  {'DATE':<20}  {'EVENT':<10}  {'OUTCOME':<8}  {'STATE':<10}  DATA"]
+    for record in records:
+        seq = "-" if record.seq < 0 else str(record.seq)
+        data = _short(record.data, 50) if record.data else ""
+        outcome = record.outcome.value
+        lines.append(f"{seq:>6}  {_when(record.date):<20}  {record.name:<10}  {outcome:<8}  {record.state:<10}  {data}")
+    if next_cursor:
+        lines.append(f"more: pipelinejobs job history {uuid} --after {next_cursor}")
+    return "\n".join(lines)
+
+
+def cmd_job_history(args: argparse.Namespace) -> int:
+    """A job's full history from the event log, oldest first; ``--all`` reads every page."""
+    from .store.base import iter_history
+
+    with _open_store(_settings(args)) as store:
+        if store.find_head(args.uuid) is None:
+            raise PipelineJobsError(ErrorKind.NOT_FOUND, f"no job with uuid {args.uuid} in the {store.describe()}")
+        try:
+            if args.all:
+                records, next_cursor = list(iter_history(store, args.uuid)), None
+            else:
+                page = store.history(args.uuid, after=args.after, limit=args.limit)
+                records, next_cursor = page.records, page.next
+        except ValueError as exc:
+            raise PipelineJobsError(ErrorKind.BAD_MESSAGE, f"--after: {exc}") from exc
+    shown = [record.to_document() for record in records]
+    _emit(
+        args, {"uuid": args.uuid, "events": shown, "next": next_cursor}, history_text(args.uuid, records, next_cursor)
+    )
+    return 0
+
+
+# -- db -------------------------------------------------------------------------------------------
+def cmd_db_init(args: argparse.Namespace) -> int:
+    """Create the store's indexes (MongoDB) or tables (SQLite): once per deployment, safe to repeat."""
+    from .store.factory import open_registry
+
+    settings = _settings(args)
+    with _open_store(settings) as store:
+        store.ensure_indexes()
+        registry = open_registry(settings, store)  # serve's nonces and executions
+        try:
+            registry.ensure_indexes()
+        finally:
+            registry.close()
+        missing = store.missing_indexes()
+        where = store.describe()
+    if missing:
+        raise PipelineJobsError(ErrorKind.STORAGE_UNAVAILABLE, f"{where}: still missing {', '.join(missing)}")
+    _emit(args, {"store": where, "ready": True}, f"{where}: indexes ready")
+    return 0
+
+
 # -- nonce ----------------------------------------------------------------------------------------
 def _with_registry(args: argparse.Namespace, work: Callable[[Any, Settings], int]) -> int:
-    from .server.registry import open_registry, words
+    from .server.registry import words
+    from .store.factory import open_registry
 
     settings = _settings(args)
     known = words(settings.section("serve").get("actors"))
@@ -402,6 +460,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--pipeline", help="only jobs of this pipeline uuid")
     sub.add_argument("--all", action="store_true", help="include deleted (hidden) jobs")
     sub.add_argument("--limit", type=int, default=100)
+
+    sub = leaf(job, "history", cmd_job_history, "a job's full history from the event log, oldest first")
+    sub.add_argument("uuid")
+    sub.add_argument("--after", help="continue after this cursor (printed at the end of a page)")
+    sub.add_argument("--limit", type=int, default=100, help="events per page (default 100)")
+    sub.add_argument("--all", action="store_true", help="every event, all pages")
+
+    db = commands.add_parser("db", help="prepare the store").add_subparsers(metavar="ACTION")
+    leaf(db, "init", cmd_db_init, "create the indexes (MongoDB) or tables (SQLite); run once per deployment")
 
     nonce = commands.add_parser("nonce", help="manage the nonces `serve` accepts").add_subparsers(metavar="ACTION")
     sub = leaf(nonce, "create", cmd_nonce_create, "create a nonce for an actor")

@@ -19,8 +19,9 @@ Tapis subscriptions; the transports only carry its actions.
 Where the library was wrong this client follows the project's decisions (compat
 §3-4, §6-7): job tokens are enforced and ``_salt`` is never rotated, so the token
 in a callback URL stays valid; setting up a job that exists reuses it with its
-history (the library wiped it); callback URLs are URL-encoded and never hold
-``//``; Agave's UPDATED status is an ``update``, not an invalid event name.
+history (the library wiped it) and keeps the ``archive_path`` it was stored with;
+callback URLs are URL-encoded and never hold ``//``; Agave's UPDATED status is an
+``update``, not an invalid event name.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import contextlib
 import json
 import os
 import re
-import uuid as uuidlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -48,6 +48,10 @@ from .transports import DatabaseTransport, MessageTransport, Transport
 log = get_logger("client")
 
 DEFAULT_API_SERVER = "https://api.sd2e.org"
+#: The environment variable naming the tenant's API server, as the library reads it (compat §7).
+API_SERVER_ENV = "TACC_API_SERVER"
+#: Overrides the public hashids salt of default archive paths, as in the library.
+HASHIDS_SALT_ENV = "CATALOG_TYPEDUUID_HASHIDS_SALT"
 #: Parent arguments in the order the library looked for them; the first one given becomes ``child_of``.
 METADATA_ARGS = (
     ("experiment_design_id", "experiment_design"),
@@ -75,15 +79,17 @@ class PipelinesConfig:
     api_version: str = "v2"  # "v3": the manager is reached at /v3/actors/{id}/messages
 
     @classmethod
-    def from_mapping(cls, pipelines: Mapping[str, Any]) -> PipelinesConfig:
+    def from_mapping(cls, pipelines: Mapping[str, Any], env: Mapping[str, str] | None = None) -> PipelinesConfig:
+        """``api_server``: the one named in ``pipelines``, else ``TACC_API_SERVER`` from ``env``, else the default."""
         missing = [key for key in ("pipeline_uuid", "job_manager_id") if not pipelines.get(key)]
         if missing:
             raise ManagedPipelineJobError(ErrorKind.CONFIGURATION, f"pipelines needs {', '.join(missing)}")
+        api_server = pipelines.get("api_server") or (env or {}).get(API_SERVER_ENV) or DEFAULT_API_SERVER
         return cls(
             pipeline_uuid=str(pipelines["pipeline_uuid"]),
             job_manager_id=str(pipelines["job_manager_id"]).strip("/"),
             job_manager_nonce=pipelines.get("job_manager_nonce") or None,
-            api_server=str(pipelines.get("api_server") or DEFAULT_API_SERVER).rstrip("/"),
+            api_server=str(api_server).rstrip("/"),
             api_version=str(pipelines.get("api_version") or "v2"),
         )
 
@@ -119,18 +125,20 @@ class ManagedPipelineJob:
     ``job_manager_nonce`` and optional ``api_server`` (default https://api.sd2e.org)
     and ``api_version`` (``v3`` for /v3/actors). Parents are ``child_of`` (UUIDs) or
     the first given of ``experiment_design_id``, ``experiment_id``, ``sample_id``,
-    ``measurement_id`` (an id or UUID, or a list of them; ids become typed UUIDs).
+    ``measurement_id`` (an id or UUID, or a list of them; ids become typed UUIDs);
+    parents are deduplicated and sorted, so their order never changes the job.
     ``env`` (default ``os.environ``) gives ``_abaco_actor_id``/``_abaco_execution_id``
-    for ``agent``/``task``, the ``_admin`` owner and the provenance of messages.
+    for ``agent``/``task``, ``TACC_API_SERVER`` (when ``pipelines`` names no
+    ``api_server``), the ``_admin`` owner and the provenance of messages. The default
+    ``session`` is an ``adjective-animal`` name and the default ``archive_path`` the
+    library's hashids path (compat §7a).
 
     Differences from the library, on purpose: event methods return the manager's
     outcome (``status``, ``uuid``, ``state``, ``event``...) and ``job`` holds the
     set-up outcome, rather than the whole document; ``fail()`` before ``run()``
     records FAILED instead of deleting the job; ``index()`` only records the event
     (file indexing is not this project's job);
-    ``archive_patterns``/``product_patterns`` are not stored; a default
-    ``archive_path`` is ``/products/v2/<pipeline>/<parents>/<data>`` of plain hex
-    digests (the library used hashids with a private salt). With the message
+    ``archive_patterns``/``product_patterns`` are not stored. With the message
     transport the job's ``agent``/``task`` are the manager's own execution.
     """
 
@@ -151,7 +159,7 @@ class ManagedPipelineJob:
         experiment_id: str | list[str] | None = None,
         sample_id: str | list[str] | None = None,
         measurement_id: str | list[str] | None = None,
-        child_of: list[str] | None = None,
+        child_of: str | list[str] | None = None,
         pipeline_uuid: str | None = None,
         transport: str = "database",
         store: JobStore | None = None,
@@ -167,25 +175,33 @@ class ManagedPipelineJob:
     ) -> None:
         self.env: Mapping[str, str] = os.environ if env is None else env
         overrides = {"pipeline_uuid": pipeline_uuid} if pipeline_uuid else {}
-        self.config = PipelinesConfig.from_mapping({**dict(pipelines or {}), **overrides})
+        self.config = PipelinesConfig.from_mapping({**dict(pipelines or {}), **overrides}, self.env)
         self.api_server = self.config.api_server
         self._clock = clock or (lambda: datetime.now(timezone.utc))
         self._settings = replace(load_settings(self.env, _NO_CONFIG), config={"mongodb": dict(mongodb or {})})
         domain = self._settings.identity.dns_domain
         self.pipeline_uuid = self.config.pipeline_uuid
         self.data: dict[str, Any] = _json_copy(data or {})
-        self.session = session or uuidlib.uuid4().hex[:12]
+        self.session = session or identifiers.session_name()
         parents = {
             "experiment_design_id": experiment_design_id,
             "experiment_id": experiment_id,
             "sample_id": sample_id,
             "measurement_id": measurement_id,
         }
-        self.child_of = list(child_of) if child_of is not None else _parents(parents, domain)
-        self.generated_by, self.acted_on, self.acted_using = [self.pipeline_uuid], [], []
+        self.child_of = _unique_sorted(child_of) if child_of is not None else _parents(parents, domain)
+        self.generated_by: list[str] = [self.pipeline_uuid]
+        self.acted_on: list[str] = []
+        self.acted_using: list[str] = []
         self.archive_system = archive_system
         self.archive_path = archive_path or default_archive_path(
-            self.pipeline_uuid, self.child_of, self.data, self.session if instanced else None, self._clock(), domain
+            self.pipeline_uuid,
+            self.child_of,
+            self.data,
+            self.session if instanced else None,
+            self._clock(),
+            domain,
+            self.env.get(HASHIDS_SALT_ENV) or identifiers.TYPEDUUID_HASHIDS_SALT,
         )
         self.agent = _canonical_agent(agent or self.env.get("_abaco_actor_id"), self.api_server)
         self.task = _canonical_task(task or self.env.get("_abaco_execution_id"), self.agent, self.api_server)
@@ -223,7 +239,9 @@ class ManagedPipelineJob:
     def setup(self, data: Mapping[str, Any] | None = None) -> ManagedPipelineJob:
         """Create the job, or reuse it when its UUID exists; sets ``uuid``, ``token``, ``callback``.
 
-        ``data`` is merged over the constructor's (it is part of the job's identity).
+        ``data`` is merged over the constructor's (it is part of the job's identity). A
+        job that exists keeps the ``archive_path`` it was stored with, and so does this
+        object, so products land where the job's record says they are.
         """
         if data:
             self.data = _merge(self.data, _json_copy(data))
@@ -244,22 +262,31 @@ class ManagedPipelineJob:
         if outcome["uuid"] != expected:
             log.warning("the manager derived job uuid %s, not %s (CATALOG_DNS_DOMAIN?)", outcome["uuid"], expected)
         self.uuid, self.token, self.state, self.job = outcome["uuid"], outcome["token"], outcome.get("state"), outcome
+        if isinstance(outcome.get("archive_path"), str) and outcome["archive_path"] != self.archive_path:
+            log.info("job %s exists; using its stored archive_path", self.uuid)
+            self.archive_path = outcome["archive_path"]
         self.callback = self.build_webhook()
         return self
 
     def build_webhook(self) -> str:
         """The callback URL: events POSTed to it reach the manager (URL-encoded, no ``//``)."""
         self._require_setup()
-        query = [("x-nonce", self.config.job_manager_nonce)] if self.config.job_manager_nonce else []
+        query: list[tuple[str, str | None]] = []
+        if self.config.job_manager_nonce:
+            query.append(("x-nonce", self.config.job_manager_nonce))
         query += [("token", self.token), ("uuid", self.uuid), ("session", self.session)]
         return f"{self.config.messages_url}?{urlencode(query)}"
 
     def agave_notifications(self) -> list[dict[str, Any]]:
-        """Agave v2 job ``notifications``, as the library set them (the status macro stays unencoded)."""
+        """Agave v2 job ``notifications``, as the library set them (the status macro stays unencoded).
+
+        FINISHED, not ARCHIVING_FINISHED: Agave sends FINISHED after archiving and also
+        for a job with ``archive: false``, which never archives.
+        """
         hook = self.build_webhook()
         return [
             {"event": "RUNNING", "persistent": True, "url": hook + "&status=${JOB_STATUS}"},
-            {"event": "ARCHIVING_FINISHED", "persistent": False, "url": hook + "&status=FINISHED"},
+            {"event": "FINISHED", "persistent": False, "url": hook + "&status=FINISHED"},
             {"event": "FAILED", "persistent": False, "url": hook + "&status=${JOB_STATUS}"},
         ]
 
@@ -364,7 +391,11 @@ class ManagedPipelineJob:
 
 # -- helpers ---------------------------------------------------------------------------------
 def typed_uuids(values: str | list[str], uuid_type: str, domain: str = identifiers.DEFAULT_DNS_DOMAIN) -> list[str]:
-    """Ids become ``catalog_uuid(id, type)``; UUIDs are kept and must carry the type's prefix."""
+    """Ids become ``catalog_uuid(id, type)``; UUIDs are kept and must carry the type's prefix.
+
+    The result is deduplicated and sorted, as the library's ``self_from_ids``: the same
+    parents in any order are the same job.
+    """
     result: list[str] = []
     for value in [values] if isinstance(values, str) else list(values):
         text = str(value).strip()
@@ -376,9 +407,12 @@ def typed_uuids(values: str | list[str], uuid_type: str, domain: str = identifie
             text = text.lower()
         else:
             text = identifiers.catalog_uuid(text, uuid_type, domain)
-        if text not in result:
-            result.append(text)
-    return result
+        result.append(text)
+    return _unique_sorted(result)
+
+
+def _unique_sorted(uuids: str | list[str]) -> list[str]:
+    return sorted({str(u).strip().lower() for u in ([uuids] if isinstance(uuids, str) else uuids)})
 
 
 def _parents(arguments: Mapping[str, Any], domain: str) -> list[str]:
@@ -389,16 +423,29 @@ def _parents(arguments: Mapping[str, Any], domain: str) -> list[str]:
 
 
 def default_archive_path(
-    pipeline_uuid: str, child_of: list[str], data: Mapping[str, Any], session: str | None, now: datetime, domain: str
+    pipeline_uuid: str,
+    child_of: list[str],
+    data: Mapping[str, Any],
+    session: str | None,
+    now: datetime,
+    domain: str = identifiers.DEFAULT_DNS_DOMAIN,
+    salt: str = identifiers.TYPEDUUID_HASHIDS_SALT,
 ) -> str:
-    """``/products/v2/<pipeline>/<parents>/<data>`` [+ ``/<session>-<UTC time>Z`` when instanced]."""
-    parents = identifiers.catalog_uuid(":".join(child_of), "generic", domain)
-    params = identifiers.catalog_uuid(json.dumps(data, sort_keys=True, separators=(",", ":")), "generic", domain)
-    path = "/products/v2/" + "/".join(u.replace("-", "") for u in (pipeline_uuid, parents, params))
+    """``/products/v2/<pipeline>/<H(parents)>/<H(data)>`` [+ ``/<session>-<UTC time>Z`` when instanced].
+
+    The library's recipe (compat §7a), so a job gets the directory the library would
+    give it: H is ``identifiers.archive_hashid``, parents are joined with ``:``, data is
+    minified sort_keys JSON, and every ``-`` is dropped from the path. A session shorter
+    than 4 characters is replaced by a fresh adjective-animal name, as the library did.
+    """
+    params = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    hashed = [identifiers.archive_hashid(text, domain, salt) for text in (":".join(child_of), params)]
+    path = "/products/v2/" + "/".join([pipeline_uuid, *hashed]).replace("-", "")
     if session is None:
         return path
-    prefix = session if len(session) >= 4 else uuidlib.uuid4().hex[:8]
-    return f"{path}/{prefix.rstrip('-')}-{now.astimezone(timezone.utc):%Y%m%dT%H%M%S}Z"
+    name = session if len(session) >= 4 else identifiers.session_name()
+    separator = "" if name.endswith("-") else "-"
+    return f"{path}/{name}{separator}{now.astimezone(timezone.utc):%Y%m%dT%H%M%S}Z"
 
 
 def _canonical_agent(agent: str | None, api_server: str) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -24,13 +26,39 @@ def admin_block(identity: Identity) -> dict[str, str]:
     return {"owner": identity.owner, "project": identity.project, "tenant": identity.tenant}
 
 
-def history_entry(name: str, data: dict[str, Any] | None, now: datetime) -> dict[str, Any]:
+def history_entry(
+    name: str, data: dict[str, Any] | None, now: datetime, event_uuid: str | None = None
+) -> dict[str, Any]:
     return {
         "date": utc_seconds(now),
         "data": data,
         "name": name,
-        "uuid": identifiers.random_uuid("pipelinejob_event"),
+        "uuid": event_uuid or identifiers.random_uuid("pipelinejob_event"),
     }
+
+
+def canonical_json(value: Any) -> str:
+    """Minified JSON with sorted keys: the same value always gives the same text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def payload_digest(name: str, data: dict[str, Any] | None) -> str:
+    """What identifies a delivery's content, to tell a retry from a different message with the same id."""
+    return hashlib.sha256(canonical_json([name, data]).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def inline_data(data: dict[str, Any] | None, limit: int, seq: int) -> dict[str, Any] | None:
+    """``data`` as a job document's history window holds it: large data stays only in the event log.
+
+    This is what keeps a job document bounded whatever its events carry: a window of N
+    entries holds at most N times ``limit`` bytes of event data.
+    """
+    if data is None:
+        return None
+    size = len(canonical_json(data).encode("utf-8", "surrogatepass"))
+    if size <= limit:
+        return data
+    return {"_in_event_log": {"seq": seq, "bytes": size}}
 
 
 def new_job(
@@ -67,7 +95,7 @@ def new_job(
         "state": "CREATED",
         "last_event": "create",
         "updated": created,
-        "history": [history_entry("create", None, created)],
+        "history": [history_entry("create", data, created)],
         "_visible": True,
         "_properties": {
             "created_date": created,

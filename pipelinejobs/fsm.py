@@ -70,3 +70,41 @@ def allows(state: str, event: str) -> bool:
 def allowed_events(state: str) -> list[str]:
     """Message events the given state accepts, in table order (for error messages)."""
     return [e for e in MESSAGE_EVENTS if allows(state, e)]
+
+
+#: Where a message came from, when it was a job scheduler's status callback rather than a person or an actor.
+SCHEDULER_SOURCES: frozenset[str] = frozenset({"agave", "tapis"})
+#: States a job reaches only after its compute job is over: a scheduler status arriving then is late.
+PAST_COMPUTE: frozenset[str] = frozenset(
+    s.value for s in (S.FINISHED, S.FAILED, S.INDEXING, S.VALIDATING, S.VALIDATED, S.REJECTED, S.FINALIZED, S.RETIRED)
+)
+#: Agave v2 and Tapis v3 job statuses that come before a job runs: late once the job is RUNNING.
+BEFORE_RUNNING: frozenset[str] = frozenset(
+    {
+        "CREATED",
+        "PENDING",
+        "PROCESSING_INPUTS",
+        "STAGING_INPUTS",
+        "STAGED",
+        "STAGING_JOB",
+        "SUBMITTING",
+        "SUBMITTING_JOB",
+        "QUEUED",
+    }
+)
+
+
+def is_stale(state: str, event: str, via: str, status: str | None = None) -> bool:
+    """True for a scheduler callback that the job is already past.
+
+    Schedulers deliver statuses late and out of order: an Agave RUNNING after FINISHED,
+    a QUEUED after RUNNING, anything after RETIRED. Such a callback is recorded and
+    answered, never applied and never an error. ``status`` is the scheduler's own status
+    word, when known. Events from people and actors are judged by the table alone.
+    """
+    if via not in SCHEDULER_SOURCES:
+        return False
+    if state in PAST_COMPUTE and not allows(state, event):
+        return True
+    late_status = (status or "").strip().upper() in BEFORE_RUNNING
+    return late_status and (state == S.RUNNING.value or state in PAST_COMPUTE)

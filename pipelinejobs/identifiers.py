@@ -1,8 +1,8 @@
-"""Typed UUIDs, salts and tokens, derived exactly as SD2E python-datacatalog does.
+"""Typed UUIDs, hashids, session names, salts and tokens, derived exactly as SD2E python-datacatalog does.
 
 Other actors still create jobs with datacatalog's ManagedPipelineJob and write
 straight into MongoDB, so every recipe here must give the same bytes as the
-library (see docs: datacatalog-compat.md §2-3). The test vectors live in
+library (see docs: datacatalog-compat.md §2-3, §7a). The test vectors live in
 tests/test_identifiers.py.
 """
 
@@ -12,9 +12,13 @@ import base64
 import hashlib
 import json
 import os
+import random
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import petname
+from hashids import Hashids
 
 TYPE_PREFIXES: dict[str, str] = {
     "generic": "100",
@@ -30,6 +34,10 @@ TYPE_PREFIXES: dict[str, str] = {
 }
 
 DEFAULT_DNS_DOMAIN = "sd2e.org"
+#: The library's public salt for turning typed UUIDs into short path names (env CATALOG_TYPEDUUID_HASHIDS_SALT).
+TYPEDUUID_HASHIDS_SALT = "xCPJ7PKTdp8BYYb4twh9xNYD"
+#: Session names are ``adjective-animal`` with words of at most this many letters, as the library's.
+SESSION_WORD_LETTERS = 8
 
 
 def namespace(domain: str = DEFAULT_DNS_DOMAIN) -> uuid.UUID:
@@ -41,6 +49,27 @@ def catalog_uuid(text: str, uuid_type: str = "generic", domain: str = DEFAULT_DN
     """uuid5 of ``text`` whose first three hex digits are replaced by the type prefix."""
     raw = uuid.uuid5(namespace(domain), text).hex
     return str(uuid.UUID(TYPE_PREFIXES[uuid_type] + raw[3:]))
+
+
+def archive_hashid(text: str, domain: str = DEFAULT_DNS_DOMAIN, salt: str = TYPEDUUID_HASHIDS_SALT) -> str:
+    """The hashid of ``catalog_uuid(text, 'generic')``: one directory name of a default ``archive_path``.
+
+    Hashids (default alphabet and length) encodes the UUID's 128-bit integer, so the
+    name is shorter than the UUID yet the same wherever the library computed it.
+    """
+    return Hashids(salt=salt).encode(uuid.UUID(catalog_uuid(text, "generic", domain)).int)
+
+
+def session_name(seed: str | None = None) -> str:
+    """An ``adjective-animal`` name from petname's words, as the library and the reactors SDK name sessions.
+
+    With a ``seed`` (e.g. an Abaco execution id) the name is always the same for it, so
+    every message one execution sends carries one session.
+    """
+    chooser = random.Random(seed) if seed is not None else random.SystemRandom()
+    adjectives = [w for w in petname.adjectives if len(w) <= SESSION_WORD_LETTERS]
+    animals = [w for w in petname.names if len(w) <= SESSION_WORD_LETTERS]
+    return f"{chooser.choice(adjectives)}-{chooser.choice(animals)}"
 
 
 def random_uuid(uuid_type: str) -> str:

@@ -5,12 +5,17 @@ text as is, and every URL query parameter as an environment variable of the
 same name (abaco-runtime.md §1). Parsing follows the reactors SDK: try
 ``ast.literal_eval`` (kept if it gives a dict), then ``json.loads``, then text.
 Whatever is parsed is normalised to plain JSON types once, here.
+
+`pipelinejobs serve` has already parsed a JSON object body, and hands it over
+(``parsed=``) instead of having its repr parsed back: same result, one parse,
+and no ``ast`` in its worker threads. Other values still go through MSG.
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,22 +59,31 @@ class Intake:
     origin: Origin = field(default_factory=Origin)
 
 
+#: CPython 3.11's AST constructor is not thread-safe (gh-106905: "AST constructor recursion depth
+#: mismatch" under concurrency), and serve parses text messages in worker threads.
+_AST_LOCK = threading.Lock()
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
 def to_plain_json(value: Any) -> Any:
-    """Round-trip through JSON: tuples become lists; sets, bytes, NaN are refused."""
+    """Round-trip through JSON: tuples become lists; sets, bytes, NaN (and absurd nesting) are refused."""
     try:
         return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, RecursionError) as exc:
         raise PipelineJobsError(
             ErrorKind.BAD_MESSAGE, "the message holds values that are not JSON (e.g. sets, bytes, NaN)"
         ) from exc
 
 
-def parse_message(raw: str | None, content_type: str, max_bytes: int) -> Any:
-    """Parse MSG the way the reactors SDK does, within a size limit."""
+def parse_message(raw: str | None, content_type: str, max_bytes: int, *, parsed: dict[str, Any] | None = None) -> Any:
+    """Parse MSG the way the reactors SDK does, within a size limit.
+
+    ``parsed`` is the JSON object whose repr ``raw`` is (serve's case): it is what
+    ``ast.literal_eval(raw)`` would give, so it is taken instead, after the same size check.
+    """
     if raw is None:
         if content_type == "application/octet-stream":
             raise PipelineJobsError(ErrorKind.BAD_MESSAGE, "binary messages are not accepted; send JSON")
@@ -82,11 +96,14 @@ def parse_message(raw: str | None, content_type: str, max_bytes: int) -> Any:
             size=size,
             limit=max_bytes,
         )
+    if parsed is not None:
+        return to_plain_json(parsed)
     text = raw.strip()
     if not text:
         return None
     try:
-        value = ast.literal_eval(text)
+        with _AST_LOCK:
+            value = ast.literal_eval(text)
         if isinstance(value, dict):
             return to_plain_json(value)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
@@ -100,10 +117,13 @@ def parse_message(raw: str | None, content_type: str, max_bytes: int) -> Any:
         return raw  # plain text; classification will say why it fits no schema
 
 
-def from_env(env: Mapping[str, str], max_bytes: int) -> Intake:
-    """Read the message and its context from the environment Abaco sets."""
+def from_env(env: Mapping[str, str], max_bytes: int, *, parsed: dict[str, Any] | None = None) -> Intake:
+    """Read the message and its context from the environment Abaco sets.
+
+    ``parsed``: the message as an already parsed JSON object, whose repr is MSG (see ``parse_message``).
+    """
     content_type = env.get("_abaco_Content_Type") or env.get("_abaco_Content-Type") or "str"
-    body = parse_message(env.get("MSG"), content_type, max_bytes)
+    body = parse_message(env.get("MSG"), content_type, max_bytes, parsed=parsed)
     params = {name: env[name] for name in MESSAGE_PARAMS if env.get(name)}
     origin = Origin(
         api_server=env.get("_abaco_api_server") or None,

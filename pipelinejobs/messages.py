@@ -47,7 +47,8 @@ class EventMessage:
     token: str | None = None
     data: dict[str, Any] | None = None
     via: str = "message"  # message | url | agave | tapis
-    event_id: str | None = None  # the delivery id: a second delivery with it is a replay
+    event_id: str | None = None  # a delivery id: a repeated delivery is answered, not applied again
+    status: str | None = None  # a scheduler's own status word (Agave/Tapis callbacks), for stale checks
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,7 @@ def _bad_key(value: Any, path: str) -> str | None:
     return None
 
 
-def _event(fields: dict[str, Any], via: str) -> EventMessage:
+def _event(fields: dict[str, Any], via: str, status: str | None = None) -> EventMessage:
     return EventMessage(
         uuid=fields["uuid"],
         name=fields["name"],
@@ -215,13 +216,14 @@ def _event(fields: dict[str, Any], via: str) -> EventMessage:
         data=fields.get("data"),
         via=via,
         event_id=fields.get("event_id"),
+        status=status,
     )
 
 
-def _validated_event(fields: dict[str, Any], via: str, what: str) -> EventMessage:
+def _validated_event(fields: dict[str, Any], via: str, what: str, status: str | None = None) -> EventMessage:
     if not fits("event", fields):
         raise _refusal("event", what, fields)
-    return _event(fields, via)
+    return _event(fields, via, status)
 
 
 def _with_params(fields: dict[str, Any], params: dict[str, str], derived_id: str | None = None) -> dict[str, Any]:
@@ -326,14 +328,15 @@ def _agave_callback(record: dict[str, Any], params: dict[str, str]) -> EventMess
         "data": agave.event_data(record),
     }
     fields = _with_params(fields, params, agave.delivery_id(record, status))
-    return _validated_event(fields, "agave", "the Agave callback's URL parameters")
+    return _validated_event(fields, "agave", "the Agave callback's URL parameters", status.strip().upper() or None)
 
 
 def _tapis_notification(notification: dict[str, Any], params: dict[str, str]) -> EventMessage:
+    status = tapis.job_status(notification)
     fields: dict[str, Any] = {
         "uuid": params["uuid"],
-        "name": tapis.event_for_status(tapis.job_status(notification)),
+        "name": tapis.event_for_status(status),
         "data": tapis.event_data(notification),
     }
     fields = _with_params(fields, params, tapis.delivery_id(notification))
-    return _validated_event(fields, "tapis", "the Tapis notification's URL parameters")
+    return _validated_event(fields, "tapis", "the Tapis notification's URL parameters", status or None)

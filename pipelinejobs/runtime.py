@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -20,26 +19,10 @@ log = logs.get_logger("runtime")
 
 
 def open_store(settings: Settings, env: Mapping[str, str] | None = None) -> JobStore:
-    """The configured store, with its indexes ensured: MongoDB if one is configured, else the SQLite file.
+    """The configured job store (see :mod:`pipelinejobs.store.factory`); the caller closes it."""
+    from .store.factory import open_job_store
 
-    ``env`` (default: the process environment) supplies HOME/XDG_DATA_HOME for the default SQLite location.
-    """
-    uri = settings.mongodb_uri
-    if uri is None:
-        from .store.sqlite import SqliteJobStore, sqlite_path
-
-        path = sqlite_path(settings.section("store").get("sqlite_path"), os.environ if env is None else env)
-        log.debug("no MongoDB is configured; using the embedded store")
-        embedded = SqliteJobStore(path)
-        embedded.ensure_indexes()
-        return embedded
-    from .store.mongo import MongoJobStore
-
-    store = MongoJobStore(
-        uri.reveal(), settings.mongodb_database, server_selection_timeout_ms=settings.mongodb_timeout_ms
-    )
-    store.ensure_indexes()
-    return store
+    return open_job_store(settings, env)
 
 
 def json_default(value: Any) -> Any:
@@ -57,17 +40,23 @@ def dumps(value: Any) -> str:
 
 
 def handle_env(
-    env: Mapping[str, str], *, settings: Settings, get_store: Callable[[], JobStore], now: datetime
+    env: Mapping[str, str],
+    *,
+    settings: Settings,
+    get_store: Callable[[], JobStore],
+    now: datetime,
+    parsed: dict[str, Any] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """One message from an Abaco-style environment: intake, classify, handle. Never raises.
 
     Shared by ``reactor.py`` (one process per message) and ``pipelinejobs serve`` (in-process).
     The store is asked for only once the message is valid, so bad input never touches storage.
+    ``parsed``: serve's already parsed JSON object whose repr is MSG (``intake.from_env``).
     """
     from . import service
 
     try:
-        intake = from_env(env, settings.limit("max_message_bytes", 1048576))
+        intake = from_env(env, settings.limit("max_message_bytes", 1048576), parsed=parsed)
         message = classify(intake, settings.limit("max_data_bytes", 262144))
         subject = getattr(message, "uuid", None) or getattr(message, "pipeline_uuid", None)
         log.info("received %s for %s", type(message).__name__, subject)

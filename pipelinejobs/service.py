@@ -7,6 +7,8 @@ pass in the store, the settings and the clock.
 
 from __future__ import annotations
 
+import random
+import time
 from datetime import datetime
 from typing import Any
 
@@ -16,14 +18,15 @@ from .intake import Origin
 from .logs import add_secrets, get_logger
 from .messages import CreateMessage, DeleteMessage, EventMessage, Message
 from .settings import Settings
-from .store.base import Document, JobStore
+from .store.base import Append, Document, EventRecord, JobStore
+from .store.base import Outcome as RecordOutcome
 
 log = get_logger("service")
 
-#: Rounds of read -> conditional write before giving up. A conditional write only
-#: misses when another message moved the job to a state that this event does not
-#: accept, and the next read then explains the rejection, so a few rounds suffice.
-MAX_ATTEMPTS = 5
+#: Rounds of read -> append before giving up. An append misses only when another event
+#: took the revision it was judged against; each round one racing writer wins, so this
+#: bounds how many writers may race on one job before one of them is told to retry.
+MAX_ATTEMPTS = 64
 
 Outcome = dict[str, Any]
 
@@ -42,11 +45,18 @@ def handle(
     return create_job(message, store=store, settings=settings, now=now, origin=origin or Origin())
 
 
-def _load_job(store: JobStore, uuid: str) -> Document:
-    job = store.find_job(uuid)
-    if job is None:
-        raise PipelineJobsError(ErrorKind.NOT_FOUND, f"no job with uuid {uuid}", uuid=uuid)
-    return job
+def _back_off(attempt: int) -> None:
+    """A short random pause after a lost race, so racing writers spread out instead of colliding again."""
+    time.sleep(random.uniform(0, min(0.002 * (attempt + 1), 0.05)))
+
+
+def _load_head(store: JobStore, uuid: str) -> Document:
+    head = store.find_head(uuid)
+    if head is None:
+        raise PipelineJobsError(
+            ErrorKind.NOT_FOUND, f"no job with uuid {uuid} in the {store.describe()}", uuid=uuid, store=store.backend
+        )
+    return head
 
 
 def _require_visible(job: Document) -> None:
@@ -56,17 +66,67 @@ def _require_visible(job: Document) -> None:
         )
 
 
+def _revision(job: Document) -> int:
+    revision = (job.get("_properties") or {}).get("revision")
+    return revision if isinstance(revision, int) and not isinstance(revision, bool) else 0
+
+
+def _event_outcome(record: EventRecord, *, replayed: bool = False) -> Outcome:
+    """The answer to an event: the same for its first delivery and for every retry of it."""
+    outcome: Outcome = {
+        "status": "ok",
+        "action": "event",
+        "event": record.name,
+        "uuid": record.uuid,
+        "state": record.state,
+        "event_uuid": record.event_uuid,
+        "revision": record.seq,
+        "applied": record.outcome is RecordOutcome.APPLIED,
+    }
+    if record.outcome is RecordOutcome.STALE:
+        outcome["stale"] = True
+    if replayed:
+        outcome["replayed"] = True
+    return outcome
+
+
+def _replay(message: EventMessage, existing: EventRecord, digest: str) -> Outcome:
+    """Answer a repeated delivery from its record, or refuse an id reused for another message."""
+    if existing.digest is not None and existing.digest != digest:
+        raise PipelineJobsError(
+            ErrorKind.CONFLICT,
+            f"event_id was already used on job {message.uuid} for a different event; nothing was changed",
+            uuid=message.uuid,
+            event_uuid=existing.event_uuid,
+        )
+    log.info("job %s: delivery repeated; answered from event %s", message.uuid, existing.event_uuid)
+    return _event_outcome(existing, replayed=True)
+
+
 def apply_event(message: EventMessage, *, store: JobStore, settings: Settings, now: datetime) -> Outcome:
+    """Log and apply one event: read the job's head, decide, append (3 round trips on MongoDB)."""
+    precise = now
     now = documents.utc_seconds(now)
     name = message.name
     if name not in fsm.MESSAGE_EVENTS:
         raise PipelineJobsError(ErrorKind.BAD_MESSAGE, f"'{name}' is not an event a message may carry")
-    for _ in range(MAX_ATTEMPTS):
-        job = _load_job(store, message.uuid)
-        grant = auth.authorize(job, message.token, settings, now, admin_only=name in fsm.ADMIN_EVENTS)
-        _require_visible(job)
-        state = str(job.get("state", ""))
-        if not fsm.allows(state, name):
+    event_id = getattr(message, "event_id", None)
+    digest = documents.payload_digest(name, message.data)
+    event_uuid = identifiers.random_uuid("pipelinejob_event")
+    for attempt in range(MAX_ATTEMPTS):
+        head = _load_head(store, message.uuid)
+        grant = auth.authorize(head, message.token, settings, now, admin_only=name in fsm.ADMIN_EVENTS)
+        _require_visible(head)
+        state, revision = str(head.get("state", "")), _revision(head)
+        status = getattr(message, "status", None)
+        stale = fsm.is_stale(state, name, message.via, status)
+        if stale or not fsm.allows(state, name):
+            if event_id is not None:
+                existing = store.find_delivery(message.uuid, event_id)
+                if existing is not None:
+                    return _replay(message, existing, digest)
+            if stale:
+                return _record_stale(message, store, state, revision, event_uuid, precise, digest)
             allowed = fsm.allowed_events(state)
             raise PipelineJobsError(
                 ErrorKind.INVALID_TRANSITION,
@@ -77,57 +137,80 @@ def apply_event(message: EventMessage, *, store: JobStore, settings: Settings, n
                 event=name,
                 allowed=allowed,
             )
-        target = fsm.TRANSITIONS[name][1]
-        entry = documents.history_entry(name, message.data, now)
-        audit = documents.audit_record(
-            message.uuid,
-            "update",
-            {"event": name, "event_uuid": entry["uuid"], "state": target.value if target else None, "via": message.via},
-            job.get("_admin") or {},
-            now,
+        record = EventRecord(
+            uuid=message.uuid,
+            seq=revision + 1,
+            event_uuid=event_uuid,
+            name=name,
+            date=now,
+            data=message.data,
+            state=fsm.target_state(name, fsm.State(state)).value,
+            via=message.via,
+            event_id=event_id,
+            digest=digest,
         )
-        from_states = None if name == "reset" else {s.value for s in fsm.source_states(name)}
-        updated = store.apply_event(
-            message.uuid,
-            from_states=from_states,
-            entry=entry,
-            new_state=target.value if target else None,
-            now=now,
-            audit=audit,
-        )
-        if updated is not None:
+        result = store.append_event(record, expected_revision=revision)
+        if result.status is Append.APPLIED:
             log.info(
                 "job %s: %s -> %s by '%s' (%s, via %s)",
                 message.uuid,
                 state,
-                updated["state"],
+                record.state,
                 name,
                 grant.value,
                 message.via,
             )
-            return {
-                "status": "ok",
-                "action": "event",
-                "event": name,
-                "uuid": message.uuid,
-                "state": updated["state"],
-                "event_uuid": entry["uuid"],
-                "revision": updated.get("_properties", {}).get("revision"),
-            }
-        log.info("job %s changed while applying '%s'; reading it again", message.uuid, name)
+            return _event_outcome(record)
+        if result.status is Append.REPLAYED and result.existing is not None:
+            return _replay(message, result.existing, digest)
+        log.debug("job %s changed while applying '%s'; reading it again", message.uuid, name)
+        _back_off(attempt)
     raise PipelineJobsError(ErrorKind.CONFLICT, f"job {message.uuid} kept changing; '{name}' was not applied, retry")
+
+
+def _record_stale(
+    message: EventMessage,
+    store: JobStore,
+    state: str,
+    revision: int,
+    event_uuid: str,
+    precise: datetime,
+    digest: str,
+) -> Outcome:
+    """Log a scheduler callback the job is already past, and answer it without changing the job."""
+    record = EventRecord(
+        uuid=message.uuid,
+        seq=revision,
+        slot=f"{precise.timestamp():017.6f}~{event_uuid}",  # after the revision's own record, in time order
+        event_uuid=event_uuid,
+        name=message.name,
+        date=documents.utc_seconds(precise),
+        data=message.data,
+        state=state,
+        outcome=RecordOutcome.STALE,
+        via=message.via,
+        event_id=getattr(message, "event_id", None),
+        digest=digest,
+    )
+    result = store.record_stale(record)
+    if result.status is Append.REPLAYED and result.existing is not None:
+        return _replay(message, result.existing, digest)
+    log.info("job %s is %s: late %s callback '%s' logged, not applied", message.uuid, state, message.via, message.name)
+    return _event_outcome(record)
 
 
 def delete_job(message: DeleteMessage, *, store: JobStore, settings: Settings, now: datetime) -> Outcome:
     now = documents.utc_seconds(now)
     for _ in range(MAX_ATTEMPTS):
-        job = _load_job(store, message.uuid)
-        auth.authorize(job, message.token, settings, now)
+        head = _load_head(store, message.uuid)
+        auth.authorize(head, message.token, settings, now)
         if message.force:
+            job = store.find_job(message.uuid)
+            if job is None:
+                continue
             tombstone = documents.audit_record(message.uuid, "delete", {"deleted": job}, job.get("_admin") or {}, now)
-            revision = (job.get("_properties") or {}).get("revision")
-            if store.remove_job(message.uuid, expected_revision=revision, tombstone=tombstone):
-                log.info("job %s removed; its tombstone is in 'updates'", message.uuid)
+            if store.remove_job(message.uuid, expected_revision=_revision(job), tombstone=tombstone):
+                log.info("job %s removed; its tombstone is in 'updates' and its log set aside", message.uuid)
                 return {
                     "status": "ok",
                     "action": "delete",
@@ -136,16 +219,16 @@ def delete_job(message: DeleteMessage, *, store: JobStore, settings: Settings, n
                     "state": job.get("state"),
                 }
             continue
-        if job.get("_visible") is False:  # a repeated hide is answered from what is stored
+        if head.get("_visible") is False:  # a repeated hide is answered from what is stored
             return {
                 "status": "ok",
                 "action": "delete",
                 "force": False,
                 "uuid": message.uuid,
-                "state": job.get("state"),
+                "state": head.get("state"),
                 "visible": False,
             }
-        audit = documents.audit_record(message.uuid, "update", {"_visible": False}, job.get("_admin") or {}, now)
+        audit = documents.audit_record(message.uuid, "update", {"_visible": False}, head.get("_admin") or {}, now)
         hidden = store.hide_job(message.uuid, now=now, audit=audit)
         if hidden is not None:
             log.info("job %s hidden", message.uuid)
@@ -171,7 +254,7 @@ def create_job(
             pipeline_uuid=message.pipeline_uuid,
         )
     identity = settings.identity
-    child_of = list(message.child_of)
+    child_of = sorted(set(message.child_of))  # as ManagedPipelineJob does: parents in any order, one job
     uuid = identifiers.job_uuid(message.pipeline_uuid, child_of, message.data, identity.dns_domain)
     job = documents.new_job(
         uuid=uuid,
@@ -186,6 +269,8 @@ def create_job(
         agent=origin.agent,
         task=origin.task,
     )
+    entry = job["history"][0]  # the document's copy of the create entry keeps large data in the log only
+    entry["data"] = documents.inline_data(entry["data"], settings.history_inline_data_bytes, 0)
     audit = documents.audit_record(uuid, "create", {"created": uuid}, job["_admin"], now)
     stored, created = store.insert_job(job, audit)
     token = identifiers.job_token(stored["_salt"], uuid, stored["_admin"])
@@ -197,5 +282,6 @@ def create_job(
         "created": created,
         "uuid": uuid,
         "state": stored["state"],
+        "archive_path": stored.get("archive_path"),
         "token": token,
     }

@@ -24,7 +24,7 @@ from urllib.parse import quote_plus
 from .errors import ErrorKind, PipelineJobsError
 
 ENV_PREFIX = "_REACTOR_"
-PROTECTED_SECTIONS = frozenset({"admin", "legacy"})
+PROTECTED_SECTIONS = frozenset({"admin", "legacy", "durability"})
 DEFAULT_ADMIN_KEY = "XB]6f^~T3)EDxB(3A6F@CE>JTU.T>whH"
 DEFAULT_ADMIN_LIFETIME = 3600
 ROOT_CONFIG = Path(__file__).resolve().parent.parent / "config.yml"
@@ -98,6 +98,31 @@ class Settings:
         """How long to wait for MongoDB: ``mongodb.server_selection_timeout_ms``, else 10 s."""
         timeout = self.section("mongodb").get("server_selection_timeout_ms")
         return timeout if isinstance(timeout, int) and timeout > 0 else 10000
+
+    @property
+    def history_window(self) -> int:
+        """History entries a job document keeps (the event log has them all); at least 10."""
+        window = self.section("history").get("window")
+        return max(window, 10) if isinstance(window, int) and not isinstance(window, bool) else 100
+
+    @property
+    def history_inline_data_bytes(self) -> int:
+        """An event's data larger than this stays in the event log only; the document's entry points to it."""
+        return self.positive("history", "inline_data_bytes", 65536)
+
+    @property
+    def write_concern(self) -> dict[str, Any]:
+        """MongoDB write concern for every write: ``durability.write_concern`` (w) and ``durability.journal``."""
+        section = self.section("durability")
+        w = section.get("write_concern", "majority")
+        valid = (isinstance(w, int) and w >= 1) or (isinstance(w, str) and bool(w))
+        if isinstance(w, bool) or not valid:
+            w = "majority"
+        return {"w": w, "j": section.get("journal", True) is not False}
+
+    def positive(self, section: str, name: str, default: int) -> int:
+        value = self.section(section).get(name, default)
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else default
 
     @property
     def accept_unverified_tokens(self) -> bool:

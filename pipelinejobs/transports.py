@@ -79,7 +79,8 @@ class DatabaseTransport:
         existing = self.store.find_job(uuid)
         if existing is not None:
             token = identifiers.job_token(str(existing.get("_salt")), uuid, existing.get("_admin") or {})
-            return {"status": "ok", "created": False, "uuid": uuid, "state": existing.get("state"), "token": token}
+            answer = {"status": "ok", "created": False, "uuid": uuid, "state": existing.get("state"), "token": token}
+            return {**answer, "archive_path": existing.get("archive_path")}  # the client keeps the stored path
         return service.create_job(message, store=self.store, settings=self.settings, now=self.clock(), origin=origin)
 
     def event(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -124,25 +125,14 @@ class MessageTransport:
 
 
 def open_catalog_store(settings: Settings) -> JobStore:
-    """The catalog's MongoDB named by ``settings``' ``mongodb`` section, its indexes ensured when allowed.
+    """The catalog's MongoDB named by ``settings``' ``mongodb`` section.
 
-    Unlike ``runtime.open_store`` (the manager's own), there is no embedded fallback
-    (an actor's jobs belong in the shared catalog), and an account that may not create
-    indexes is only warned about.
+    Unlike the manager's own store there is no embedded fallback: an actor's jobs belong
+    in the shared catalog. Its indexes come from `pipelinejobs db init`, run once.
     """
-    uri = settings.mongodb_uri
-    if uri is None:
-        raise PipelineJobsError(
-            ErrorKind.CONFIGURATION, "the database transport needs mongodb settings: authn, or host (and credentials)"
-        )
-    from .store.mongo import MongoJobStore
+    from .store.factory import open_job_store
 
-    store = MongoJobStore(uri.reveal(), settings.mongodb_database)
-    try:
-        store.ensure_indexes()  # the unique uuid index makes a racing second create reuse the first job
-    except PipelineJobsError as exc:
-        log.warning("could not ensure the catalog's indexes (%s); continuing", exc.message)
-    return store
+    return open_job_store(settings, embedded=False)
 
 
 def _classify(body: dict[str, Any]) -> Message:

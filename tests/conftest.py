@@ -202,8 +202,17 @@ class Reactor:
         )
 
 
+def prepare_database(mongodb_uri: str, database_name: str) -> None:
+    """What `pipelinejobs db init` does once per deployment: the catalog's indexes."""
+    from pipelinejobs.store.mongo import MongoJobStore
+
+    with MongoJobStore(mongodb_uri, database_name) as store:
+        store.ensure_indexes()
+
+
 @pytest.fixture
 def reactor(mongodb_uri: str, database_name: str, db: Any) -> Reactor:
+    prepare_database(mongodb_uri, database_name)
     return Reactor(mongodb_uri, database_name)
 
 

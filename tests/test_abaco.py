@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
+import petname
 import pytest
 
 from pipelinejobs.abaco import AbacoError, messages_url, send_message, with_params
@@ -139,12 +140,71 @@ def test_provenance_params_and_auth_arrive(tiny: TinyServer) -> None:
     assert seen.headers["content-type"] == "application/json"
 
 
-def test_outside_abaco_there_is_no_provenance_and_explicit_params_win(tiny: TinyServer) -> None:
+def test_outside_abaco_there_is_no_provenance_and_caller_params_pass(tiny: TinyServer) -> None:
     send_message(tiny.url + "/v3/actors/a1/messages", {"x": 1}, tapis_token="JWT1", env={"PATH": "/bin"})
-    send_message(tiny.url + "/v3/actors/a1/messages", {"x": 1}, {"x_session": "mine"}, env={"SESSION": "theirs"})
+    send_message(tiny.url + "/v3/actors/a1/messages", {"x": 1}, {"x_session": "mine"}, env={"PATH": "/bin"})
     first, second = tiny.seen
     assert first.query == {} and first.headers["x-tapis-token"] == "JWT1" and "authorization" not in first.headers
     assert second.query == {"x_session": ["mine"]}
+
+
+# The reactors SDK's sender tags (base-images reactors/utils.py SPECIAL_VARS_MAP), read from there, not from abaco.py.
+SDK_SENDER_TAGS = {
+    "_abaco_actor_id": "x_src_actor_id",
+    "_abaco_execution_id": "x_src_execution_id",
+    "APP_ID": "x_src_app_id",
+    "JOB_ID": "x_src_job_id",
+    "EVENT": "x_src_event",
+    "UUID": "x_src_uuid",
+    "_event_uuid": "x_session",
+}
+
+
+def test_every_sdk_sender_tag_is_sent(tiny: TinyServer) -> None:
+    env = {name: f"value-of-{name}" for name in SDK_SENDER_TAGS}
+    send_message(tiny.url + "/m", {"x": 1}, env=env)
+    [seen] = tiny.seen
+    assert seen.query == {tag: [f"value-of-{name}"] for name, tag in SDK_SENDER_TAGS.items()}
+
+
+@pytest.mark.parametrize(
+    ("env", "session"),
+    [
+        ({"x_session": "smooth-eel", "SESSION": "slimy-eel"}, "smooth-eel"),  # x_session before SESSION
+        ({"SESSION": "slimy-eel"}, "slimy-eel"),
+        ({"_event_uuid": "evt-1", "x_session": "smooth-eel", "SESSION": "slimy-eel"}, "evt-1"),
+    ],
+)
+def test_the_session_is_chosen_as_the_sdk_does(tiny: TinyServer, env: dict[str, str], session: str) -> None:
+    send_message(tiny.url + "/m", {"x": 1}, env={"_abaco_actor_id": "A1", **env})
+    assert tiny.seen[0].query["x_session"] == [session]
+
+
+def test_the_senders_tags_win_over_caller_params(tiny: TinyServer) -> None:
+    env = {"_abaco_actor_id": "SRCactor", "_abaco_execution_id": "SRCexec", "x_session": "real-session"}
+    spoof = {"x_src_actor_id": "admin-actor", "x_src_execution_id": "e0", "x_session": "fake", "token": "t1"}
+    send_message(tiny.url + "/m", {"x": 1}, spoof, env=env)
+    send_message(tiny.url + "/m?x_src_actor_id=admin-actor", {"x": 1}, env=env)  # nor in the actor's URL
+    for seen in tiny.seen:
+        assert seen.query["x_src_actor_id"] == ["SRCactor"]
+    assert tiny.seen[0].query == {
+        "x_src_actor_id": ["SRCactor"],
+        "x_src_execution_id": ["SRCexec"],
+        "x_session": ["real-session"],
+        "token": ["t1"],
+    }
+
+
+def test_inside_abaco_an_x_session_is_always_sent(tiny: TinyServer) -> None:
+    env = {"_abaco_actor_id": "SRCactor", "_abaco_execution_id": "SRCexec"}
+    send_message(tiny.url + "/m", {"x": 1}, env=env)
+    send_message(tiny.url + "/m", {"x": 2}, env=env)
+    send_message(tiny.url + "/m", {"x": 3}, env={"_abaco_actor_id": "SRCactor"})
+    first, second, third = (seen.query.get("x_session", [""])[0] for seen in tiny.seen)
+    # the SDK falls back to its nickname: a petname adjective-animal, one per execution
+    adjective, _, animal = first.partition("-")
+    assert adjective in petname.adjectives and animal in petname.names
+    assert second == first and third.count("-") == 1
 
 
 def test_5xx_is_retried_with_exponential_backoff(tiny: TinyServer) -> None:

@@ -7,16 +7,26 @@ import re
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from pipelinejobs import cli
+from pipelinejobs import cli, service
 from pipelinejobs.errors import ErrorKind
-from pipelinejobs.settings import read_config_file
-from tests.conftest import EXAMPLE_PIPELINE_COMPONENTS, EXAMPLE_PIPELINE_ID, EXAMPLE_PIPELINE_UUID, ROOT, authn_for
+from pipelinejobs.messages import EventMessage
+from pipelinejobs.settings import load_settings, read_config_file
+from pipelinejobs.store.mongo import MongoJobStore
+from tests.conftest import (
+    EXAMPLE_PIPELINE_COMPONENTS,
+    EXAMPLE_PIPELINE_ID,
+    EXAMPLE_PIPELINE_UUID,
+    ROOT,
+    authn_for,
+    prepare_database,
+)
 from tests.server_fixtures import LiveServer
 
 
@@ -25,6 +35,7 @@ def env(monkeypatch: pytest.MonkeyPatch, mongodb_uri: str, database_name: str, d
     """The CLI reads its settings from the environment, as it would on an operator's machine."""
     monkeypatch.setenv("_REACTOR_MONGODB_AUTHN", authn_for(mongodb_uri))
     monkeypatch.setenv("_REACTOR_MONGODB_DATABASE", database_name)
+    prepare_database(mongodb_uri, database_name)  # `pipelinejobs db init`, once per deployment
     return db
 
 
@@ -114,7 +125,7 @@ def test_job_create_show_list(env: Any, pj: Run, pipeline_file: Path) -> None:
             "JSON",
         ),
         (["pipeline", "register", "/nonexistent/pipeline.json"], ErrorKind.BAD_MESSAGE, "cannot read"),
-        (["nonce", "create", "--actor", "a1", "--max-uses", "0"], ErrorKind.BAD_MESSAGE, "Invalid maxUses"),
+        (["nonce", "create", "--actor", "a1", "--max-uses", "0"], ErrorKind.BAD_MESSAGE, "max uses parameter"),
         (["nonce", "delete", "--actor", "a1", "SD2E_AAAAAAAAAAAAA"], ErrorKind.NOT_FOUND, "no such nonce"),
         (["serve"], ErrorKind.CONFIGURATION, "no actor ids"),
     ],
@@ -214,3 +225,47 @@ def test_importing_the_cli_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_db_init_prepares_a_fresh_catalog(
+    monkeypatch: pytest.MonkeyPatch, mongodb_uri: str, database_name: str, db: Any, pj: Run
+) -> None:
+    monkeypatch.setenv("_REACTOR_MONGODB_AUTHN", authn_for(mongodb_uri))
+    monkeypatch.setenv("_REACTOR_MONGODB_DATABASE", database_name)
+    db.jobs.insert_one({"uuid": "10700000-0000-5000-8000-000000000001"})  # a catalog datacatalog wrote, unindexed
+    code, _, err = pj("job", "show", "10700000-0000-5000-8000-000000000000")
+    assert code == 9 and "pipelinejobs db init" in err  # configuration: the indexes are missing
+    code, out, _ = pj("db", "init")
+    assert code == 0 and out.strip() == f"mongodb database '{database_name}' on {mongodb_uri[10:]}: indexes ready"
+    assert db.events.index_information()["uuid_seq_unique"]["unique"] is True
+    code, out, _ = pj("db", "init", "--json")  # safe to repeat
+    assert code == 0 and json.loads(out)["ready"] is True
+
+
+def test_job_history_pages_through_the_event_log(
+    env: Any, pj: Run, pipeline_file: Path, mongodb_uri: str, database_name: str
+) -> None:
+    pj("pipeline", "register", str(pipeline_file))
+    code, out, _ = pj("--json", "job", "create", "--pipeline", EXAMPLE_PIPELINE_UUID, "--archive-path", "/p")
+    created = json.loads(out)
+    uuid, token = created["uuid"], created["token"]
+    settings = load_settings({}, ROOT / "config.yml")
+    with MongoJobStore(mongodb_uri, database_name) as store:
+        for i in range(5):
+            message = EventMessage(uuid, "update", token, {"i": i})
+            service.handle(message, store=store, settings=settings, now=datetime.now(timezone.utc))
+    code, out, _ = pj("job", "history", uuid, "--limit", "4")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].split() == ["SEQ", "DATE", "EVENT", "OUTCOME", "STATE", "DATA"]
+    assert [line.split()[0] for line in lines[1:5]] == ["0", "1", "2", "3"]
+    assert lines[-1] == f"more: pipelinejobs job history {uuid} --after 3:"
+    code, out, _ = pj("job", "history", uuid, "--after", "3:", "--json")
+    page = json.loads(out)
+    assert [e["seq"] for e in page["events"]] == [4, 5] and page["next"] is None
+    assert [e["data"] for e in page["events"]] == [{"i": 3}, {"i": 4}]
+    code, out, _ = pj("job", "history", uuid, "--all", "--json")
+    assert [e["seq"] for e in json.loads(out)["events"]] == list(range(6))
+    assert token not in out
+    code, _, err = pj("job", "history", uuid, "--after", "nonsense")
+    assert code == 3 and "--after" in err

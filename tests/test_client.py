@@ -14,13 +14,15 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+import hashids
 import httpx
+import petname
 import pytest
 
 from pipelinejobs import identifiers
 from pipelinejobs.client import ManagedPipelineJob, ManagedPipelineJobError, typed_uuids
 from pipelinejobs.errors import ErrorKind
-from tests.conftest import DATACATALOG_JOB_KEYS, EXAMPLE_PIPELINE_UUID, authn_for
+from tests.conftest import DATACATALOG_JOB_KEYS, EXAMPLE_PIPELINE_UUID, authn_for, prepare_database
 from tests.server_fixtures import LiveServer, free_port
 from tests.test_tapis import tapis_notification
 
@@ -45,7 +47,8 @@ LIFECYCLE = [
 # -- helpers -----------------------------------------------------------------------------------
 @pytest.fixture
 def mongo(mongodb_uri: str, database_name: str) -> dict[str, str]:
-    """The ``mongodb`` settings dict, as actors pass it (compat §8)."""
+    """The ``mongodb`` settings dict, as actors pass it (compat §8), on a catalog prepared by `db init`."""
+    prepare_database(mongodb_uri, database_name)
     return {"authn": authn_for(mongodb_uri), "database": database_name}
 
 
@@ -211,7 +214,9 @@ def test_database_transport_from_setup_to_retire(mongo: dict, example_pipeline: 
     assert [h["data"] for h in doc["history"][1:]] == [{"step": name} for name, _ in LIFECYCLE]
     assert doc["_properties"]["revision"] == len(LIFECYCLE)
     assert doc["_salt"] == salt  # never rotated: the callback's token stays valid
-    assert db.updates.count_documents({"uuid": job.uuid}) == 1 + len(LIFECYCLE)
+    assert db.updates.count_documents({"uuid": job.uuid}) == 1  # the create; events are in the event log
+    log = list(db.events.find({"uuid": job.uuid}).sort("seq", 1))
+    assert [(r["seq"], r["name"]) for r in log] == list(enumerate(["create"] + [name for name, _ in LIFECYCLE]))
 
 
 @pytest.mark.parametrize(
@@ -306,8 +311,122 @@ def test_archive_paths_are_deterministic_and_instanced_on_request() -> None:
         clock=lambda: CLOCK,
     )
     assert instanced.archive_path == plain.archive_path + "/bunny-20240102T030405Z"
+    assert instanced.session == "bunny"
     given = new_job(None, pipelines(), transport="message", archive_path="/uploads/mine", archive_system="sys1")
     assert (given.archive_path, given.archive_system) == ("/uploads/mine", "sys1")
+
+
+#: python-datacatalog's public salt for hashing typed UUIDs into path names (its settings/identifiers.py).
+TYPEDUUID_HASHIDS_SALT = "xCPJ7PKTdp8BYYb4twh9xNYD"
+PIPELINE_HEX = EXAMPLE_PIPELINE_UUID.replace("-", "")
+
+
+def by_hand_typed_uuid(text: str, prefix: str) -> str:
+    namespace = uuidlib.uuid3(uuidlib.NAMESPACE_DNS, "sd2e.org")
+    return str(uuidlib.UUID(prefix + uuidlib.uuid5(namespace, text).hex[3:]))
+
+
+def datacatalog_archive_path(pipeline_uuid: str, child_of: list[str], data: dict[str, Any]) -> str:
+    """The library's default archive_path (compat §7a), from hashids and uuid5 directly, not pipelinejobs."""
+    hasher = hashids.Hashids(salt=TYPEDUUID_HASHIDS_SALT)
+
+    def hashed(text: str) -> str:
+        return hasher.encode(uuidlib.UUID(by_hand_typed_uuid(text, "100")).int)
+
+    parts = [pipeline_uuid, hashed(":".join(child_of)), hashed(json.dumps(data, sort_keys=True, separators=(",", ":")))]
+    return ("/products/v2/" + "/".join(parts)).replace("-", "")
+
+
+def test_parents_in_any_order_or_repeated_make_the_same_job(mongo: dict, example_pipeline: dict, db: Any) -> None:
+    ids = ["experiment.ginkgo.10003", "experiment.ginkgo.10001", "experiment.ginkgo.10002"]
+    parents = sorted(by_hand_typed_uuid(i, "102") for i in ids)
+    mixed = [ids[1], by_hand_typed_uuid(ids[2], "102").upper(), ids[0], ids[1]]  # ids and typed UUIDs may mix
+    orders = [ids, ids[::-1], mixed]
+    uuids = set()
+    for order in orders:
+        with new_job(mongo, pipelines(), data={"n": 9}, experiment_id=order) as job:
+            job.setup()
+        assert job.child_of == parents
+        uuids.add(job.uuid)
+    assert uuids == {datacatalog_job_uuid(EXAMPLE_PIPELINE_UUID, parents, {"n": 9})}
+    [doc] = list(db.jobs.find({}))
+    assert doc["child_of"] == parents
+    explicit = new_job(None, pipelines(), transport="message", child_of=[parents[1], parents[0], parents[1]])
+    assert explicit.child_of == parents[:2]
+    assert new_job(None, pipelines(), transport="message", child_of=parents[0]).child_of == [parents[0]]
+
+
+def test_the_default_archive_path_is_the_librarys_hashids_recipe() -> None:
+    data = {"b": [1, "x"], "a": {"z": None, "y": True}}
+    job = new_job(None, pipelines(), transport="message", data=data, sample_id=["s2", "s1", "s2"])
+    parents = sorted(by_hand_typed_uuid(s, "103") for s in ("s1", "s2"))
+    assert job.archive_path == datacatalog_archive_path(EXAMPLE_PIPELINE_UUID, parents, data)
+    bare = new_job(None, pipelines(), transport="message")  # H('') and H('{}'), the compat page's vectors
+    assert bare.archive_path == f"/products/v2/{PIPELINE_HEX}/BAkwe8wKZY2NgXyBpX8K5R1D/PAVpwrObxp5YjYRvrJOd5yVp"
+
+
+def test_a_reused_job_keeps_the_archive_path_it_was_stored_with(mongo: dict, example_pipeline: dict, db: Any) -> None:
+    parents = ["10483e8d-6602-532a-8941-176ce20dd05a"]
+    uuid = datacatalog_job_uuid(EXAMPLE_PIPELINE_UUID, parents, COMPAT_DATA)
+    stored = datacatalog_archive_path(EXAMPLE_PIPELINE_UUID, parents, COMPAT_DATA) + "/solid-snake-20190301T120000Z"
+    stamp = datetime(2019, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
+    db.jobs.insert_one(
+        {
+            "pipeline_uuid": EXAMPLE_PIPELINE_UUID,
+            "archive_path": stored,
+            "data": COMPAT_DATA,
+            "session": "solid-snake",
+            "child_of": parents,
+            "uuid": uuid,
+            "state": "CREATED",
+            "last_event": "create",
+            "history": [
+                {
+                    "date": stamp,
+                    "data": COMPAT_DATA,
+                    "name": "create",
+                    "uuid": identifiers.random_uuid("pipelinejob_event"),
+                }
+            ],
+            "_visible": True,
+            "_properties": {"created_date": stamp, "modified_date": stamp, "revision": 0, "source": "datacatalog"},
+            "_admin": {"owner": "sd2eadm", "project": "SD2E-Community", "tenant": "sd2e"},
+            "_salt": "q2xkzq3e1x0j5e8yvq2x5w==",
+        }
+    )
+    with new_job(mongo, pipelines(), instanced=True, data=COMPAT_DATA, child_of=parents) as job:
+        assert job.archive_path != stored  # another session and time: the products would land elsewhere
+        job.setup()
+    assert job.uuid == uuid and job.archive_path == stored
+    assert db.jobs.find_one({"uuid": uuid})["archive_path"] == stored
+
+
+def test_tacc_api_server_builds_the_callback_agent_and_task(mongo: dict, example_pipeline: dict, db: Any) -> None:
+    env = {**ENV, "TACC_API_SERVER": "https://api.example.org/"}  # the library's default carries a final slash
+    with new_job(mongo, pipelines(), env=env, data={"n": 7}) as job:
+        job.setup()
+    base = "https://api.example.org/actors/v2/"
+    assert job.callback.startswith(base + "pjmanager0001/messages?x-nonce=")
+    assert (job.agent, job.task) == (base + "G1p783PxpalBB", base + "G1p783PxpalBB/executions/exec0000001")
+    doc = db.jobs.find_one({"uuid": job.uuid})
+    assert (doc["agent"], doc["task"]) == (job.agent, job.task)
+    app = new_job(None, pipelines(), transport="message", env=env, agent="bbq-brisket-0.5.0", task="1-007")
+    assert (app.agent, app.task) == (
+        "https://api.example.org/apps/v2/bbq-brisket-0.5.0",
+        "https://api.example.org/jobs/v2/1-007",
+    )
+    explicit = new_job(None, pipelines("https://tacc.example.net"), transport="message", env=env)
+    assert explicit.agent == "https://tacc.example.net/actors/v2/G1p783PxpalBB"  # named in pipelines: it wins
+
+
+def test_the_default_session_is_an_adjective_animal_name(mongo: dict, example_pipeline: dict, db: Any) -> None:
+    with new_job(mongo, pipelines(), data={"n": 8}) as job:
+        job.setup()
+    adjective, _, animal = job.session.partition("-")
+    assert adjective in petname.adjectives and animal in petname.names  # the library's words (petname)
+    assert len(adjective) <= 8 and len(animal) <= 8  # and its length limit
+    assert db.jobs.find_one({"uuid": job.uuid})["session"] == job.session
+    assert dict(parse_qsl(urlsplit(job.callback).query))["session"] == job.session
 
 
 def test_callback_urls_are_url_encoded_without_double_slashes(mongo: dict, example_pipeline: dict) -> None:
@@ -327,7 +446,7 @@ def test_callback_urls_are_url_encoded_without_double_slashes(mongo: dict, examp
     notifications = job.agave_notifications()
     assert [(n["event"], n["persistent"]) for n in notifications] == [
         ("RUNNING", True),
-        ("ARCHIVING_FINISHED", False),
+        ("FINISHED", False),  # compat §7: Agave sends FINISHED after archiving, and for jobs that don't archive
         ("FAILED", False),
     ]
     assert [n["url"] for n in notifications] == [
@@ -363,8 +482,8 @@ def test_agave_posts_its_job_record_to_the_callback(
     running = httpx.post(job.callback + "&status=RUNNING", json=agave_job_record("RUNNING"), timeout=30)
     assert running.status_code == 200, running.text
     assert db.jobs.find_one({"uuid": job.uuid})["state"] == "RUNNING"
-    finished_url = job.agave_notifications()[1]["url"]  # fired on ARCHIVING_FINISHED
-    assert httpx.post(finished_url, json=agave_job_record("ARCHIVING_FINISHED"), timeout=30).status_code == 200
+    [finished] = [n for n in job.agave_notifications() if n["event"] == "FINISHED"]
+    assert httpx.post(finished["url"], json=agave_job_record("FINISHED"), timeout=30).status_code == 200
     doc = db.jobs.find_one({"uuid": job.uuid})
     assert doc["state"] == "FINISHED" and [h["name"] for h in doc["history"]] == ["create", "run", "finish"]
     assert doc["history"][1]["data"]["status"] == "RUNNING" and "_links" not in doc["history"][1]["data"]

@@ -119,19 +119,22 @@ def test_an_agave_callback_gets_the_parameter_else_the_derived_id() -> None:
 # -- Tapis notifications -------------------------------------------------------------------------------
 def test_tapis_derives_its_id_from_the_event_uuid_else_the_notification_uuid() -> None:
     notification = tapis_notification("RUNNING")
-    assert tapis.delivery_id(notification) == "tapis:8b57afe8-16ba-4eee-989c-bb71a8759cf7"
+    event_uuid, notification_uuid = notification["eventUuid"], notification["uuid"]
+    assert tapis.delivery_id(notification) == "tapis:" + event_uuid
+    assert tapis.delivery_id(tapis_notification("FINISHED")) != "tapis:" + event_uuid  # another status change
     del notification["eventUuid"]
-    assert tapis.delivery_id(notification) == "tapis:c664d438-218d-418b-bfe1-7a0b08918f84"
+    assert tapis.delivery_id(notification) == "tapis:" + notification_uuid
     notification["eventUuid"] = "not usable"  # whitespace: not a delivery id, so the next source
-    assert tapis.delivery_id(notification) == "tapis:c664d438-218d-418b-bfe1-7a0b08918f84"
+    assert tapis.delivery_id(notification) == "tapis:" + notification_uuid
     del notification["uuid"]
     assert tapis.delivery_id(notification) is None
 
 
 def test_a_tapis_notification_gets_the_parameter_else_the_derived_id() -> None:
     params = {"uuid": JOB_UUID, "token": TOKEN}
-    message = _classify(tapis_notification("FINISHED"), **params)
-    assert (message.via, message.event_id) == ("tapis", "tapis:8b57afe8-16ba-4eee-989c-bb71a8759cf7")
+    finished = tapis_notification("FINISHED")
+    message = _classify(finished, **params)
+    assert (message.via, message.event_id) == ("tapis", "tapis:" + finished["eventUuid"])
     assert _classify(tapis_notification("FINISHED"), event_id="mine", **params).event_id == "mine"
     anonymous = tapis_notification("FINISHED")
     del anonymous["eventUuid"], anonymous["uuid"]
@@ -148,3 +151,25 @@ def test_reactor_accepts_events_carrying_delivery_ids(reactor: Reactor, example_
     assert update.returncode == 0, update.stdout + update.stderr
     bad = reactor.run({"n": 3}, params={"uuid": uuid, "name": "update", "token": token, "event_id": "a b"})
     assert bad.returncode == 1 and bad.result["kind"] == "bad_message" and "event_id" in bad.result["message"]
+
+
+def test_scheduler_callbacks_carry_their_own_status_word_for_stale_checks() -> None:
+    params = {"uuid": JOB_UUID, "token": TOKEN}
+    assert _classify(agave_record("FINISHED"), status="finished", **params).status == "FINISHED"
+    assert _classify(agave_record("QUEUED"), status="${JOB_STATUS}", **params).status == "QUEUED"
+    assert _classify(tapis_notification("QUEUED"), **params).status == "QUEUED"
+    assert _classify({"k": 1}, uuid=JOB_UUID, name="run", token=TOKEN).status is None
+
+
+def test_reactor_answers_a_redelivered_callback_as_a_replay(reactor: Reactor, example_pipeline: dict) -> None:
+    """The derived ids reach the event log: Tapis and Agave retrying a delivery change nothing."""
+    created = reactor.run({"pipeline_uuid": EXAMPLE_PIPELINE_UUID, "archive_path": "/p", "data": {"d": 2}})
+    params = {"uuid": created.result["uuid"], "token": created.result["token"]}
+    running = tapis_notification("RUNNING")
+    first, again = reactor.run(running, params=params), reactor.run(running, params=params)
+    assert (first.returncode, again.returncode) == (0, 0), again.stdout + again.stderr
+    assert again.result.get("replayed") is True and again.result["event_uuid"] == first.result["event_uuid"]
+    finished = agave_record("FINISHED", lastUpdated="2018-09-25T15:23:57.000-05:00")
+    done = reactor.run(finished, params={**params, "status": "FINISHED"})
+    redone = reactor.run(finished, params={**params, "status": "FINISHED"})
+    assert done.result["state"] == "FINISHED" and redone.result.get("replayed") is True, redone.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import pytest
 
@@ -91,3 +92,20 @@ def test_admin_token_uses_digits_of_the_window_as_items() -> None:
 
 def test_random_event_uuid_is_108_typed() -> None:
     assert identifiers.random_uuid("pipelinejob_event").startswith("108")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("{}", "PAVpwrObxp5YjYRvrJOd5yVp"), ("", "BAkwe8wKZY2NgXyBpX8K5R1D")],  # compat §7a
+)
+def test_archive_hashid_vectors(text: str, expected: str) -> None:
+    assert identifiers.archive_hashid(text) == expected
+
+
+def test_session_names_are_adjective_animal_and_seedable() -> None:
+    names = {identifiers.session_name() for _ in range(20)}
+    assert all(re.fullmatch(r"[a-z]{2,8}-[a-z]{2,8}", name) for name in names)
+    assert len(names) > 1  # random when unseeded
+    seeded = identifiers.session_name("exec0000001")
+    assert re.fullmatch(r"[a-z]{2,8}-[a-z]{2,8}", seeded)
+    assert identifiers.session_name("exec0000001") == seeded  # one execution, one session

@@ -238,7 +238,14 @@ def test_datacatalog_job_walks_to_retired(reactor: Reactor, example_pipeline: di
     ]
     assert job["history"][0]["uuid"] == "1087dbe4-0e6b-57bc-b5e3-c4d4d1f1a7a2"
     assert job["updated"] > datetime(2019, 3, 1, 12, 0, tzinfo=timezone.utc)
-    assert db.updates.count_documents({"uuid": uuid, "action": "update"}) == 6
+    # the event log holds the old entry (imported on first touch) and the six events, in order
+    log = list(db.events.find({"uuid": uuid}, {"_id": False}).sort([("seq", 1), ("slot", 1)]))
+    assert [(r["seq"], r["name"], r["outcome"]) for r in log] == [(-1, "create", "imported")] + [
+        (seq, name, "applied")
+        for seq, name in enumerate(("run", "finish", "validate", "validated", "finalize", "retire"), start=1)
+    ]
+    assert log[0]["event_uuid"] == "1087dbe4-0e6b-57bc-b5e3-c4d4d1f1a7a2"
+    assert [r["event_uuid"] for r in log[1:]] == [h["uuid"] for h in job["history"][1:]]
 
 
 def test_same_job_created_through_the_actor_finds_the_datacatalog_job(

@@ -20,11 +20,20 @@ from typing import Any
 import pymongo
 import pytest
 
-from pipelinejobs import documents, identifiers
+from pipelinejobs import documents, identifiers, service
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
+from pipelinejobs.messages import EventMessage
 from pipelinejobs.runtime import open_store
 from pipelinejobs.settings import Identity, load_settings
-from pipelinejobs.store.base import JobStore
+from pipelinejobs.store.base import (
+    HEAD_FIELDS,
+    Append,
+    AppendResult,
+    EventRecord,
+    JobStore,
+    Outcome,
+    iter_history,
+)
 from pipelinejobs.store.mongo import MongoJobStore
 from pipelinejobs.store.sqlite import SqliteJobStore, default_sqlite_path, loads_document
 from tests.conftest import EXAMPLE_PIPELINE_ID, EXAMPLE_PIPELINE_UUID, ROOT, Reactor
@@ -35,7 +44,7 @@ OTHER_PIPELINE = "10650844-1baa-55c5-a481-5e945b19c066"
 UNKNOWN_JOB = "107b93f3-1eae-5e79-8a18-0a480f8aa3a5"
 HISTORY_KEYS = ["date", "data", "name", "uuid"]
 
-StoreFactory = Callable[[], JobStore]
+StoreFactory = Callable[..., JobStore]
 
 
 # -- fixtures and helpers ------------------------------------------------------------------
@@ -48,14 +57,14 @@ def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[St
         name = request.getfixturevalue("database_name")
         request.getfixturevalue("db")  # drops the database after the test
 
-        def factory() -> JobStore:
-            opened.append(MongoJobStore(uri, name))
+        def factory(**options: Any) -> JobStore:
+            opened.append(MongoJobStore(uri, name, **options))
             return opened[-1]
     else:
         path = tmp_path / "store" / "jobs.sqlite3"
 
-        def factory() -> JobStore:
-            opened.append(SqliteJobStore(path))
+        def factory(**options: Any) -> JobStore:
+            opened.append(SqliteJobStore(path, **options))
             return opened[-1]
 
     yield factory
@@ -101,22 +110,34 @@ def insert(store: JobStore, job: dict[str, Any]) -> dict[str, Any]:
     return stored
 
 
-def event(
+def append(
     store: JobStore,
     uuid: str,
     name: str,
     *,
-    from_states: set[str] | None,
-    new_state: str | None,
+    state: str,
+    revision: int,
     data: dict[str, Any] | None = None,
     now: datetime = NOW,
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Apply one event; returns (the history entry offered, the store's answer)."""
-    entry = documents.history_entry(name, data, now)
-    audit = documents.audit_record(uuid, "update", {"event": name, "event_uuid": entry["uuid"]}, {}, now)
-    return entry, store.apply_event(
-        uuid, from_states=from_states, entry=entry, new_state=new_state, now=now, audit=audit
+    event_id: str | None = None,
+) -> tuple[EventRecord, AppendResult]:
+    """Log and apply one event at ``revision``; returns (the record offered, the store's answer)."""
+    record = EventRecord(
+        uuid=uuid,
+        seq=revision + 1,
+        event_uuid=identifiers.random_uuid("pipelinejob_event"),
+        name=name,
+        date=now,
+        data=data,
+        state=state,
+        event_id=event_id,
+        digest=documents.payload_digest(name, data),
     )
+    return record, store.append_event(record, expected_revision=revision)
+
+
+def log_of(store: JobStore, uuid: str) -> list[EventRecord]:
+    return list(iter_history(store, uuid, page_size=7))
 
 
 # -- the contract --------------------------------------------------------------------------
@@ -124,6 +145,7 @@ def test_ensure_indexes_is_repeatable_and_uniqueness_holds(store: JobStore, stor
     store.ensure_indexes()
     again = store_factory()
     again.ensure_indexes()
+    assert store.missing_indexes() == [] and again.missing_indexes() == []
     pipeline = {"id": EXAMPLE_PIPELINE_ID, "uuid": EXAMPLE_PIPELINE_UUID}
     assert store.save_pipeline(pipeline)[1] is True
     assert again.save_pipeline(pipeline)[1] is False
@@ -143,6 +165,20 @@ def test_save_and_find_pipeline(store: JobStore) -> None:
     assert created is False and existing == pipeline
     assert store.find_pipeline(OTHER_PIPELINE) is None
     assert store.find_pipeline(EXAMPLE_PIPELINE_UUID) == pipeline
+    assert store.list_pipelines() == [pipeline]
+
+
+def test_save_pipeline_answers_alike_on_both_stores_when_uuid_and_id_point_apart(store: JobStore) -> None:
+    first = {"id": "a/first:1", "uuid": EXAMPLE_PIPELINE_UUID}
+    second = {"id": "b/second:1", "uuid": OTHER_PIPELINE}
+    assert store.save_pipeline(first)[1] and store.save_pipeline(second)[1]
+    # the uuid is the first's, the id the second's: the uuid's holder answers, on both stores
+    existing, created = store.save_pipeline({"id": "b/second:1", "uuid": EXAMPLE_PIPELINE_UUID})
+    assert created is False and existing == first
+    # a pipeline without an id: only its uuid can collide
+    existing, created = store.save_pipeline({"uuid": OTHER_PIPELINE})
+    assert created is False and existing == second
+    assert [p["id"] for p in store.list_pipelines()] == ["a/first:1", "b/second:1"]
 
 
 def test_insert_job_is_idempotent_and_never_overwrites(store: JobStore) -> None:
@@ -150,7 +186,6 @@ def test_insert_job_is_idempotent_and_never_overwrites(store: JobStore) -> None:
     stored, created = store.insert_job(job, documents.audit_record(job["uuid"], "create", {}, job["_admin"], NOW))
     assert created is True and stored == job
     retry = make_job(now=NOW + timedelta(hours=1))  # same uuid, fresh salt and dates
-    retry["history"].append(documents.history_entry("run", None, NOW))
     assert retry["uuid"] == job["uuid"] and retry["_salt"] != job["_salt"]
     existing, created = store.insert_job(retry, documents.audit_record(job["uuid"], "create", {}, {}, NOW))
     assert created is False and existing == job
@@ -158,6 +193,9 @@ def test_insert_job_is_idempotent_and_never_overwrites(store: JobStore) -> None:
     assert found is not None and found["_salt"] == job["_salt"] and len(found["history"]) == 1
     assert found["updated"] == NOW
     assert [row["action"] for row in audit_rows(store)] == ["create"]
+    [created_record] = log_of(store, job["uuid"])
+    assert (created_record.seq, created_record.name, created_record.data) == (0, "create", job["data"])
+    assert created_record.event_uuid == job["history"][0]["uuid"]
 
 
 def test_documents_round_trip_with_dates_and_key_order(store: JobStore) -> None:
@@ -175,55 +213,125 @@ def test_documents_round_trip_with_dates_and_key_order(store: JobStore) -> None:
     token = identifiers.job_token(job["_salt"], job["uuid"], job["_admin"])
     assert identifiers.job_token(found["_salt"], found["uuid"], found["_admin"]) == token
     assert store.find_job(UNKNOWN_JOB) is None
+    head = store.find_head(job["uuid"])
+    assert head is not None and set(head) == set(HEAD_FIELDS) and "history" not in head and "data" not in head
+    assert (head["state"], head["_visible"], head["_properties"]["revision"]) == ("CREATED", True, 0)
+    assert head["_salt"] == job["_salt"] and list(head["_admin"]) == ["tenant", "owner", "project"]
 
 
-def test_apply_event_appends_history_and_bumps_revision(store: JobStore) -> None:
+def test_append_event_logs_applies_and_bumps_revision(store: JobStore) -> None:
     job = insert(store, make_job())
     later = NOW + timedelta(minutes=5)
-    entry, updated = event(
-        store, job["uuid"], "run", from_states={"CREATED"}, new_state="RUNNING", data={"k": "v"}, now=later
-    )
+    record, result = append(store, job["uuid"], "run", state="RUNNING", revision=0, data={"k": "v"}, now=later)
+    assert result.status is Append.APPLIED
+    updated = store.find_job(job["uuid"])
     assert updated is not None
     assert updated["state"] == "RUNNING" and updated["last_event"] == "run"
     assert updated["updated"] == later and updated["_properties"]["modified_date"] == later
     assert updated["_properties"]["revision"] == 1
     assert updated["_properties"]["created_date"] == NOW
+    entry = {"date": later, "data": {"k": "v"}, "name": "run", "uuid": record.event_uuid}
     assert updated["history"][-1] == entry and list(updated["history"][-1]) == HISTORY_KEYS
     assert [h["name"] for h in updated["history"]] == ["create", "run"]
     assert updated["data"] == {"x": 1}  # the event's data goes only into the history entry
-    assert store.find_job(job["uuid"]) == updated
     assert list(updated) == list(job)  # no key moved
-    rows = audit_rows(store)
-    assert [row["action"] for row in rows] == ["create", "update"]
-    assert rows[-1]["diff"]["event_uuid"] == entry["uuid"] and rows[-1]["date"] == later
+    assert [row["action"] for row in audit_rows(store)] == ["create"]  # events are audited by the log
+    assert log_of(store, job["uuid"])[-1] == record
 
 
-def test_apply_event_creates_a_missing_revision(store: JobStore) -> None:
+def test_a_job_without_a_revision_counts_as_revision_zero(store: JobStore) -> None:
     job = make_job()
     del job["_properties"]["revision"]
     insert(store, job)
-    _, updated = event(store, job["uuid"], "run", from_states={"CREATED"}, new_state="RUNNING")
-    assert updated is not None and updated["_properties"]["revision"] == 1
+    assert append(store, job["uuid"], "run", state="RUNNING", revision=0)[1].status is Append.APPLIED
+    assert store.find_job(job["uuid"])["_properties"]["revision"] == 1  # type: ignore[index]
 
 
 def test_failed_preconditions_change_nothing(store: JobStore) -> None:
     job = insert(store, make_job())
     hidden = insert(store, make_job({"x": 2}))
     assert store.hide_job(hidden["uuid"], now=NOW, audit={"uuid": hidden["uuid"], "action": "update"}) is not None
-    before = (store.find_job(job["uuid"]), store.find_job(hidden["uuid"]), len(audit_rows(store)))
-    assert event(store, job["uuid"], "finish", from_states={"RUNNING"}, new_state="FINISHED")[1] is None
-    assert event(store, hidden["uuid"], "run", from_states={"CREATED"}, new_state="RUNNING")[1] is None
-    assert event(store, hidden["uuid"], "reset", from_states=None, new_state="RESET")[1] is None
-    assert event(store, UNKNOWN_JOB, "run", from_states=None, new_state="RUNNING")[1] is None
-    assert (store.find_job(job["uuid"]), store.find_job(hidden["uuid"]), len(audit_rows(store))) == before
+
+    def snapshot() -> Any:
+        return [(store.find_job(j["uuid"]), log_of(store, j["uuid"])) for j in (job, hidden)], len(audit_rows(store))
+
+    before = snapshot()
+    assert append(store, job["uuid"], "finish", state="FINISHED", revision=3)[1].status is Append.MOVED
+    assert append(store, hidden["uuid"], "run", state="RUNNING", revision=1)[1].status is Append.MOVED
+    assert append(store, UNKNOWN_JOB, "run", state="RUNNING", revision=0)[1].status is Append.MOVED
+    assert snapshot() == before
 
 
-def test_event_without_new_state_keeps_the_state(store: JobStore) -> None:
+def test_a_delivery_id_is_logged_once_per_job(store: JobStore) -> None:
     job = insert(store, make_job())
-    _, updated = event(store, job["uuid"], "update", from_states={"CREATED", "RUNNING"}, new_state=None)
-    assert updated is not None
-    assert updated["state"] == "CREATED" and updated["last_event"] == "update"
-    assert updated["_properties"]["revision"] == 1 and len(updated["history"]) == 2
+    other = insert(store, make_job({"x": 2}))
+    first, result = append(store, job["uuid"], "run", state="RUNNING", revision=0, event_id="delivery-1")
+    assert result.status is Append.APPLIED
+    _, result = append(store, job["uuid"], "run", state="RUNNING", revision=1, event_id="delivery-1")
+    assert result.status is Append.REPLAYED and result.existing == first
+    assert store.find_delivery(job["uuid"], "delivery-1") == first
+    assert store.find_delivery(job["uuid"], "delivery-2") is None
+    assert store.find_job(job["uuid"])["_properties"]["revision"] == 1  # type: ignore[index]
+    # the same id on another job is another delivery
+    assert append(store, other["uuid"], "run", state="RUNNING", revision=0, event_id="delivery-1")[1].status is (
+        Append.APPLIED
+    )
+
+
+def test_stale_records_are_logged_without_changing_the_job(store: JobStore) -> None:
+    job = insert(store, make_job())
+    append(store, job["uuid"], "run", state="RUNNING", revision=0)
+    before = store.find_job(job["uuid"])
+    stale = EventRecord(
+        uuid=job["uuid"],
+        seq=1,
+        slot="0001.000000~a",
+        event_uuid=identifiers.random_uuid("pipelinejob_event"),
+        name="resource",
+        date=NOW,
+        data={"status": "QUEUED"},
+        state="RUNNING",
+        outcome=Outcome.STALE,
+        via="agave",
+        event_id="agave:1:QUEUED",
+    )
+    assert store.record_stale(stale).status is Append.APPLIED
+    assert store.find_job(job["uuid"]) == before
+    retry = EventRecord(**{**stale.__dict__, "event_uuid": identifiers.random_uuid("pipelinejob_event")})
+    result = store.record_stale(retry)
+    assert result.status is Append.REPLAYED and result.existing == stale
+    assert [(r.seq, r.outcome) for r in log_of(store, job["uuid"])] == [
+        (0, Outcome.APPLIED),
+        (1, Outcome.APPLIED),
+        (1, Outcome.STALE),
+    ]
+    # the stale record takes no revision: the next event still gets seq 2
+    assert append(store, job["uuid"], "update", state="RUNNING", revision=1)[1].status is Append.APPLIED
+
+
+def test_history_window_is_bounded_and_the_log_keeps_everything(store_factory: StoreFactory) -> None:
+    store_factory().ensure_indexes()
+    small = store_factory(history_window=10, inline_data_bytes=64)
+    job = insert(small, make_job())
+    big = {"blob": "x" * 200}
+    for revision in range(25):
+        data = big if revision == 20 else {"i": revision}
+        assert append(small, job["uuid"], "update", state="CREATED", revision=revision, data=data)[1].status is (
+            Append.APPLIED
+        )
+    found = small.find_job(job["uuid"])
+    assert found is not None and found["_properties"]["revision"] == 25
+    assert len(found["history"]) == 10
+    assert [h["data"] for h in found["history"]][:5] == [{"i": i} for i in range(15, 20)]
+    stub = found["history"][5]["data"]
+    assert stub == {"_in_event_log": {"seq": 21, "bytes": len(documents.canonical_json(big))}}
+    records = log_of(small, job["uuid"])
+    assert [r.seq for r in records] == list(range(26))
+    assert records[21].data == big  # the log has the whole data
+    page = small.history(job["uuid"], limit=10)
+    assert [r.seq for r in page.records] == list(range(10)) and page.next is not None
+    page = small.history(job["uuid"], after=page.next, limit=100)
+    assert [r.seq for r in page.records] == list(range(10, 26)) and page.next is None
 
 
 def test_hide_job_once(store: JobStore) -> None:
@@ -232,35 +340,44 @@ def test_hide_job_once(store: JobStore) -> None:
     audit = documents.audit_record(job["uuid"], "update", {"_visible": False}, job["_admin"], later)
     hidden = store.hide_job(job["uuid"], now=later, audit=audit)
     assert hidden is not None and hidden["_visible"] is False
-    assert hidden["_properties"]["revision"] == 1 and hidden["updated"] == later
-    assert hidden["history"] == job["history"] and hidden["state"] == "CREATED"
-    assert store.find_job(job["uuid"]) == hidden  # hidden jobs are still found by uuid
+    assert hidden["_properties"]["revision"] == 1 and hidden["state"] == "CREATED"
+    found = store.find_job(job["uuid"])  # hidden jobs are still found by uuid
+    assert found is not None and found["_visible"] is False and found["updated"] == later
+    assert found["history"] == job["history"]
     assert store.hide_job(job["uuid"], now=later, audit=audit) is None
     assert store.hide_job(UNKNOWN_JOB, now=later, audit=audit) is None
     assert [row["action"] for row in audit_rows(store)] == ["create", "update"]
-    assert store.find_job(job["uuid"]) == hidden
+    assert store.find_job(job["uuid"]) == found
+    assert [row["action"] for row in store.audit_trail(job["uuid"])] == ["create", "update"]
 
 
-def test_remove_job_leaves_a_tombstone_holding_the_whole_job(store: JobStore) -> None:
+def test_remove_job_leaves_a_tombstone_and_sets_its_log_aside(store: JobStore) -> None:
     job = insert(store, make_job())
-    _, updated = event(store, job["uuid"], "run", from_states={"CREATED"}, new_state="RUNNING")
-    assert updated is not None
+    append(store, job["uuid"], "run", state="RUNNING", revision=0)
+    updated = store.find_job(job["uuid"])
     tombstone = documents.audit_record(job["uuid"], "delete", {"deleted": updated}, job["_admin"], NOW)
     assert store.remove_job(job["uuid"], expected_revision=1, tombstone=tombstone) is True
-    assert store.find_job(job["uuid"]) is None
+    assert store.find_job(job["uuid"]) is None and store.find_head(job["uuid"]) is None
     last = audit_rows(store)[-1]
     assert last["action"] == "delete" and last["diff"]["deleted"] == updated
     assert store.remove_job(job["uuid"], expected_revision=1, tombstone=tombstone) is False  # already gone
-    assert [row["action"] for row in audit_rows(store)] == ["create", "update", "delete"]
+    assert [row["action"] for row in audit_rows(store)] == ["create", "delete"]
+    assert log_of(store, job["uuid"]) == []
+    # the same uuid created again starts a log of its own
+    again = insert(store, make_job())
+    assert [r.name for r in log_of(store, again["uuid"])] == ["create"]
+    assert append(store, again["uuid"], "run", state="RUNNING", revision=0)[1].status is Append.APPLIED
 
 
 def test_remove_job_with_a_stale_revision_writes_nothing(store: JobStore) -> None:
     job = insert(store, make_job())
     tombstone = documents.audit_record(job["uuid"], "delete", {"deleted": job}, job["_admin"], NOW)
-    _, updated = event(store, job["uuid"], "run", from_states={"CREATED"}, new_state="RUNNING")
+    append(store, job["uuid"], "run", state="RUNNING", revision=0)
+    updated = store.find_job(job["uuid"])
     assert store.remove_job(job["uuid"], expected_revision=0, tombstone=tombstone) is False
     assert store.find_job(job["uuid"]) == updated
-    assert [row["action"] for row in audit_rows(store)] == ["create", "update"]
+    assert [row["action"] for row in audit_rows(store)] == ["create"]
+    assert [r.name for r in log_of(store, job["uuid"])] == ["create", "run"]
 
 
 def test_list_jobs_filters_and_sorts_newest_first(store: JobStore) -> None:
@@ -268,7 +385,7 @@ def test_list_jobs_filters_and_sorts_newest_first(store: JobStore) -> None:
     middle = insert(store, make_job({"n": 2}, now=NOW + timedelta(minutes=1), pipeline=OTHER_PIPELINE))
     newest = insert(store, make_job({"n": 3}, now=NOW + timedelta(minutes=2)))
     hidden = insert(store, make_job({"n": 4}, now=NOW + timedelta(minutes=3)))
-    event(store, oldest["uuid"], "run", from_states={"CREATED"}, new_state="RUNNING", now=NOW + timedelta(minutes=4))
+    append(store, oldest["uuid"], "run", state="RUNNING", revision=0, now=NOW + timedelta(minutes=4))
     store.hide_job(hidden["uuid"], now=NOW + timedelta(minutes=5), audit={"uuid": hidden["uuid"], "action": "u"})
 
     def uuids(**filters: Any) -> list[str]:
@@ -285,40 +402,47 @@ def test_list_jobs_filters_and_sorts_newest_first(store: JobStore) -> None:
         newest["uuid"],
     ]
     assert uuids(limit=2) == [oldest["uuid"], newest["uuid"]]
-    assert store.list_jobs(state="RUNNING")[0] == store.find_job(oldest["uuid"])
+    listed = store.list_jobs(state="RUNNING")[0]
+    full = store.find_job(oldest["uuid"])
+    assert full is not None and "history" not in listed  # lists never carry histories
+    assert listed == {key: value for key, value in full.items() if key != "history"}
 
 
-def test_racing_events_lose_no_history_entry(store: JobStore, store_factory: StoreFactory) -> None:
+def test_racing_events_lose_no_event(store: JobStore, store_factory: StoreFactory) -> None:
+    """16 writers, each with its own connection, through the service's read-decide-append loop."""
     job = insert(store, make_job())
+    token = identifiers.job_token(job["_salt"], job["uuid"], job["_admin"])
+    settings = load_settings({}, ROOT / "config.yml")
     workers = 16
     barrier = threading.Barrier(workers)
-    entries: list[str] = []
+    answers: list[dict[str, Any]] = []
     failures: list[BaseException] = []
     opened_lock = threading.Lock()
 
-    def work() -> None:
+    def work(i: int) -> None:
         try:
             with opened_lock:  # the factory's bookkeeping list is shared
-                own = store_factory()  # each thread has its own connection
+                own = store_factory()
             barrier.wait(timeout=60)
-            entry, updated = event(own, job["uuid"], "update", from_states={"CREATED"}, new_state=None)
-            assert updated is not None
-            entries.append(entry["uuid"])
+            message = EventMessage(uuid=job["uuid"], name="update", token=token, data={"i": i})
+            answers.append(service.apply_event(message, store=own, settings=settings, now=NOW))
         except BaseException as exc:
             failures.append(exc)
 
-    threads = [threading.Thread(target=work) for _ in range(workers)]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=180)
     assert not failures, failures
     found = store.find_job(job["uuid"])
-    assert found is not None
-    assert found["_properties"]["revision"] == workers
+    assert found is not None and found["_properties"]["revision"] == workers
     assert len(found["history"]) == workers + 1
-    assert sorted(h["uuid"] for h in found["history"][1:]) == sorted(entries) and len(set(entries)) == workers
-    assert len(audit_rows(store)) == workers + 1
+    assert sorted(a["revision"] for a in answers) == list(range(1, workers + 1))
+    records = log_of(store, job["uuid"])
+    assert [r.seq for r in records] == list(range(workers + 1))
+    assert sorted(r.data["i"] for r in records[1:] if r.data) == list(range(workers))
+    assert [h["uuid"] for h in found["history"]] == [r.event_uuid for r in records]
 
 
 # -- SQLite only ---------------------------------------------------------------------------
@@ -378,7 +502,7 @@ def test_sqlite_locked_file_is_storage_unavailable_and_writes_nothing(tmp_path: 
     holder.execute("BEGIN IMMEDIATE")  # another process in the middle of a write
     try:
         with pytest.raises(PipelineJobsError) as err:
-            event(impatient, job["uuid"], "run", from_states={"CREATED"}, new_state="RUNNING")
+            append(impatient, job["uuid"], "run", state="RUNNING", revision=0)
         assert err.value.kind is ErrorKind.STORAGE_UNAVAILABLE and "locked" in err.value.message
     finally:
         holder.execute("ROLLBACK")
@@ -386,7 +510,7 @@ def test_sqlite_locked_file_is_storage_unavailable_and_writes_nothing(tmp_path: 
     assert impatient.find_job(job["uuid"]) == job
     assert len(audit_rows(impatient)) == 1
     # the lock is gone: the same store object works again
-    assert event(impatient, job["uuid"], "run", from_states={"CREATED"}, new_state="RUNNING")[1] is not None
+    assert append(impatient, job["uuid"], "run", state="RUNNING", revision=0)[1].status is Append.APPLIED
     impatient.close()
     setup.close()
     with pytest.raises(PipelineJobsError) as closed:

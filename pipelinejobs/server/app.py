@@ -2,7 +2,8 @@
 
 A POST is turned into the environment Abaco would give the container (MSG, the
 content type, the query parameters, the ``_abaco_*`` ids) and handed to
-``Server.execute`` (``execution.py``), which runs the same path as reactor.py.
+``Server.execute`` (``execution.py``), which runs the same path as reactor.py,
+with the JSON object already parsed here so that MSG is not parsed back.
 Settings are the server's own, loaded once at start; query parameters only ever
 reach the message. This module holds the HTTP side: Abaco's message rules,
 the response envelope, authentication, the routes and the app.
@@ -10,25 +11,43 @@ the response envelope, authentication, the routes and the app.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import re
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse as StarletteJSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__, logs
 from ..errors import ErrorKind, PipelineJobsError
 from .execution import Server
-from .registry import Level, Record, Refused, abaco_time, hashid, new_nonce
+from .jsontext import dumps_utf8
+from .registry import (
+    BAD_NONCE_BODY,
+    NONCE_NOT_FOUND,
+    Level,
+    Links,
+    Record,
+    Refused,
+    abaco_time,
+    display_execution,
+    display_executions,
+    display_logs,
+    display_nonce,
+    hashid,
+    new_nonce,
+)
 
 log = logs.get_logger("server")
 
@@ -36,11 +55,37 @@ SERIALIZE_ERROR = "message POST body could not be serialized. Pass JSON data or 
 NO_CREDENTIALS = "No JWT or nonce provided."
 INVALID_JWT = "Invalid JWT."
 NONCE_FOR_NONCES = "Nonces cannot be used to manage nonces; use a bearer token."
+# tapisservice's texts (tapisservice/auth.py validate_token) for a v3 token serve does not accept
+TAPIS_UNPARSABLE = "Could not parse the Tapis access token."
+TAPIS_NO_TENANT = (
+    "Unable to process Tapis token; could not parse the tenant_id. It is possible "
+    "the token is in a format no longer supported by the platform."
+)
+TAPIS_INVALID = "Invalid Tapis token."
+
+
+class JSONResponse(StarletteJSONResponse):
+    """Every answer: lone surrogates (from echoed input) become U+FFFD instead of a 500 after the fact.
+
+    NaN in an echoed message is written as Abaco's Flask writes it, not refused.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return dumps_utf8(content, allow_nan=True, indent=None, separators=(",", ":"))
 
 
 # -- Abaco's message rules ----------------------------------------------------------------------
-def abaco_message(query_message: str | None, content_type: str, body: bytes) -> tuple[Any, str, str | None]:
-    """(msg as received, ``_abaco_Content_Type``, MSG) from a POST, by Abaco's rules (§1)."""
+class AbacoMessage(NamedTuple):
+    """A POSTed message by Abaco's rules (§1)."""
+
+    msg: Any  # as received, echoed in the reply and kept in the execution record
+    content_type: str  # ``_abaco_Content_Type``
+    raw: str | None  # MSG, what the container would get
+    parsed: dict[str, Any] | None  # the JSON object whose repr MSG is: the manager reads it, not MSG
+
+
+def abaco_message(query_message: str | None, content_type: str, body: bytes) -> AbacoMessage:
+    """The message of a POST, by Abaco's rules (§1)."""
     media = content_type.split(";")[0].strip().lower()
     value: Any = query_message
     if not value and media == "application/x-www-form-urlencoded":
@@ -53,12 +98,13 @@ def abaco_message(query_message: str | None, content_type: str, body: bytes) -> 
     if not value and parsed_ok and isinstance(parsed, dict):
         value = parsed.get("message")
     if value:  # the message attribute wins; a dict arrives as its Python repr
-        return value, "str", str(value)
+        return AbacoMessage(value, "str", str(value), value if isinstance(value, dict) else None)
     if media == "application/octet-stream":
-        return None, "application/octet-stream", None
+        return AbacoMessage(None, "application/octet-stream", None, None)
     if not parsed_ok:
         raise Refused(SERIALIZE_ERROR)
-    return parsed, "application/json" if parsed else "str", str(parsed)
+    kind = "application/json" if parsed else "str"
+    return AbacoMessage(parsed, kind, str(parsed), parsed if isinstance(parsed, dict) else None)
 
 
 def _truthy(value: str | None) -> bool:
@@ -91,10 +137,11 @@ def _is_v3(request: Request) -> bool:
 
 
 def _envelope(request: Request, result: Any, message: str = "The request was successful", code: int = 200) -> Response:
-    if _is_v3(request):
-        result = _v3_keys(result)
+    """Abaco's envelope; Tapis v3 (tapisservice's ``ok``/``error``) adds an empty ``metadata``."""
     status = "success" if code < 400 else "error"
-    body = {"status": status, "message": message, "version": __version__, "result": result}
+    body: dict[str, Any] = {"status": status, "message": message, "version": __version__, "result": result}
+    if _is_v3(request):
+        body.update(result=_v3_keys(result), metadata={})
     return JSONResponse(body, status_code=code)
 
 
@@ -116,22 +163,55 @@ def _owner_link(request: Request, owner: str) -> str:
     )
 
 
+def _links(request: Request) -> Links:
+    return Links(_base(request), _is_v3(request))
+
+
+def _shown_msg(msg: Any, content_type: str) -> Any:
+    """``msg`` in the reply as Abaco keeps it: the message attribute as a string, a binary body omitted."""
+    if content_type == "application/octet-stream":
+        return "binary - omitted"
+    # a message attribute is never empty; an empty JSON body (``{}``, ``0``) is also "str" but stays as parsed
+    return str(msg) if content_type == "str" and msg and not isinstance(msg, str) else msg
+
+
 # -- authentication -----------------------------------------------------------------------------
+def _tapis_refusal(token: str) -> str:
+    """tapisservice's reason for refusing a token: it must be a JWT whose claims name a tenant."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return TAPIS_UNPARSABLE
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=="))
+    except (ValueError, binascii.Error, RecursionError):
+        return TAPIS_UNPARSABLE
+    if not isinstance(claims, dict):
+        return TAPIS_UNPARSABLE
+    return TAPIS_INVALID if "tapis/tenant_id" in claims else TAPIS_NO_TENANT
+
+
 async def _authorize(request: Request, level: Level, *, nonce_ok: bool = True) -> str:
-    """Check the caller as Abaco does; returns the user the request acts as."""
+    """Check the caller as Abaco does; returns the user the request acts as.
+
+    A token that checks wins and the nonce is not spent. A token that doesn't is refused on
+    v3 even with a nonce (tapisservice calls the nonce check only when no token was sent).
+    On v2 the tenant's gateway vouched for tokens serve cannot verify, so there a nonce still
+    admits a request whose bearer token serve does not know.
+    """
     server = _server(request)
     actor = request.path_params["actor_id"]
-    nonce = request.query_params.get("x-nonce") if nonce_ok else None
-    bearer = _bearer(request)
-    if not nonce and not bearer:
-        if not nonce_ok and request.query_params.get("x-nonce"):
-            raise Refused(NONCE_FOR_NONCES)
+    nonce = request.query_params.get("x-nonce") or None
+    token = _bearer(request)
+    accepted = bool(token) and server.config.api_tokens.check(token or "")
+    if token and not accepted and (_is_v3(request) or not nonce or not nonce_ok):
+        raise Refused(_tapis_refusal(token) if _is_v3(request) else INVALID_JWT)
+    if not accepted and not nonce:
         raise Refused(NO_CREDENTIALS)
-    if not nonce and not server.config.api_tokens.check(bearer or ""):
-        raise Refused(INVALID_JWT)
+    if not accepted and not nonce_ok:
+        raise Refused(NONCE_FOR_NONCES)
     if actor not in server.config.actors:
         raise Refused(f"Actor with identifier '{actor[:128]}' not found", 404)
-    if nonce:
+    if not accepted:
         used = await run_in_threadpool(server.registry.use_nonce, actor, nonce, level, server.clock())
         return str(used.get("owner") or server.config.owner)
     return server.config.owner
@@ -158,7 +238,8 @@ async def post_message(request: Request) -> Response:
     received = server.clock()
     body = await _read_body(request, 4 * server.settings.limit("max_message_bytes", 1048576))
     query = request.query_params
-    msg, content_type, raw = abaco_message(query.get("message"), request.headers.get("content-type", ""), body)
+    message = abaco_message(query.get("message"), request.headers.get("content-type", ""), body)
+    msg, content_type, raw = message.msg, message.content_type, message.raw
     execution_id = hashid()
     params = {name: value for name, value in query.items() if name != "message"}
     env = {
@@ -180,7 +261,8 @@ async def post_message(request: Request) -> Response:
         "messageReceivedTime": abaco_time(received),
     }
     bearer = _bearer(request)  # the message's own secrets (token, x-nonce) are in env
-    execution, result = await run_in_threadpool(server.execute, env, execution, [bearer] if bearer else [])
+    secrets = [bearer] if bearer else []
+    execution, result = await run_in_threadpool(server.execute, env, execution, secrets, message.parsed)
     log.info("actor %s: execution %s exit code %s", actor, execution_id, execution["exitCode"])
     if _truthy(query.get("_abaco_synchronous")):
         headers = {"x-abaco-execution-id": execution_id, "x-abaco-exit-code": str(execution["exitCode"])}
@@ -191,7 +273,7 @@ async def post_message(request: Request) -> Response:
         "owner": _owner_link(request, username),
         "messages": f"{root}/messages",
     }
-    return _envelope(request, {"executionId": execution_id, "msg": msg, "_links": links})
+    return _envelope(request, {"executionId": execution_id, "msg": _shown_msg(msg, content_type), "_links": links})
 
 
 async def get_messages(request: Request) -> Response:
@@ -201,40 +283,48 @@ async def get_messages(request: Request) -> Response:
 
 
 async def _nonce_body(request: Request) -> dict[str, Any]:
+    """The nonce fields, as Abaco's request parser finds them: the JSON body (or form), then the query."""
     body = await _read_body(request, 65536)
+    query = {k: v for k, v in request.query_params.items() if k != "x-nonce"}
     if not body.strip():
-        return {}
+        return query
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
         value = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
+        if media == "application/json" or body.lstrip()[:1] in (b"{", b"["):
+            raise Refused(BAD_NONCE_BODY) from None
         value = {k: v[-1] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
     if not isinstance(value, dict):
         raise Refused("The nonce request body must be a JSON object.")
-    return value
+    return {**query, **value}
 
 
 async def create_nonce(request: Request) -> Response:
     server = _server(request)
     owner = await _authorize(request, Level.UPDATE, nonce_ok=False)
     body = await _nonce_body(request)
+    field, other = ("max_uses", "maxUses") if _is_v3(request) else ("maxUses", "max_uses")
     nonce = new_nonce(
         actor_id=request.path_params["actor_id"],
         owner=owner,
         tenant=server.config.tenant,
         now=server.clock(),
-        max_uses=body.get("maxUses", body.get("max_uses", -1)),
+        max_uses=body[field] if field in body else body.get(other, -1),
         level=body.get("level", "EXECUTE"),
         description=body.get("description", ""),
+        field=field if field in body or other not in body else other,
     )
     await run_in_threadpool(server.registry.create_nonce, nonce)
     log.info("actor %s: nonce created (level %s, maxUses %s)", nonce["actorId"], nonce["level"], nonce["maxUses"])
-    return _envelope(request, nonce)
+    return _envelope(request, display_nonce(nonce, _links(request)), "Actor nonce created successfully.")
 
 
 async def list_nonces(request: Request) -> Response:
     await _authorize(request, Level.READ, nonce_ok=False)
     nonces = await run_in_threadpool(_server(request).registry.list_nonces, request.path_params["actor_id"])
-    return _envelope(request, nonces)
+    shown = [display_nonce(nonce, _links(request)) for nonce in nonces]
+    return _envelope(request, shown, "Actor nonces retrieved successfully.")
 
 
 async def nonce_detail(request: Request) -> Response:
@@ -243,27 +333,41 @@ async def nonce_detail(request: Request) -> Response:
     if request.method == "DELETE":
         await _authorize(request, Level.UPDATE, nonce_ok=False)
         if not await run_in_threadpool(server.registry.delete_nonce, actor, nonce_id):
-            raise Refused("Nonce does not exist.")
-        return _envelope(request, None, "Nonce deleted successfully.")
+            raise Refused(NONCE_NOT_FOUND)
+        return _envelope(request, None, "Actor nonce deleted successfully.")
     await _authorize(request, Level.READ, nonce_ok=False)
     nonce = await run_in_threadpool(server.registry.get_nonce, actor, nonce_id)
     if nonce is None:
-        raise Refused("Nonce does not exist.")
-    return _envelope(request, nonce)
+        raise Refused(NONCE_NOT_FOUND)
+    return _envelope(request, display_nonce(nonce, _links(request)), "Actor nonce retrieved successfully.")
 
 
-_SUMMARY = ("id", "status", "exitCode", "messageReceivedTime", "finishTime")
+MAX_LIMIT = 1000  # serve's page cap; Abaco has none
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def _limit(raw: str | None) -> int:
+    """``limit`` as Abaco's search reads it: a non-negative integer (default 100), with Abaco's texts."""
+    if raw is None:
+        return 100
+    text = raw.strip()
+    if not _INTEGER.fullmatch(text):
+        raise Refused(f'Inputted "limit" paramater must be an int. Received: {raw[:64]}')
+    digits = text.lstrip("+-").lstrip("0")
+    if text.startswith("-") and digits:
+        raise Refused(f'Inputted "limit" must be positive. Received: {raw[:64]}')
+    return MAX_LIMIT if len(digits) > 6 else min(int(digits or "0"), MAX_LIMIT)
 
 
 async def list_executions(request: Request) -> Response:
     server = _server(request)
     actor = request.path_params["actor_id"]
     await _authorize(request, Level.READ)
-    raw_limit = request.query_params.get("limit", "100")
-    limit = min(max(int(raw_limit), 1), 1000) if raw_limit.isdigit() else 100
-    rows = await run_in_threadpool(server.registry.list_executions, actor, limit)
-    executions = [{key: row.get(key) for key in _SUMMARY} for row in rows]
-    return _envelope(request, {"actorId": actor, "executions": executions})
+    limit = _limit(request.query_params.get("limit"))
+    rows = await run_in_threadpool(server.registry.list_executions, actor, limit) if limit else []
+    totals = await run_in_threadpool(server.registry.execution_totals, actor)
+    summary = display_executions(actor, server.config.owner, rows, totals, _links(request))
+    return _envelope(request, summary, "Actor executions retrieved successfully.")
 
 
 async def _execution(request: Request) -> Record:
@@ -272,23 +376,20 @@ async def _execution(request: Request) -> Record:
     await _authorize(request, Level.READ)
     found = await run_in_threadpool(server.registry.get_execution, actor, execution_id)
     if found is None:
-        raise Refused(f"Execution with identifier '{execution_id[:64]}' not found", 404)
+        shown = execution_id[:64]
+        raise Refused(f"No executions found with actor id of {actor} and execution id of {shown}.")
     return found
 
 
 async def get_execution(request: Request) -> Response:
     execution = await _execution(request)
-    root = _actor_root(request, execution["actorId"])
-    links = {"self": f"{root}/executions/{execution['id']}", "logs": f"{root}/executions/{execution['id']}/logs"}
-    shown = {k: v for k, v in execution.items() if k != "logs"}
-    return _envelope(request, {**shown, "_links": links})
+    return _envelope(request, display_execution(execution, _links(request)), "Actor execution retrieved successfully.")
 
 
 async def get_execution_logs(request: Request) -> Response:
     execution = await _execution(request)
-    root = _actor_root(request, execution["actorId"])
-    links = {"execution": f"{root}/executions/{execution['id']}"}
-    return _envelope(request, {"logs": execution.get("logs", ""), "_links": links})
+    shown = display_logs(execution, _server(request).config.owner, _links(request))
+    return _envelope(request, shown, "Logs retrieved successfully.")
 
 
 async def health(request: Request) -> Response:

@@ -21,7 +21,9 @@ from ..errors import ErrorKind, PipelineJobsError
 from ..runtime import dumps, handle_env, open_store
 from ..settings import Settings, collect_secrets
 from ..store.base import JobStore
-from .registry import ApiTokens, Record, Registry, abaco_time, nonce_tenant, open_registry, words
+from ..store.factory import open_registry
+from .recorder import WriteBehind
+from .registry import ApiTokens, Record, Registry, abaco_time, nonce_tenant, words
 
 MAX_LOG_CHARS = 1_000_000  # Abaco caps execution logs at 1 MB
 
@@ -75,15 +77,20 @@ class Server:
     clock: Callable[[], datetime] = utc_now
     capture: _Capture = field(default_factory=_Capture)
 
-    def execute(self, env: dict[str, str], execution: Record, secrets: Iterable[str]) -> tuple[Record, Any]:
+    def execute(
+        self, env: dict[str, str], execution: Record, secrets: Iterable[str], parsed: dict[str, Any] | None = None
+    ) -> tuple[Record, Any]:
         """Handle one message like a container run; record and return (execution, result).
 
+        ``parsed`` is the JSON object whose repr is ``env["MSG"]``, so it is not parsed again.
         The logs hide what reactor.py's would (``collect_secrets`` of the message's environment),
         plus ``secrets`` (e.g. the caller's bearer token) and a token the result hands out.
         """
         start = self.clock()
         with self.capture.records() as records:
-            code, result = handle_env(env, settings=self.settings, get_store=lambda: self.store, now=self.clock())
+            code, result = handle_env(
+                env, settings=self.settings, get_store=lambda: self.store, now=self.clock(), parsed=parsed
+            )
         finish = self.clock()
         hidden = [*self.secrets, *collect_secrets(env, {}), *secrets, *_tokens(result)]
         formatter = logs.RedactingFormatter(secrets=hidden)
@@ -101,8 +108,11 @@ class Server:
         return execution, result
 
     def close(self) -> None:
-        self.store.close()
-        self.registry.close()
+        """Flush and close the registry first: on MongoDB it writes through the store's client."""
+        try:
+            self.registry.close()
+        finally:
+            self.store.close()
 
 
 def _tokens(result: dict[str, Any]) -> list[str]:
@@ -138,10 +148,16 @@ def serve_config(
 
 
 def open_server(settings: Settings, config: ServeConfig, plain_tokens: Iterable[str] = ()) -> Server:
-    """Open the job store and the registry once, on the same backend."""
+    """Open the job store and the registry once, on the same backend, with the registry's indexes.
+
+    Execution records are written behind (``recorder.WriteBehind``), in batches off the request path.
+    """
     store = open_store(settings)
     try:
-        registry = open_registry(settings, store)
+        store.ensure_indexes()  # serve prepares the store at start, so messages never pay for it
+        inner = open_registry(settings, store)
+        inner.ensure_indexes()
+        registry = WriteBehind(inner)
     except BaseException:
         store.close()
         raise

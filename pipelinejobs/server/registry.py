@@ -4,8 +4,9 @@ A nonce with N uses must admit exactly N requests even when they race, so a use
 is one conditional write per backend (MongoDB ``find_one_and_update`` with a
 ``remainingUses > 0`` filter, SQLite ``UPDATE ... WHERE remaining_uses > 0``);
 the reason for a refusal is read afterwards, when nothing depends on it.
-The registry lives where the jobs live: the same MongoDB database, or a SQLite
-file next to the embedded job store.
+The registry lives where the jobs live: the same MongoDB database (through the
+job store's one client), or a SQLite file next to the embedded job store, used
+through a few pooled connections that stay open until ``close``.
 """
 
 from __future__ import annotations
@@ -18,15 +19,18 @@ import re
 import secrets
 import sqlite3
 import string
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ErrorKind, PipelineJobsError
 from ..settings import Settings
-from ..store.base import JobStore
 from ..store.sqlite import SqliteJobStore
+from .jsontext import surrogate_safe
 
 Record = dict[str, Any]
 
@@ -34,8 +38,9 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 
 
 class Level(enum.IntEnum):
-    """Abaco's permission levels; a higher level includes the lower ones."""
+    """Abaco's permission levels; a higher level includes the lower ones (a NONE nonce admits nothing)."""
 
+    NONE = 0
     READ = 1
     EXECUTE = 2
     UPDATE = 3
@@ -92,6 +97,46 @@ def sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+INT64_MAX = 2**63 - 1  # the largest count either store keeps exactly (MongoDB's int64)
+
+# Abaco's texts (actors/controllers.py, models.py; the parser's help text is the Nonce model's)
+NONCE_NOT_FOUND = "Nonce not found."
+MAX_USES_NOT_INTEGER = "The max uses parameter must be an integer."
+MAX_USES_RANGE = "The max uses parameter must be a positive integer or -1 (to denote unlimited uses)."
+MAX_USES_HELP = "Maximum number of times this nonce can be redeemed. Default is unlimited."
+LEVEL_CHOICES = tuple(Level.__members__)
+BAD_LEVEL = f"Invalid nonce description. The level attribute must be one of: {LEVEL_CHOICES}"
+BAD_NONCE_BODY = "Invalid nonce description: Unable to process the JSON description."
+_DECIMAL = re.compile(r"[+-]?[0-9]+")
+
+
+def _max_uses(value: Any, field: str) -> int:
+    """maxUses as Abaco's request parser reads it (an integer), then Abaco's range check.
+
+    Deliberately stricter than Python's ``int()``: no booleans, fractions, Unicode digits or
+    ``1_000``; and a count beyond int64 is refused rather than overflowing the store.
+    """
+    unparsable = Refused(f"Invalid nonce description: {{{field!r}: {MAX_USES_HELP!r}}}")
+    if value is None:
+        raise Refused(MAX_USES_NOT_INTEGER)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if not _DECIMAL.fullmatch(text):
+            raise unparsable
+        if len(text.lstrip("+-").lstrip("0")) > 19:  # more digits than int64 holds: no int() of a huge string
+            raise Refused(f"{MAX_USES_RANGE} The largest is {INT64_MAX}.")
+        value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise unparsable
+    if value == 0 or value < -1:
+        raise Refused(MAX_USES_RANGE)
+    if value > INT64_MAX:
+        raise Refused(f"{MAX_USES_RANGE} The largest is {INT64_MAX}.")
+    return value
+
+
 def new_nonce(
     *,
     actor_id: str,
@@ -101,23 +146,26 @@ def new_nonce(
     max_uses: Any = -1,
     level: Any = "EXECUTE",
     description: Any = "",
+    roles: Iterable[str] = (),
+    field: str = "maxUses",
 ) -> Record:
-    """A nonce record as Abaco lays it out, after Abaco's checks of maxUses and level."""
-    if isinstance(max_uses, str) and max_uses.lstrip("-").isdigit():
-        max_uses = int(max_uses)
-    if isinstance(max_uses, bool) or not isinstance(max_uses, int) or max_uses == 0 or max_uses < -1:
-        raise Refused("Invalid maxUses: must be -1 (unlimited) or a positive integer.")
-    name = str(level).upper() if level is not None else "EXECUTE"
-    if name not in Level.__members__:
-        raise Refused("Invalid level: must be one of READ, EXECUTE, UPDATE.")
+    """A nonce record as Abaco stores it, after Abaco's checks of maxUses and level.
+
+    ``field`` is how the request spelled maxUses (``max_uses`` on Tapis v3), for the refusal text.
+    Levels are case-sensitive, as in Abaco.
+    """
+    uses = _max_uses(max_uses, field)
+    if not isinstance(level, str) or level not in LEVEL_CHOICES:
+        raise Refused(BAD_LEVEL)
     return {
         "id": f"{tenant.upper()}_{hashid()}",
         "actorId": actor_id,
         "owner": owner,
-        "level": name,
-        "maxUses": max_uses,
+        "roles": list(roles),
+        "level": level,
+        "maxUses": uses,
         "currentUses": 0,
-        "remainingUses": max_uses,
+        "remainingUses": uses,
         "description": "" if description is None else str(description)[:1000],
         "createTime": abaco_time(now),
         "lastUseTime": None,
@@ -131,6 +179,100 @@ def refusal(nonce: Record | None, level: Level) -> Refused:
     if Level[nonce["level"]] < level:
         return Refused(NONCE_LEVEL)
     return Refused(NONCE_USED_UP)
+
+
+# -- how Abaco displays records (models.py ``display()``; the API answers in these shapes) ------
+@dataclass(frozen=True)
+class Links:
+    """Where Abaco's hypermedia points: the tenant's base URL, with v2 or v3 paths."""
+
+    api_server: str
+    v3: bool = False
+
+    def actor(self, actor_id: str) -> str:
+        return f"{self.api_server}/v3/actors/{actor_id}" if self.v3 else f"{self.api_server}/actors/v2/{actor_id}"
+
+    def profile(self, user: str) -> str:
+        return f"{self.api_server}/v3/oauth2/profiles/{user}" if self.v3 else f"{self.api_server}/profiles/v2/{user}"
+
+
+def display_time(value: str | None) -> str:
+    """Abaco shows a time that was never set as the string "None" (``display_time``)."""
+    return value or "None"
+
+
+def display_nonce(nonce: Record, links: Links) -> Record:
+    actor = links.actor(nonce["actorId"])
+    shown = {
+        "id": nonce["id"],
+        "actorId": nonce["actorId"],
+        "owner": nonce["owner"],
+        "roles": list(nonce.get("roles") or []),
+        "apiServer": links.api_server,
+        "level": nonce["level"],
+        "maxUses": nonce["maxUses"],
+        "currentUses": nonce["currentUses"],
+        "remainingUses": nonce["remainingUses"],
+        "description": nonce.get("description", ""),
+        "createTime": display_time(nonce.get("createTime")),
+        "lastUseTime": display_time(nonce.get("lastUseTime")),
+    }
+    shown["_links"] = {
+        "self": f"{actor}/nonces/{nonce['id']}",
+        "owner": links.profile(nonce["owner"]),
+        "actor": actor,
+    }
+    return shown
+
+
+def display_execution(execution: Record, links: Links) -> Record:
+    """One execution; serve measures no container, so ``cpu`` and ``io`` are 0. Logs have their own endpoint."""
+    actor = links.actor(execution["actorId"])
+    shown = {k: v for k, v in execution.items() if k != "logs"}
+    shown.setdefault("cpu", 0)
+    shown.setdefault("io", 0)
+    shown["apiServer"] = links.api_server
+    shown["_links"] = {
+        "self": f"{actor}/executions/{execution['id']}",
+        "owner": links.profile(str(execution.get("executor") or "")),
+        "logs": f"{actor}/executions/{execution['id']}/logs",
+    }
+    return shown
+
+
+_SUMMARY_ROW = ("id", "status", "startTime", "finishTime", "messageReceivedTime", "exitCode")
+
+
+def display_executions(actor_id: str, owner: str, rows: list[Record], totals: Totals, links: Links) -> Record:
+    """Abaco's ExecutionsSummary: totals over all the actor's executions, then the rows (newest first)."""
+    actor = links.actor(actor_id)
+    return {
+        "actorId": actor_id,
+        "apiServer": links.api_server,
+        "owner": owner,
+        "totalExecutions": totals.executions,
+        "totalCpu": 0,
+        "totalIo": 0,
+        "totalRuntime": totals.runtime,
+        "executions": [{key: row.get(key) for key in _SUMMARY_ROW} for row in rows],
+        "_links": {"self": f"{actor}/executions", "owner": links.profile(owner)},
+    }
+
+
+def display_logs(execution: Record, owner: str, links: Links) -> Record:
+    url = f"{links.actor(execution['actorId'])}/executions/{execution['id']}"
+    return {
+        "logs": execution.get("logs", ""),
+        "_links": {"self": f"{url}/logs", "owner": links.profile(owner), "execution": url},
+    }
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What an actor's executions add up to (the summary counts all of them, not just the page shown)."""
+
+    executions: int = 0
+    runtime: float = 0.0
 
 
 class Registry(Protocol):
@@ -149,34 +291,47 @@ class Registry(Protocol):
 
     def save_execution(self, execution: Record) -> None: ...
 
+    def save_executions(self, executions: list[Record]) -> None:
+        """Store a batch in one round trip; a record already stored (same id) is kept as is."""
+
     def get_execution(self, actor_id: str, execution_id: str) -> Record | None: ...
 
+    def execution_totals(self, actor_id: str) -> Totals: ...
+
     def list_executions(self, actor_id: str, limit: int = 100) -> list[Record]: ...
+
+    def ensure_indexes(self) -> None:
+        """Create what lookups need (serve at start, ``pipelinejobs db init``); never per request."""
 
     def close(self) -> None: ...
 
 
 class MongoRegistry:
-    """Collections ``abaco_nonces`` and ``abaco_executions`` in the catalog database."""
+    """Collections ``abaco_nonces`` and ``abaco_executions`` in the catalog database.
+
+    It borrows the job store's ``Database`` (one MongoClient per process), so ``close`` leaves it open.
+    """
 
     backend = "mongodb"
 
-    def __init__(self, uri: str, database: str, *, timeout_ms: int = 10000) -> None:
-        import pymongo
-
+    def __init__(self, database: Any) -> None:
         from ..store.mongo import translate_errors
 
         self._translate = translate_errors
-        self._client: Any = pymongo.MongoClient(
-            uri, tz_aware=True, serverSelectionTimeoutMS=timeout_ms, appname="pipelinejobs-serve"
-        )
-        db = self._client[database]
-        self.nonces = db["abaco_nonces"]
-        self.executions = db["abaco_executions"]
+        self.nonces = database["abaco_nonces"]
+        self.executions = database["abaco_executions"]
+
+    def ensure_indexes(self) -> None:
+        from pymongo import IndexModel
+
         with self._translate():
-            self.nonces.create_index("id", unique=True, name="id_unique")
-            self.executions.create_index("id", unique=True, name="id_unique")
-            self.executions.create_index([("actorId", 1), ("messageReceivedTime", -1)], name="actor_time")
+            self.nonces.create_indexes([IndexModel("id", unique=True, name="id_unique")])
+            self.executions.create_indexes(
+                [
+                    IndexModel("id", unique=True, name="id_unique"),
+                    IndexModel([("actorId", 1), ("messageReceivedTime", -1)], name="actor_time"),
+                ]
+            )
 
     @staticmethod
     def _plain(doc: Record | None) -> Record | None:
@@ -185,6 +340,7 @@ class MongoRegistry:
         return {k: v for k, v in doc.items() if k not in ("_id", "levelRank")}
 
     def create_nonce(self, nonce: Record) -> Record:
+        nonce = surrogate_safe(nonce)  # BSON cannot hold a lone surrogate (e.g. in the description)
         with self._translate():
             self.nonces.insert_one({**nonce, "levelRank": int(Level[nonce["level"]])})
         return dict(nonce)
@@ -224,12 +380,35 @@ class MongoRegistry:
         return self._plain(doc)  # type: ignore[return-value]
 
     def save_execution(self, execution: Record) -> None:
+        self.save_executions([execution])
+
+    def save_executions(self, executions: list[Record]) -> None:
+        from pymongo.errors import BulkWriteError
+
+        if not executions:
+            return
         with self._translate():
-            self.executions.insert_one(dict(execution))
+            try:  # unordered: a duplicate (from a retried batch) does not stop the rest
+                self.executions.insert_many([surrogate_safe(dict(e)) for e in executions], ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if exc.details.get("writeConcernErrors") or any(e.get("code") != 11000 for e in errors):
+                    raise
 
     def get_execution(self, actor_id: str, execution_id: str) -> Record | None:
         with self._translate():
             return self._plain(self.executions.find_one({"id": execution_id, "actorId": actor_id}))
+
+    def execution_totals(self, actor_id: str) -> Totals:
+        pipeline = [
+            {"$match": {"actorId": actor_id}},
+            {"$group": {"_id": None, "executions": {"$sum": 1}, "runtime": {"$sum": "$runtime"}}},
+        ]
+        with self._translate():
+            found = list(self.executions.aggregate(pipeline))
+        if not found:
+            return Totals()
+        return Totals(int(found[0]["executions"]), round(float(found[0]["runtime"] or 0), 3))
 
     def list_executions(self, actor_id: str, limit: int = 100) -> list[Record]:
         with self._translate():
@@ -237,7 +416,7 @@ class MongoRegistry:
             return [self._plain(d) for d in cursor]  # type: ignore[misc]
 
     def close(self) -> None:
-        self._client.close()
+        """The client belongs to the job store, which closes it."""
 
 
 _SCHEMA = """
@@ -262,24 +441,59 @@ CREATE INDEX IF NOT EXISTS abaco_executions_actor ON abaco_executions (actor_id,
 
 
 class SqliteRegistry:
-    """The same registry in a SQLite file; one short-lived connection per call, so any thread may use it."""
+    """The same registry in a SQLite file, through a small pool of connections any thread may borrow.
+
+    A borrowed connection is used by one thread at a time; the pool keeps at most
+    ``pool_size`` idle ones open between calls, and ``close`` closes them all.
+    """
 
     backend = "sqlite"
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, pool_size: int = 8) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._pool_size = pool_size
+        self._idle: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        self.ensure_indexes()
+
+    def ensure_indexes(self) -> None:
+        """Tables and index (idempotent, local and cheap: also run when the file is first opened)."""
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
 
-    def _connect(self) -> _Closing:
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """Borrow a pooled connection; driver failures become one clear error."""
+        with self._lock:
+            if self._closed:
+                raise PipelineJobsError(ErrorKind.STORAGE_UNAVAILABLE, f"the registry file {self.path} is closed")
+            conn = self._idle.pop() if self._idle else None
+        healthy = False
         try:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            if conn is None:
+                conn = self._open()
+            yield conn
+            healthy = not conn.in_transaction
         except sqlite3.DatabaseError as exc:
             raise _unavailable(self.path, exc) from exc
-        conn.row_factory = sqlite3.Row
-        return _Closing(conn, self.path)
+        finally:
+            if conn is not None:
+                self._give_back(conn, healthy)
+
+    def _give_back(self, conn: sqlite3.Connection, healthy: bool) -> None:
+        with self._lock:
+            if healthy and not self._closed and len(self._idle) < self._pool_size:
+                self._idle.append(conn)
+                return
+        conn.close()
 
     @staticmethod
     def _nonce(row: sqlite3.Row | None) -> Record | None:
@@ -291,6 +505,7 @@ class SqliteRegistry:
         return record
 
     def create_nonce(self, nonce: Record) -> Record:
+        nonce = surrogate_safe(nonce)  # stored and shown as the MongoDB registry would
         with self._connect() as conn:
             conn.execute(
                 "INSERT INTO abaco_nonces (id, actor_id, level_rank, max_uses, remaining_uses, current_uses, record)"
@@ -337,11 +552,22 @@ class SqliteRegistry:
         return nonce
 
     def save_execution(self, execution: Record) -> None:
+        self.save_executions([execution])
+
+    def save_executions(self, executions: list[Record]) -> None:
+        if not executions:
+            return
+        rows = [(e["id"], e["actorId"], e["messageReceivedTime"], json.dumps(surrogate_safe(e))) for e in executions]
         with self._connect() as conn:
-            conn.execute(
-                "INSERT INTO abaco_executions (id, actor_id, received, record) VALUES (?, ?, ?, ?)",
-                (execution["id"], execution["actorId"], execution["messageReceivedTime"], json.dumps(execution)),
-            )
+            conn.execute("BEGIN IMMEDIATE")  # one transaction, one commit for the batch
+            try:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO abaco_executions (id, actor_id, received, record) VALUES (?, ?, ?, ?)", rows
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     def get_execution(self, actor_id: str, execution_id: str) -> Record | None:
         with self._connect() as conn:
@@ -349,6 +575,14 @@ class SqliteRegistry:
                 "SELECT record FROM abaco_executions WHERE id = ? AND actor_id = ?", (execution_id, actor_id)
             ).fetchone()
         return json.loads(row["record"]) if row else None
+
+    def execution_totals(self, actor_id: str) -> Totals:
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT COUNT(*), TOTAL(json_extract(record, '$.runtime')) FROM abaco_executions WHERE actor_id = ?",
+                (actor_id,),
+            ).fetchone()
+        return Totals(int(row[0]), round(float(row[1]), 3))
 
     def list_executions(self, actor_id: str, limit: int = 100) -> list[Record]:
         with self._connect() as conn:
@@ -359,22 +593,12 @@ class SqliteRegistry:
         return [json.loads(r["record"]) for r in rows]
 
     def close(self) -> None:
-        """Nothing stays open between calls."""
-
-
-class _Closing:
-    """A connection that closes when its ``with`` block ends (sqlite3's own only commits)."""
-
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        self._conn, self._path = conn, path
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self._conn
-
-    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
-        self._conn.close()
-        if isinstance(exc, sqlite3.DatabaseError):
-            raise _unavailable(self._path, exc) from exc
+        """Close the pooled connections; later calls are refused."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 def _unavailable(path: Path, exc: Exception) -> PipelineJobsError:
@@ -397,13 +621,3 @@ def nonce_tenant(settings: Settings) -> str:
 def sqlite_path_for(store: SqliteJobStore) -> Path:
     """A file next to the embedded job store's (``<store>.abaco.sqlite``): serve and the CLI share it."""
     return store.path.with_name(store.path.stem + ".abaco.sqlite")
-
-
-def open_registry(settings: Settings, store: JobStore) -> Registry:
-    """The registry on the same backend as the job store: MongoDB if configured, else SQLite."""
-    uri = settings.mongodb_uri
-    if uri is not None:
-        return MongoRegistry(uri.reveal(), settings.mongodb_database, timeout_ms=settings.mongodb_timeout_ms)
-    if not isinstance(store, SqliteJobStore):
-        raise PipelineJobsError(ErrorKind.CONFIGURATION, "no MongoDB is configured and the job store is not a file")
-    return SqliteRegistry(sqlite_path_for(store))

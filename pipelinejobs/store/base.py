@@ -1,34 +1,175 @@
 """What the business code needs of storage, and nothing more.
 
-Every write that business rules depend on is one atomic conditional statement
-in the backend (a compare-and-set), so racing messages never lose an update;
-business code never does read-check-write.
+The record of truth is an append-only **event log**: every accepted event is one
+record keyed by (job uuid, sequence number), where the sequence number is the
+job's revision after the event. Appending the record *is* the compare-and-set:
+the log's unique key admits one record per revision, so racing writers
+serialise on it, and a delivery id (``event_id``) is unique per job, so a
+retried delivery can only ever be answered from the record it already made.
+The job document is a bounded summary that python-datacatalog readers
+understand (``state``, ``last_event``, ``updated``, ``_properties`` and a window
+of the latest ``history`` entries); it never grows with the event count.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-from datetime import datetime
+import enum
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Protocol
 
 Document = dict[str, Any]
 
+#: Fields of a job that deciding an event needs: never its history or data.
+HEAD_FIELDS = ("uuid", "state", "_visible", "_properties", "_admin", "_salt")
+
+#: How many history entries a job document keeps, and how large an entry's data may be in it.
+DEFAULT_HISTORY_WINDOW = 100
+MIN_HISTORY_WINDOW = 10
+DEFAULT_INLINE_DATA_BYTES = 65536
+
+
+class Outcome(str, enum.Enum):
+    """What became of a logged message."""
+
+    APPLIED = "applied"  # changed the job: state, history, revision
+    STALE = "stale"  # a scheduler callback the job is already past: kept in the log, job unchanged
+    IMPORTED = "imported"  # a history entry the job had before it had a log (python-datacatalog)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One record of the event log.
+
+    ``seq`` is the job's revision after an applied event; a stale record carries the
+    revision it was judged against and ``slot`` = its own event uuid (so it never takes
+    a revision's place); imported entries have ``seq`` -1 and ``slot`` = their position.
+    """
+
+    uuid: str
+    seq: int
+    event_uuid: str
+    name: str
+    date: datetime
+    data: dict[str, Any] | None
+    state: str
+    outcome: Outcome = Outcome.APPLIED
+    slot: str = ""
+    via: str = "message"
+    event_id: str | None = None
+    digest: str | None = None  # of (name, data): tells a retried delivery from a different one
+
+    @property
+    def cursor(self) -> str:
+        """An opaque, stable position for paginating a job's log."""
+        return f"{self.seq}:{self.slot}"
+
+    def history_entry(self, inline_data_bytes: int) -> Document:
+        """The entry a job document's ``history`` holds for this record (compat §4 key order)."""
+        from ..documents import inline_data
+
+        return {
+            "date": self.date,
+            "data": inline_data(self.data, inline_data_bytes, self.seq),
+            "name": self.name,
+            "uuid": self.event_uuid,
+        }
+
+    def to_document(self) -> Document:
+        doc: Document = {
+            "uuid": self.uuid,
+            "seq": self.seq,
+            "slot": self.slot,
+            "event_uuid": self.event_uuid,
+            "name": self.name,
+            "date": self.date,
+            "data": self.data,
+            "state": self.state,
+            "outcome": self.outcome.value,
+            "via": self.via,
+        }
+        if self.event_id is not None:
+            doc["event_id"] = self.event_id
+        if self.digest is not None:
+            doc["digest"] = self.digest
+        return doc
+
+    @classmethod
+    def from_document(cls, doc: Document) -> EventRecord:
+        return cls(
+            uuid=doc["uuid"],
+            seq=int(doc["seq"]),
+            slot=str(doc.get("slot") or ""),
+            event_uuid=doc["event_uuid"],
+            name=doc["name"],
+            date=doc["date"],
+            data=doc.get("data"),
+            state=doc.get("state") or "",
+            outcome=Outcome(doc.get("outcome") or "applied"),
+            via=doc.get("via") or "message",
+            event_id=doc.get("event_id"),
+            digest=doc.get("digest"),
+        )
+
+
+class Append(str, enum.Enum):
+    APPLIED = "applied"  # the record is in the log and the job reflects it
+    REPLAYED = "replayed"  # the job already has a record with this delivery id: ``existing``
+    MOVED = "moved"  # the job changed since it was read (or vanished): read it again
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    status: Append
+    existing: EventRecord | None = None
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """A page of a job's full history, oldest first; ``next`` continues it (None at the end)."""
+
+    records: list[EventRecord] = field(default_factory=list)
+    next: str | None = None
+
 
 class JobStore(Protocol):
-    """The storage protocol shared by the MongoDB and the embedded backends."""
+    """The storage protocol shared by the MongoDB and the embedded backends (each a context manager)."""
 
     backend: str
 
-    def ensure_indexes(self) -> None:
-        """Create the indexes of compat §1; safe to call every time."""
+    def __enter__(self) -> JobStore: ...
 
+    def __exit__(self, *exc: object) -> None: ...
+
+    def describe(self) -> str:
+        """Which store this is and where, never with a password: for start lines and error details."""
+
+    def ensure_indexes(self) -> None:
+        """Create the indexes and tables (``pipelinejobs db init``); safe to call every time."""
+
+    def missing_indexes(self) -> list[str]:
+        """Names of required indexes that do not exist (empty when the store is ready)."""
+
+    # -- pipelines ---------------------------------------------------------------------------
     def find_pipeline(self, uuid: str) -> Document | None: ...
 
     def save_pipeline(self, pipeline: Document) -> tuple[Document, bool]:
-        """Insert a pipeline unless its uuid exists; returns (stored, created)."""
+        """Insert a pipeline unless its ``uuid`` or ``id`` is taken; returns (stored, created).
+
+        When taken, ``stored`` is the pipeline holding the uuid if there is one, else the one
+        holding the id.
+        """
+
+    def list_pipelines(self) -> list[Document]: ...
+
+    # -- jobs --------------------------------------------------------------------------------
+    def find_head(self, uuid: str) -> Document | None:
+        """The job's :data:`HEAD_FIELDS` (hidden or not), or None: what deciding an event needs."""
 
     def find_job(self, uuid: str) -> Document | None:
-        """The job, hidden or not, or None."""
+        """The whole job document as datacatalog lays it out (history window included), or None."""
 
     def list_jobs(
         self,
@@ -40,32 +181,107 @@ class JobStore(Protocol):
     ) -> list[Document]: ...
 
     def insert_job(self, job: Document, audit: Document) -> tuple[Document, bool]:
-        """Insert ``job`` unless its uuid exists; returns (stored, created). Never overwrites."""
+        """Insert ``job`` (and log its ``create``) unless its uuid exists; returns (stored, created)."""
 
-    def apply_event(
-        self,
-        uuid: str,
-        *,
-        from_states: Collection[str] | None,
-        entry: Document,
-        new_state: str | None,
-        now: datetime,
-        audit: Document,
-    ) -> Document | None:
-        """Atomically append ``entry`` if the job is visible and in ``from_states``.
+    def append_event(self, record: EventRecord, *, expected_revision: int) -> AppendResult:
+        """Log ``record`` (seq = expected_revision + 1) and apply it to the job, or say why not.
 
-        Sets ``state`` (unless ``new_state`` is None), ``last_event``, ``updated``,
-        ``_properties.modified_date`` and increments ``_properties.revision``.
-        Returns the updated job, or None when the precondition did not hold.
+        Applying sets ``state``, ``last_event``, ``updated``, ``_properties.modified_date`` and
+        ``_properties.revision`` = ``record.seq``, and appends the history entry to the window.
         """
+
+    def record_stale(self, record: EventRecord) -> AppendResult:
+        """Log a stale record (the job is not changed); REPLAYED if its delivery id is known."""
+
+    def find_delivery(self, uuid: str, event_id: str) -> EventRecord | None:
+        """The record a delivery id made on this job, if any."""
+
+    def history(self, uuid: str, *, after: str | None = None, limit: int = 100) -> HistoryPage:
+        """The job's full history, oldest first, a page at a time (imported entries first)."""
 
     def hide_job(self, uuid: str, *, now: datetime, audit: Document) -> Document | None:
         """Set ``_visible: false`` on a visible job; None when missing or already hidden."""
 
     def remove_job(self, uuid: str, *, expected_revision: int, tombstone: Document) -> bool:
-        """Write ``tombstone`` to ``updates`` and delete the job, both or neither.
+        """Write ``tombstone`` to ``updates``, set the job's log aside and delete the job, all or nothing.
 
         False when the job changed (revision) or vanished; nothing is written then.
         """
 
+    def audit_trail(self, uuid: str) -> list[Document]:
+        """The job's ``updates`` records (create, hide, tombstones), oldest first."""
+
     def close(self) -> None: ...
+
+
+def iter_history(store: JobStore, uuid: str, page_size: int = 500) -> Iterator[EventRecord]:
+    """Every record of a job's history, oldest first, read a page at a time."""
+    after: str | None = None
+    while True:
+        page = store.history(uuid, after=after, limit=page_size)
+        yield from page.records
+        if page.next is None:
+            return
+        after = page.next
+
+
+def parse_cursor(cursor: str | None) -> tuple[int, str] | None:
+    """A :attr:`EventRecord.cursor` back as (seq, slot); None for the start; ValueError when malformed."""
+    if cursor is None:
+        return None
+    seq, sep, slot = cursor.partition(":")
+    if not sep:
+        raise ValueError("a history cursor is 'SEQ:SLOT'")
+    return int(seq), slot
+
+
+def imported_record(uuid: str, position: int, entry: Document) -> EventRecord:
+    """A history entry a job had before it had a log, as a log record (seq -1, ordered by position)."""
+    date = entry.get("date")
+    return EventRecord(
+        uuid=uuid,
+        seq=-1,
+        slot=f"{position:08d}",
+        event_uuid=str(entry.get("uuid") or f"imported-{position}"),
+        name=str(entry.get("name") or ""),
+        date=date if isinstance(date, datetime) else datetime.fromtimestamp(0, timezone.utc),
+        data=entry.get("data") if isinstance(entry.get("data"), dict) else None,
+        state="",
+        outcome=Outcome.IMPORTED,
+        via="history",
+    )
+
+
+def creation_record(job: Document) -> EventRecord:
+    """The log record of a job's ``create`` (seq 0): the job's data, as datacatalog's create entry has it."""
+    entry = job["history"][0]
+    return EventRecord(
+        uuid=job["uuid"],
+        seq=0,
+        event_uuid=entry["uuid"],
+        name="create",
+        date=entry["date"],
+        data=job.get("data"),
+        state=job["state"],
+        via="create",
+    )
+
+
+def removed_key(uuid: str, tombstone: Document) -> str:
+    """Where a force-deleted job's log is kept: its uuid and the deletion time, never a live job's key."""
+    date = tombstone.get("date")
+    stamp = date.strftime("%Y%m%dT%H%M%SZ") if isinstance(date, datetime) else "removed"
+    return f"{uuid}~deleted~{stamp}~{secrets.token_hex(4)}"
+
+
+def position_index(rows: list[EventRecord], after: tuple[int, str] | None) -> int:
+    if after is None:
+        return 0
+    return next((i for i, r in enumerate(rows) if (r.seq, r.slot) > after), len(rows))
+
+
+def page_of(rows: list[EventRecord], limit: int) -> HistoryPage:
+    """The first ``limit`` rows; ``next`` points after the last when more follow."""
+    page = rows[:limit]
+    more = len(rows) > limit
+    return HistoryPage(page, page[-1].cursor if more and page else None)

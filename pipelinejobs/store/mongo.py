@@ -1,30 +1,76 @@
-"""The MongoDB backend (pymongo), on the collections datacatalog uses: jobs, pipelines, updates."""
+"""The MongoDB backend (pymongo), on datacatalog's collections (jobs, pipelines, updates) plus the event log.
+
+An event costs three round trips and no transaction: the caller reads the job's
+head (a projection), then :meth:`MongoJobStore.append_event` inserts the log
+record, whose unique ``(uuid, seq, slot)`` key makes it the compare-and-set, and
+applies it to the job document with an update conditional on the revision read.
+A writer that dies between the two leaves a record the document does not show
+yet; the next writer meets it on the unique key, applies it ("rolls it
+forward") and goes on, so the log stays the truth and nothing is applied twice.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Collection, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import pymongo
 from bson.codec_options import CodecOptions
-from pymongo import IndexModel, ReturnDocument
+from pymongo import IndexModel
 from pymongo.errors import (
     ConnectionFailure,
+    DocumentTooLarge,
     DuplicateKeyError,
     OperationFailure,
     PyMongoError,
 )
+from pymongo.write_concern import WriteConcern
 
 from ..errors import ErrorKind, PipelineJobsError
 from ..logs import get_logger
-from .base import Document
+from .base import (
+    DEFAULT_HISTORY_WINDOW,
+    DEFAULT_INLINE_DATA_BYTES,
+    HEAD_FIELDS,
+    Append,
+    AppendResult,
+    Document,
+    EventRecord,
+    HistoryPage,
+    creation_record,
+    imported_record,
+    page_of,
+    parse_cursor,
+    position_index,
+    removed_key,
+)
 
 log = get_logger("store.mongo")
 T = TypeVar("T")
 
 _NO_TRANSACTIONS = {20, 263}  # IllegalOperation (standalone), OperationNotSupportedInTransaction
+_TOO_LARGE = {10334, 17419, 17420}  # BSONObjectTooLarge and friends
+_HEAD_PROJECTION = {"_id": False, **dict.fromkeys(HEAD_FIELDS, True)}
+#: index name -> (collection, keys, options): what `pipelinejobs db init` creates
+INDEXES: dict[str, tuple[str, list[tuple[str, int]], dict[str, Any]]] = {
+    "jobs.uuid_unique": ("jobs", [("uuid", 1)], {"unique": True}),
+    "jobs.state": ("jobs", [("state", 1)], {}),
+    "jobs.pipeline_uuid": ("jobs", [("pipeline_uuid", 1)], {}),
+    "jobs.updated": ("jobs", [("updated", -1)], {}),
+    "pipelines.uuid_unique": ("pipelines", [("uuid", 1)], {"unique": True}),
+    "pipelines.id_unique": ("pipelines", [("id", 1)], {"unique": True}),
+    "updates.uuid": ("updates", [("uuid", 1)], {}),
+    "events.uuid_seq_unique": ("events", [("uuid", 1), ("seq", 1), ("slot", 1)], {"unique": True}),
+    "events.uuid_event_id_unique": (
+        "events",
+        [("uuid", 1), ("event_id", 1)],
+        {"unique": True, "partialFilterExpression": {"event_id": {"$exists": True}}},
+    ),
+}
+_KNOWN_LOGGED = 10000  # job uuids remembered as having a log (a bounded LRU)
 
 
 class _Abort(Exception):
@@ -32,48 +78,124 @@ class _Abort(Exception):
 
 
 @contextlib.contextmanager
-def translate_errors() -> Iterator[None]:
-    """Turn driver failures into one clear, secret-free error."""
+def translate_errors(where: str = "MongoDB") -> Iterator[None]:
+    """Turn driver failures into one clear, secret-free error naming the server (never the password)."""
     try:
         yield
+    except DocumentTooLarge as exc:
+        raise PipelineJobsError(
+            ErrorKind.BAD_MESSAGE, "the document would exceed MongoDB's 16 MB limit; nothing was changed"
+        ) from exc
     except ConnectionFailure as exc:
         raise PipelineJobsError(
             ErrorKind.STORAGE_UNAVAILABLE,
-            f"MongoDB is unreachable ({type(exc).__name__}); nothing was changed",
+            f"{where} is unreachable ({type(exc).__name__}); nothing was changed",
         ) from exc
     except OperationFailure as exc:
+        if exc.code in _TOO_LARGE:
+            raise PipelineJobsError(
+                ErrorKind.BAD_MESSAGE, "the document would exceed MongoDB's 16 MB limit; nothing was changed"
+            ) from exc
         raise PipelineJobsError(
             ErrorKind.STORAGE_UNAVAILABLE,
-            f"MongoDB refused the operation (code {exc.code}); nothing was changed",
+            f"{where} refused the operation (code {exc.code}); nothing was changed",
         ) from exc
     except PyMongoError as exc:
         raise PipelineJobsError(
-            ErrorKind.STORAGE_UNAVAILABLE, f"MongoDB error ({type(exc).__name__}); nothing was changed"
+            ErrorKind.STORAGE_UNAVAILABLE, f"{where} error ({type(exc).__name__}); nothing was changed"
         ) from exc
+
+
+@contextlib.contextmanager
+def _missing_index_is_configuration(index: str) -> Iterator[None]:
+    try:
+        yield
+    except OperationFailure as exc:
+        if exc.code == 2 and "hint" in str(exc):
+            raise PipelineJobsError(
+                ErrorKind.CONFIGURATION,
+                f"the catalog database has no index {index}: run `pipelinejobs db init` once; nothing was changed",
+                missing_index=index,
+            ) from exc
+        raise
+
+
+def _retry_once(write: Callable[[], T]) -> T:
+    """Run an idempotent write, once more after a network error (the first may or may not have landed)."""
+    try:
+        return write()
+    except ConnectionFailure:
+        return write()
+
+
+def _at_revision(uuid: str, revision: int) -> dict[str, Any]:
+    """The visible job, if it is still at ``revision`` (a job without one counts as revision 0)."""
+    at = {"$in": [0, None]} if revision == 0 else revision
+    return {"uuid": uuid, "_properties.revision": at, "_visible": {"$ne": False}}
+
+
+def hosts_of(uri: str) -> str:
+    """The host list of a MongoDB URI, without credentials or options."""
+    return uri.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
 
 
 class MongoJobStore:
     backend = "mongodb"
 
-    def __init__(self, uri: str, database: str, *, server_selection_timeout_ms: int = 10000) -> None:
-        options: dict[str, Any] = {"tz_aware": True, "retryWrites": True, "appname": "pipelinejobs-manager"}
-        lowered = uri.lower()  # timeouts given in the URI win over the configured ones
+    def __init__(
+        self,
+        uri: str,
+        database: str,
+        *,
+        server_selection_timeout_ms: int = 10000,
+        write_concern: WriteConcern | None = None,
+        history_window: int = DEFAULT_HISTORY_WINDOW,
+        inline_data_bytes: int = DEFAULT_INLINE_DATA_BYTES,
+        client_options: dict[str, Any] | None = None,
+    ) -> None:
+        options: dict[str, Any] = {"tz_aware": True, "appname": "pipelinejobs-manager", **(client_options or {})}
+        lowered = uri.lower()  # options given in the URI win over these defaults
+        if "retrywrites" not in lowered:
+            # the event path's writes are idempotent by construction and retried here (see _retry_once),
+            # so they need no server-side retry bookkeeping, which costs a write of its own on some servers
+            options["retryWrites"] = False
         if "serverselectiontimeoutms" not in lowered:
             options["serverSelectionTimeoutMS"] = server_selection_timeout_ms
         if "connecttimeoutms" not in lowered:
             options["connectTimeoutMS"] = server_selection_timeout_ms
+        self.hosts = hosts_of(uri)
+        self.database_name = database
+        self._where = f"MongoDB at {self.hosts}"
         self._client: pymongo.MongoClient = pymongo.MongoClient(uri, **options)
-        codec = CodecOptions(tz_aware=True, tzinfo=timezone.utc)
-        db = self._client.get_database(database, codec_options=codec)
-        self.jobs = db["jobs"]
-        self.pipelines = db["pipelines"]
-        self.updates = db["updates"]
+        codec: CodecOptions = CodecOptions(tz_aware=True, tzinfo=timezone.utc)
+        concern = write_concern or WriteConcern(w="majority", j=True)
+        #: the catalog database, shared with serve's registry (one MongoClient per process)
+        self.database = self._client.get_database(database, codec_options=codec, write_concern=concern)
+        self.jobs = self.database["jobs"]
+        self.pipelines = self.database["pipelines"]
+        self.updates = self.database["updates"]
+        self.events = self.database["events"]
+        self.history_window = max(history_window, 1)
+        self.inline_data_bytes = inline_data_bytes
         self._transactions: bool | None = None  # learnt on first use
+        self._logged: OrderedDict[str, None] = OrderedDict()
+
+    def __enter__(self) -> MongoJobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        return f"mongodb database '{self.database_name}' on {self.hosts}"
 
     # -- helpers ---------------------------------------------------------
+    def _translate(self) -> contextlib.AbstractContextManager[None]:
+        return translate_errors(self._where)
+
     def _atomically(self, work: Callable[[Any], T]) -> T:
         """Run ``work(session)`` in a transaction when the server has them, else plainly."""
-        with translate_errors():
+        with self._translate():
             if self._transactions is not False:
                 try:
                     with self._client.start_session() as session:
@@ -87,39 +209,115 @@ class MongoJobStore:
                     self._transactions = False
             return work(None)
 
+    def _apply_update(self, record: EventRecord) -> dict[str, Any]:
+        """The job-document update that applies an applied record: idempotent given the revision precondition."""
+        changes: dict[str, Any] = {
+            "state": record.state,
+            "last_event": record.name,
+            "updated": record.date,
+            "_properties.modified_date": record.date,
+            "_properties.revision": record.seq,
+        }
+        entry = record.history_entry(self.inline_data_bytes)
+        return {"$push": {"history": {"$each": [entry], "$slice": -self.history_window}}, "$set": changes}
+
+    def _insert_record(self, record: EventRecord) -> Any:
+        """Insert a log record, retrying once after a network error; a retry that finds its own record succeeds."""
+        doc = record.to_document()
+        try:
+            return self.events.insert_one(dict(doc)).inserted_id
+        except ConnectionFailure:
+            try:
+                return self.events.insert_one(dict(doc)).inserted_id
+            except DuplicateKeyError:
+                key = {"uuid": record.uuid, "seq": record.seq, "slot": record.slot}
+                mine = self.events.find_one({**key, "event_uuid": record.event_uuid}, {"_id": True})
+                if mine is None:
+                    raise
+                return mine["_id"]
+
+    def _remember_logged(self, uuid: str) -> None:
+        self._logged[uuid] = None
+        self._logged.move_to_end(uuid)
+        while len(self._logged) > _KNOWN_LOGGED:
+            self._logged.popitem(last=False)
+
+    def _ensure_logged(self, uuid: str) -> None:
+        """Before the first logged event of a job written by python-datacatalog, copy its history to the log.
+
+        The document's window will drop old entries; those must be in the log first. Jobs
+        this manager created are logged from their ``create`` on; a process remembers
+        the jobs it has seen with a log, so this costs a round trip once per job per process.
+        """
+        if uuid in self._logged:
+            self._logged.move_to_end(uuid)
+            return
+        if self.events.find_one({"uuid": uuid}, {"_id": True}) is None:
+            doc = self.jobs.find_one({"uuid": uuid}, {"_id": False, "history": True})
+            history = (doc or {}).get("history") or []
+            imported = [imported_record(uuid, position, entry).to_document() for position, entry in enumerate(history)]
+            if imported:
+                with contextlib.suppress(DuplicateKeyError, pymongo.errors.BulkWriteError):
+                    self.events.insert_many(imported, ordered=False)  # a racing importer wrote the same keys
+                log.info("job %s: %d history entries copied to the event log", uuid, len(imported))
+        self._remember_logged(uuid)
+
+    def _roll_forward(self, uuid: str, revision: int) -> None:
+        """Apply the record that holds seq ``revision + 1`` if the document does not show it yet."""
+        found = self.events.find_one({"uuid": uuid, "seq": revision + 1, "slot": ""}, {"_id": False})
+        if found is not None:
+            record = EventRecord.from_document(found)
+            self.jobs.update_one(_at_revision(uuid, revision), self._apply_update(record))
+
     # -- protocol --------------------------------------------------------
     def ensure_indexes(self) -> None:
-        with translate_errors():  # one round trip per collection; existing indexes are kept
-            self.jobs.create_indexes(
-                [
-                    IndexModel("uuid", unique=True, name="uuid_unique"),
-                    IndexModel("state", name="state"),
-                    IndexModel("pipeline_uuid", name="pipeline_uuid"),
-                ]
-            )
-            self.pipelines.create_indexes(
-                [IndexModel("uuid", unique=True, name="uuid_unique"), IndexModel("id", unique=True, name="id_unique")]
-            )
-            self.updates.create_indexes([IndexModel("uuid", name="uuid")])
+        with self._translate():  # one round trip per collection; existing indexes are kept
+            by_collection: dict[str, list[IndexModel]] = {}
+            for name, (collection, keys, options) in INDEXES.items():
+                index = IndexModel(keys, name=name.split(".", 1)[1], **options)
+                by_collection.setdefault(collection, []).append(index)
+            for collection, models in by_collection.items():
+                self.database[collection].create_indexes(models)
+
+    def missing_indexes(self) -> list[str]:
+        with self._translate():
+            present: dict[str, set[str]] = {}
+            for collection in {spec[0] for spec in INDEXES.values()}:
+                present[collection] = set(self.database[collection].index_information())
+        return [
+            name for name, (collection, _, _) in INDEXES.items() if name.split(".", 1)[1] not in present[collection]
+        ]
+
+    def _indexed(self, index: str) -> contextlib.AbstractContextManager[None]:
+        """Report a missing index as what it is (run `pipelinejobs db init`) rather than run slow and unsafe."""
+        return _missing_index_is_configuration(index)
 
     def find_pipeline(self, uuid: str) -> Document | None:
-        with translate_errors():
-            return self.pipelines.find_one({"uuid": uuid}, {"_id": False})
+        with self._translate(), self._indexed("pipelines.uuid_unique"):
+            return self.pipelines.find_one({"uuid": uuid}, {"_id": False}, hint="uuid_unique")
 
     def save_pipeline(self, pipeline: Document) -> tuple[Document, bool]:
-        with translate_errors():
+        with self._translate():
             try:
                 self.pipelines.insert_one(dict(pipeline))
                 return dict(pipeline), True
             except DuplicateKeyError:
-                existing = self.pipelines.find_one(
-                    {"$or": [{"uuid": pipeline["uuid"]}, {"id": pipeline.get("id")}]}, {"_id": False}
-                )
+                existing = self.pipelines.find_one({"uuid": pipeline["uuid"]}, {"_id": False})
+                if existing is None and pipeline.get("id") is not None:
+                    existing = self.pipelines.find_one({"id": pipeline["id"]}, {"_id": False})
                 return existing or dict(pipeline), False
 
+    def list_pipelines(self) -> list[Document]:
+        with self._translate():
+            return list(self.pipelines.find({}, {"_id": False}).sort("id", pymongo.ASCENDING))
+
+    def find_head(self, uuid: str) -> Document | None:
+        with self._translate(), self._indexed("jobs.uuid_unique"):
+            return self.jobs.find_one({"uuid": uuid}, _HEAD_PROJECTION, hint="uuid_unique")
+
     def find_job(self, uuid: str) -> Document | None:
-        with translate_errors():
-            return self.jobs.find_one({"uuid": uuid}, {"_id": False})
+        with self._translate(), self._indexed("jobs.uuid_unique"):
+            return self.jobs.find_one({"uuid": uuid}, {"_id": False}, hint="uuid_unique")
 
     def list_jobs(
         self,
@@ -136,53 +334,88 @@ class MongoJobStore:
             query["pipeline_uuid"] = pipeline_uuid
         if not include_hidden:
             query["_visible"] = {"$ne": False}
-        with translate_errors():
-            cursor = self.jobs.find(query, {"_id": False}).sort("updated", pymongo.DESCENDING).limit(limit)
+        with self._translate():
+            cursor = self.jobs.find(query, {"_id": False, "history": False}).sort("updated", pymongo.DESCENDING)
+            cursor = cursor.limit(limit)
             return list(cursor)
 
     def insert_job(self, job: Document, audit: Document) -> tuple[Document, bool]:
-        def work(session: Any) -> tuple[Document, bool]:
-            self.jobs.insert_one(dict(job), session=session)
-            self.updates.insert_one(dict(audit), session=session)
-            return job, True
+        with self._translate():
+            try:
+                self.jobs.insert_one(dict(job))
+            except DuplicateKeyError:
+                existing = self.jobs.find_one({"uuid": job["uuid"]}, {"_id": False})
+                if existing is None:  # removed between the two statements; report, do not guess
+                    raise PipelineJobsError(
+                        ErrorKind.CONFLICT, f"job {job['uuid']} changed while being created; retry"
+                    ) from None
+                return existing, False
+            # after the document: a create that fails half-way leaves a job whose log starts at seq 1
+            created = creation_record(job)
+            with contextlib.suppress(DuplicateKeyError):
+                self.events.insert_one(created.to_document())
+            self.updates.insert_one(dict(audit))
+        self._remember_logged(job["uuid"])
+        return job, True
 
-        try:
-            return self._atomically(work)
-        except PipelineJobsError as exc:
-            if not isinstance(exc.__cause__, DuplicateKeyError):
-                raise
-        existing = self.find_job(job["uuid"])
-        if existing is None:  # removed between the two statements; report, do not guess
-            raise PipelineJobsError(ErrorKind.CONFLICT, f"job {job['uuid']} changed while being created; retry")
-        return existing, False
+    def append_event(self, record: EventRecord, *, expected_revision: int) -> AppendResult:
+        uuid = record.uuid
+        with self._translate():
+            self._ensure_logged(uuid)
+            try:
+                inserted_id = self._insert_record(record)
+            except DuplicateKeyError as exc:
+                if record.event_id is not None and "event_id" in ((exc.details or {}).get("keyPattern") or {}):
+                    existing = self.find_delivery(uuid, record.event_id)
+                    if existing is not None:
+                        return AppendResult(Append.REPLAYED, existing)
+                # another writer took this revision: make sure the job shows it, then read again
+                self._roll_forward(uuid, expected_revision)
+                return AppendResult(Append.MOVED)
+            update = self._apply_update(record)
+            applied = _retry_once(lambda: self.jobs.update_one(_at_revision(uuid, expected_revision), update))
+            if applied.matched_count == 1:
+                return AppendResult(Append.APPLIED)
+            # the job moved on without our update: either a writer rolled our record forward
+            # (then the window shows its entry), or something else changed or removed the job
+            window = self.jobs.find_one({"uuid": uuid}, {"_id": False, "history": {"$slice": -self.history_window}})
+            if window is not None and any(e.get("uuid") == record.event_uuid for e in window.get("history") or []):
+                return AppendResult(Append.APPLIED)
+            self.events.delete_one({"_id": inserted_id})
+            return AppendResult(Append.MOVED)
 
-    def apply_event(
-        self,
-        uuid: str,
-        *,
-        from_states: Collection[str] | None,
-        entry: Document,
-        new_state: str | None,
-        now: datetime,
-        audit: Document,
-    ) -> Document | None:
-        query: dict[str, Any] = {"uuid": uuid, "_visible": {"$ne": False}}
-        if from_states is not None:
-            query["state"] = {"$in": sorted(from_states)}
-        changes: dict[str, Any] = {"last_event": entry["name"], "updated": now, "_properties.modified_date": now}
-        if new_state is not None:
-            changes["state"] = new_state
-        update = {"$push": {"history": entry}, "$set": changes, "$inc": {"_properties.revision": 1}}
+    def record_stale(self, record: EventRecord) -> AppendResult:
+        with self._translate():
+            try:
+                self.events.insert_one(record.to_document())
+            except DuplicateKeyError:
+                existing = self.find_delivery(record.uuid, record.event_id) if record.event_id else None
+                if existing is None:
+                    raise
+                return AppendResult(Append.REPLAYED, existing)
+        return AppendResult(Append.APPLIED)
 
-        def work(session: Any) -> Document | None:
-            doc = self.jobs.find_one_and_update(
-                query, update, projection={"_id": False}, return_document=ReturnDocument.AFTER, session=session
-            )
-            if doc is not None:
-                self.updates.insert_one(dict(audit), session=session)
-            return doc
+    def find_delivery(self, uuid: str, event_id: str) -> EventRecord | None:
+        with self._translate():
+            found = self.events.find_one({"uuid": uuid, "event_id": event_id}, {"_id": False})
+        return EventRecord.from_document(found) if found else None
 
-        return self._atomically(work)
+    def history(self, uuid: str, *, after: str | None = None, limit: int = 100) -> HistoryPage:
+        position = parse_cursor(after)
+        query: dict[str, Any] = {"uuid": uuid}
+        if position is not None:
+            seq, slot = position
+            query["$or"] = [{"seq": {"$gt": seq}}, {"seq": seq, "slot": {"$gt": slot}}]
+        limit = max(1, limit)
+        with self._translate():
+            cursor = self.events.find(query, {"_id": False}).sort([("seq", 1), ("slot", 1)]).limit(limit + 1)
+            rows = [EventRecord.from_document(doc) for doc in cursor]
+            if not rows and self.events.find_one({"uuid": uuid}, {"_id": True}) is None:
+                # a job python-datacatalog wrote and no event has touched since: its history is the document's
+                doc = self.jobs.find_one({"uuid": uuid}, {"_id": False, "history": True})
+                rows = [imported_record(uuid, i, e) for i, e in enumerate((doc or {}).get("history") or [])]
+                rows = rows[position_index(rows, position) :]
+        return page_of(rows, limit)
 
     def hide_job(self, uuid: str, *, now: datetime, audit: Document) -> Document | None:
         update = {
@@ -194,8 +427,8 @@ class MongoJobStore:
             doc = self.jobs.find_one_and_update(
                 {"uuid": uuid, "_visible": {"$ne": False}},
                 update,
-                projection={"_id": False},
-                return_document=ReturnDocument.AFTER,
+                projection=_HEAD_PROJECTION,
+                return_document=pymongo.ReturnDocument.AFTER,
                 session=session,
             )
             if doc is not None:
@@ -206,20 +439,32 @@ class MongoJobStore:
 
     def remove_job(self, uuid: str, *, expected_revision: int, tombstone: Document) -> bool:
         precondition = {"uuid": uuid, "_properties.revision": expected_revision}
+        set_aside = removed_key(uuid, tombstone)
 
         def work(session: Any) -> bool:
             written = self.updates.insert_one(dict(tombstone), session=session)
+            # the log is kept, under a key a re-created job with the same uuid can never meet
+            self.events.update_many({"uuid": uuid}, {"$set": {"uuid": set_aside}}, session=session)
             if self.jobs.delete_one(precondition, session=session).deleted_count == 1:
                 return True
             if session is not None:
                 raise _Abort()
-            self.updates.delete_one({"_id": written.inserted_id})  # no transactions: undo by hand
+            # no transactions: undo by hand, newest first
+            self.events.update_many({"uuid": set_aside}, {"$set": {"uuid": uuid}})
+            self.updates.delete_one({"_id": written.inserted_id})
             return False
 
         try:
-            return self._atomically(work)
+            removed = self._atomically(work)
         except _Abort:
             return False
+        if removed:
+            self._logged.pop(uuid, None)
+        return removed
+
+    def audit_trail(self, uuid: str) -> list[Document]:
+        with self._translate():
+            return list(self.updates.find({"uuid": uuid}, {"_id": False}).sort("_id", pymongo.ASCENDING))
 
     def close(self) -> None:
         self._client.close()

@@ -1,10 +1,14 @@
 """The embedded backend: one SQLite file, for running without a MongoDB.
 
-It keeps the documents the MongoDB backend keeps (compat §1, §4), as JSON text,
-with a few columns copied out of each document for filtering and sorting. Every
-write is one ``BEGIN IMMEDIATE`` transaction, which takes the file's write lock
-up front, so reactor processes sharing the file serialise instead of losing
-history entries; the busy timeout makes them wait their turn.
+It keeps the documents the MongoDB backend keeps (compat §1, §4) and the same
+event log, as rows. A job's row holds its document as JSON text, written once
+at creation, plus the columns that change (state, last event, time, revision,
+visibility); an event is one ``events`` row and an ``UPDATE`` of those columns
+in one ``BEGIN IMMEDIATE`` transaction, so its cost never grows with the job's
+history. Reading a job puts the document back together, its ``history`` being
+the latest log rows. ``BEGIN IMMEDIATE`` takes the file's write lock up front, so
+reactor processes sharing the file serialise instead of losing events; the
+busy timeout makes them wait their turn.
 """
 
 from __future__ import annotations
@@ -13,18 +17,36 @@ import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..errors import ErrorKind, PipelineJobsError
-from .base import Document
+from .base import (
+    DEFAULT_HISTORY_WINDOW,
+    DEFAULT_INLINE_DATA_BYTES,
+    Append,
+    AppendResult,
+    Document,
+    EventRecord,
+    HistoryPage,
+    Outcome,
+    creation_record,
+    imported_record,
+    page_of,
+    parse_cursor,
+    position_index,
+    removed_key,
+)
 
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for the file's lock before giving up
+SCHEMA_VERSION = 2
 _DATE = "$date"  # JSON tag of a datetime
 _LITERAL = "$literal"  # JSON tag of a stored dict that would otherwise look like a tag
 _TAGS = frozenset({_DATE, _LITERAL})
+#: log outcomes that are history entries (a stale callback is in the log, not in the job's history)
+_ENTRY_OUTCOMES = (Outcome.APPLIED.value, Outcome.IMPORTED.value)
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS jobs (
@@ -50,7 +72,26 @@ _SCHEMA = (
         doc TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS updates_uuid ON updates (uuid)",
+    """CREATE TABLE IF NOT EXISTS events (
+        uuid TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        slot TEXT NOT NULL,
+        event_id TEXT,
+        outcome TEXT NOT NULL,
+        record TEXT NOT NULL,
+        UNIQUE (uuid, seq, slot),
+        UNIQUE (uuid, event_id)
+    )""",
 )
+#: version 1 files kept each job's whole history in its document; these columns take over what changes
+_MIGRATE_TO_2 = (
+    "ALTER TABLE jobs ADD COLUMN last_event TEXT",
+    "ALTER TABLE jobs ADD COLUMN revision INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE jobs ADD COLUMN logged INTEGER NOT NULL DEFAULT 0",
+    "UPDATE jobs SET last_event = json_extract(doc, '$.last_event'),"
+    " revision = COALESCE(json_extract(doc, '$._properties.revision'), 0)",
+)
+_NEW_COLUMNS = {"last_event", "revision", "logged"}
 
 
 # -- locations -------------------------------------------------------------------------------
@@ -123,14 +164,23 @@ def _timestamp(value: Any) -> float | None:
     return _utc(value).timestamp() if isinstance(value, datetime) else None
 
 
-def _job_columns(doc: Document) -> tuple[Any, ...]:
+def _moment(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, timezone.utc)
+
+
+def _record_row(record: EventRecord) -> tuple[Any, ...]:
     return (
-        _column(doc.get("state")),
-        _column(doc.get("pipeline_uuid")),
-        0 if doc.get("_visible") is False else 1,  # like Mongo's {"_visible": {"$ne": false}}
-        _timestamp(doc.get("updated")),
-        dumps_document(doc),
+        record.uuid,
+        record.seq,
+        record.slot,
+        record.event_id,
+        record.outcome.value,
+        dumps_document(record.to_document()),
     )
+
+
+def _record(text: str) -> EventRecord:
+    return EventRecord.from_document(loads_document(text))
 
 
 # -- the store -------------------------------------------------------------------------------
@@ -139,22 +189,42 @@ class SqliteJobStore:
 
     backend = "sqlite"
 
-    def __init__(self, path: str | Path, *, timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        timeout: float = DEFAULT_BUSY_TIMEOUT,
+        history_window: int = DEFAULT_HISTORY_WINDOW,
+        inline_data_bytes: int = DEFAULT_INLINE_DATA_BYTES,
+    ) -> None:
         self.path = Path(path)
+        self.history_window = max(history_window, 1)
+        self.inline_data_bytes = inline_data_bytes
         self._lock = threading.Lock()  # one connection; threads sharing this object take turns
         self._conn: sqlite3.Connection | None = None
         with self._translate_errors():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
             try:
-                # WAL lets readers go on while one process writes; the mode is stored in the file
-                conn.execute("PRAGMA journal_mode=WAL")
                 self._conn = conn
-                self._create_schema()
+                if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                    # WAL lets readers go on while one process writes; the mode is stored in the file
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    self._create_schema()
+                conn.execute("PRAGMA synchronous=FULL")  # a committed event survives a power cut
             except BaseException:
                 self._conn = None
                 conn.close()
                 raise
+
+    def __enter__(self) -> SqliteJobStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> str:
+        return f"sqlite file {self.path}"
 
     # -- helpers ---------------------------------------------------------
     @contextlib.contextmanager
@@ -186,20 +256,27 @@ class SqliteJobStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
-                conn.execute("COMMIT")
+                if conn.in_transaction:  # the work may have rolled back on purpose
+                    conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
 
-    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[Document]:
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
         with self._lock, self._translate_errors():
-            return [loads_document(row[0]) for row in self._connection().execute(sql, params)]
+            yield self._connection()
 
     def _create_schema(self) -> None:
         with self._transaction() as conn:
             for statement in _SCHEMA:
                 conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            if not columns >= _NEW_COLUMNS:
+                for statement in _MIGRATE_TO_2:
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @staticmethod
     def _audit(conn: sqlite3.Connection, record: Document) -> None:
@@ -208,31 +285,59 @@ class SqliteJobStore:
             (_column(record.get("uuid")), _column(record.get("action")), dumps_document(record)),
         )
 
-    @staticmethod
-    def _write_job(conn: sqlite3.Connection, doc: Document) -> Document:
-        """Store ``doc`` over its row; returns it as a later read would (decoded from the stored text)."""
-        columns = _job_columns(doc)
-        conn.execute(
-            "UPDATE jobs SET state = ?, pipeline_uuid = ?, visible = ?, updated = ?, doc = ? WHERE uuid = ?",
-            (*columns, doc["uuid"]),
-        )
-        return loads_document(columns[-1])
+    _JOB_COLUMNS = "uuid, state, visible, updated, last_event, revision, logged, doc"
 
-    @staticmethod
-    def _touch(doc: Document, now: datetime) -> None:
-        """What every change records: ``updated``, ``modified_date`` and one more revision."""
-        doc["updated"] = now
+    def _assemble(self, conn: sqlite3.Connection, row: tuple[Any, ...], *, history: bool = True) -> Document:
+        """A job document from its row: the stored document with the changing fields from their columns."""
+        uuid, state, visible, updated, last_event, revision, logged, text = row
+        doc = loads_document(text)
+        doc["state"] = state
+        doc["last_event"] = last_event if last_event is not None else doc.get("last_event")
+        doc["updated"] = _moment(updated)
+        doc["_visible"] = bool(visible)
         properties = doc.setdefault("_properties", {})
-        properties["modified_date"] = now
-        properties["revision"] = properties.get("revision", 0) + 1
+        properties["modified_date"] = doc["updated"]
+        properties["revision"] = revision
+        if not history:
+            doc.pop("history", None)
+        elif logged:
+            doc["history"] = self._window(conn, uuid)
+        return doc
+
+    def _window(self, conn: sqlite3.Connection, uuid: str) -> list[Document]:
+        rows = conn.execute(
+            "SELECT record FROM events WHERE uuid = ? AND outcome IN (?, ?) ORDER BY seq DESC, slot DESC LIMIT ?",
+            (uuid, *_ENTRY_OUTCOMES, self.history_window),
+        ).fetchall()
+        return [_record(text).history_entry(self.inline_data_bytes) for (text,) in reversed(rows)]
+
+    def _import_history(self, conn: sqlite3.Connection, uuid: str) -> None:
+        """Move a version-1 job's embedded history into the log (its first logged event does this)."""
+        row = conn.execute("SELECT doc FROM jobs WHERE uuid = ? AND logged = 0", (uuid,)).fetchone()
+        if row is None:
+            return
+        doc = loads_document(row[0])
+        records = [imported_record(uuid, i, entry) for i, entry in enumerate(doc.get("history") or [])]
+        conn.executemany(
+            "INSERT OR IGNORE INTO events (uuid, seq, slot, event_id, outcome, record) VALUES (?, ?, ?, ?, ?, ?)",
+            [_record_row(r) for r in records],
+        )
+        doc["history"] = []
+        conn.execute("UPDATE jobs SET logged = 1, doc = ? WHERE uuid = ?", (dumps_document(doc), uuid))
 
     # -- protocol --------------------------------------------------------
     def ensure_indexes(self) -> None:
         self._create_schema()
 
+    def missing_indexes(self) -> list[str]:
+        with self._reading() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        return [] if version == SCHEMA_VERSION else [f"schema version {SCHEMA_VERSION}"]
+
     def find_pipeline(self, uuid: str) -> Document | None:
-        found = self._read("SELECT doc FROM pipelines WHERE uuid = ?", (uuid,))
-        return found[0] if found else None
+        with self._reading() as conn:
+            row = conn.execute("SELECT doc FROM pipelines WHERE uuid = ?", (uuid,)).fetchone()
+        return loads_document(row[0]) if row else None
 
     def save_pipeline(self, pipeline: Document) -> tuple[Document, bool]:
         with self._transaction() as conn:
@@ -242,16 +347,41 @@ class SqliteJobStore:
                     (pipeline["uuid"], _column(pipeline.get("id")), dumps_document(pipeline)),
                 )
                 return dict(pipeline), True
-            except sqlite3.IntegrityError:  # uuid or id taken: answer with what is stored
+            except sqlite3.IntegrityError:  # uuid or id taken: the uuid's holder, else the id's
                 row = conn.execute(
                     "SELECT doc FROM pipelines WHERE uuid = ? OR id = ? ORDER BY uuid = ? DESC LIMIT 1",
                     (pipeline["uuid"], _column(pipeline.get("id")), pipeline["uuid"]),
                 ).fetchone()
                 return (loads_document(row[0]) if row else dict(pipeline)), False
 
+    def list_pipelines(self) -> list[Document]:
+        with self._reading() as conn:
+            rows = conn.execute("SELECT doc FROM pipelines ORDER BY id").fetchall()
+        return [loads_document(text) for (text,) in rows]
+
+    def find_head(self, uuid: str) -> Document | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT state, visible, revision, json_extract(doc, '$._admin'), json_extract(doc, '$._salt')"
+                " FROM jobs WHERE uuid = ?",
+                (uuid,),
+            ).fetchone()
+        if row is None:
+            return None
+        state, visible, revision, admin, salt = row
+        return {
+            "uuid": uuid,
+            "state": state,
+            "_visible": bool(visible),
+            "_properties": {"revision": revision},
+            "_admin": loads_document(admin) if admin else None,
+            "_salt": salt,
+        }
+
     def find_job(self, uuid: str) -> Document | None:
-        found = self._read("SELECT doc FROM jobs WHERE uuid = ?", (uuid,))
-        return found[0] if found else None
+        with self._reading() as conn:
+            row = conn.execute(f"SELECT {self._JOB_COLUMNS} FROM jobs WHERE uuid = ?", (uuid,)).fetchone()
+            return self._assemble(conn, row) if row else None
 
     def list_jobs(
         self,
@@ -261,7 +391,8 @@ class SqliteJobStore:
         include_hidden: bool = False,
         limit: int = 100,
     ) -> list[Document]:
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
         if state:
             where.append("state = ?")
             params.append(state)
@@ -272,70 +403,128 @@ class SqliteJobStore:
             where.append("visible = 1")
         params.append(abs(limit) or -1)  # as in Mongo, a limit of 0 means none (-1 to SQLite)
         # rowid breaks ties in insertion order, as Mongo's natural order does
-        sql = f"SELECT doc FROM jobs WHERE {' AND '.join(where)} ORDER BY updated DESC, rowid LIMIT ?"
-        return self._read(sql, tuple(params))
+        sql = f"SELECT {self._JOB_COLUMNS} FROM jobs WHERE {' AND '.join(where)} ORDER BY updated DESC, rowid LIMIT ?"
+        with self._reading() as conn:
+            rows = conn.execute(sql, tuple(params)).fetchall()
+            return [self._assemble(conn, row, history=False) for row in rows]
 
     def insert_job(self, job: Document, audit: Document) -> tuple[Document, bool]:
         with self._transaction() as conn:
-            row = conn.execute("SELECT doc FROM jobs WHERE uuid = ?", (job["uuid"],)).fetchone()
+            row = conn.execute(f"SELECT {self._JOB_COLUMNS} FROM jobs WHERE uuid = ?", (job["uuid"],)).fetchone()
             if row is not None:  # never overwrite: a repeated create gets the stored job
-                return loads_document(row[0]), False
+                return self._assemble(conn, row), False
+            stored = {**job, "history": []}  # the history lives in the log from the start
             conn.execute(
-                "INSERT INTO jobs (state, pipeline_uuid, visible, updated, doc, uuid) VALUES (?, ?, ?, ?, ?, ?)",
-                (*_job_columns(job), job["uuid"]),
+                "INSERT INTO jobs (uuid, state, pipeline_uuid, visible, updated, last_event, revision, logged, doc)"
+                " VALUES (?, ?, ?, 1, ?, ?, ?, 1, ?)",
+                (
+                    job["uuid"],
+                    _column(job.get("state")),
+                    _column(job.get("pipeline_uuid")),
+                    _timestamp(job.get("updated")),
+                    job.get("last_event"),
+                    (job.get("_properties") or {}).get("revision", 0),
+                    dumps_document(stored),
+                ),
+            )
+            created = creation_record(job)
+            conn.execute(
+                "INSERT INTO events (uuid, seq, slot, event_id, outcome, record) VALUES (?, ?, ?, ?, ?, ?)",
+                _record_row(created),
             )
             self._audit(conn, audit)
             return job, True
 
-    def apply_event(
-        self,
-        uuid: str,
-        *,
-        from_states: Collection[str] | None,
-        entry: Document,
-        new_state: str | None,
-        now: datetime,
-        audit: Document,
-    ) -> Document | None:
+    def append_event(self, record: EventRecord, *, expected_revision: int) -> AppendResult:
+        change = (
+            "UPDATE jobs SET state = ?, last_event = ?, updated = ?, revision = ?"
+            " WHERE uuid = ? AND revision = ? AND visible = 1 AND logged = 1"
+        )
+        values = (record.state, record.name, _timestamp(record.date), record.seq, record.uuid, expected_revision)
         with self._transaction() as conn:
-            row = conn.execute("SELECT doc FROM jobs WHERE uuid = ? AND visible = 1", (uuid,)).fetchone()
-            if row is None:
-                return None
-            doc = loads_document(row[0])
-            if from_states is not None and doc.get("state") not in from_states:
-                return None
-            doc.setdefault("history", []).append(dict(entry))
-            doc["last_event"] = entry["name"]
-            if new_state is not None:
-                doc["state"] = new_state
-            self._touch(doc, now)
-            updated = self._write_job(conn, doc)
-            self._audit(conn, audit)
-            return updated
+            if conn.execute(change, values).rowcount == 0:
+                self._import_history(conn, record.uuid)  # a version-1 job: log its history first
+                if conn.execute(change, values).rowcount == 0:
+                    return AppendResult(Append.MOVED)
+            try:
+                conn.execute(
+                    "INSERT INTO events (uuid, seq, slot, event_id, outcome, record) VALUES (?, ?, ?, ?, ?, ?)",
+                    _record_row(record),
+                )
+            except sqlite3.IntegrityError:
+                existing = self._delivery(conn, record.uuid, record.event_id)
+                conn.execute("ROLLBACK")  # the job's update goes too
+                return AppendResult(Append.REPLAYED, existing) if existing else AppendResult(Append.MOVED)
+            return AppendResult(Append.APPLIED)
+
+    def record_stale(self, record: EventRecord) -> AppendResult:
+        with self._transaction() as conn:
+            try:
+                conn.execute(
+                    "INSERT INTO events (uuid, seq, slot, event_id, outcome, record) VALUES (?, ?, ?, ?, ?, ?)",
+                    _record_row(record),
+                )
+            except sqlite3.IntegrityError:
+                existing = self._delivery(conn, record.uuid, record.event_id)
+                if existing is None:
+                    raise
+                return AppendResult(Append.REPLAYED, existing)
+            return AppendResult(Append.APPLIED)
+
+    @staticmethod
+    def _delivery(conn: sqlite3.Connection, uuid: str, event_id: str | None) -> EventRecord | None:
+        if event_id is None:
+            return None
+        row = conn.execute("SELECT record FROM events WHERE uuid = ? AND event_id = ?", (uuid, event_id)).fetchone()
+        return _record(row[0]) if row else None
+
+    def find_delivery(self, uuid: str, event_id: str) -> EventRecord | None:
+        with self._reading() as conn:
+            return self._delivery(conn, uuid, event_id)
+
+    def history(self, uuid: str, *, after: str | None = None, limit: int = 100) -> HistoryPage:
+        position = parse_cursor(after)
+        limit = max(1, limit)
+        with self._reading() as conn:
+            logged = conn.execute("SELECT logged, doc FROM jobs WHERE uuid = ?", (uuid,)).fetchone()
+            if logged is not None and not logged[0]:  # a version-1 job no event has touched since
+                doc = loads_document(logged[1])
+                rows = [imported_record(uuid, i, e) for i, e in enumerate(doc.get("history") or [])]
+                return page_of(rows[position_index(rows, position) :], limit)
+            seq, slot = position if position is not None else (-2, "")
+            found = conn.execute(
+                "SELECT record FROM events WHERE uuid = ? AND (seq > ? OR (seq = ? AND slot > ?))"
+                " ORDER BY seq, slot LIMIT ?",
+                (uuid, seq, seq, slot, limit + 1),
+            ).fetchall()
+        return page_of([_record(text) for (text,) in found], limit)
 
     def hide_job(self, uuid: str, *, now: datetime, audit: Document) -> Document | None:
         with self._transaction() as conn:
-            row = conn.execute("SELECT doc FROM jobs WHERE uuid = ? AND visible = 1", (uuid,)).fetchone()
-            if row is None:
+            changed = conn.execute(
+                "UPDATE jobs SET visible = 0, updated = ?, revision = revision + 1 WHERE uuid = ? AND visible = 1",
+                (_timestamp(now), uuid),
+            ).rowcount
+            if changed == 0:
                 return None
-            doc = loads_document(row[0])
-            doc["_visible"] = False
-            self._touch(doc, now)
-            hidden = self._write_job(conn, doc)
             self._audit(conn, audit)
-            return hidden
+        return self.find_head(uuid)
 
     def remove_job(self, uuid: str, *, expected_revision: int, tombstone: Document) -> bool:
         with self._transaction() as conn:
-            row = conn.execute("SELECT doc FROM jobs WHERE uuid = ?", (uuid,)).fetchone()
-            if row is None:
-                return False
-            properties = loads_document(row[0]).get("_properties") or {}
-            if properties.get("revision") != expected_revision:
+            row = conn.execute("SELECT revision FROM jobs WHERE uuid = ?", (uuid,)).fetchone()
+            if row is None or row[0] != expected_revision:
                 return False
             self._audit(conn, tombstone)
+            # the log is kept, under a key a re-created job with the same uuid can never meet
+            conn.execute("UPDATE events SET uuid = ? WHERE uuid = ?", (removed_key(uuid, tombstone), uuid))
             conn.execute("DELETE FROM jobs WHERE uuid = ?", (uuid,))
             return True
+
+    def audit_trail(self, uuid: str) -> list[Document]:
+        with self._reading() as conn:
+            rows = conn.execute("SELECT doc FROM updates WHERE uuid = ? ORDER BY seq", (uuid,)).fetchall()
+        return [loads_document(text) for (text,) in rows]
 
     def close(self) -> None:
         with self._lock:
