@@ -273,6 +273,8 @@ NOT_SECRET_ENV = frozenset(
         "_REACTOR_SERVE_API_SERVER",
         "_REACTOR_SERVE_USERNAME",
         "_REACTOR_SERVE_TENANT",
+        "_REACTOR_SERVE_TLS_CERT",
+        "_REACTOR_SERVE_TLS_KEY",
     }
 )
 
