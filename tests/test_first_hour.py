@@ -314,3 +314,23 @@ def test_serve_refuses_a_key_that_is_not_one(tmp_path: Path) -> None:
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == CODE[ErrorKind.CONFIGURATION]
     assert "cannot use the TLS certificate" in out.decode() and "Traceback" not in out.decode()
+
+
+# -- the README's examples ------------------------------------------------------------------------
+def test_the_readme_walkthrough_with_the_shipped_examples(pj: Cli) -> None:
+    """examples/pipeline.json registers as the README's pipeline uuid; examples/agave-job.json is a valid callback."""
+    registered = pj.ok("pipeline", "register", str(ROOT / "examples" / "pipeline.json"))
+    assert registered.strip() == f"registered pipeline {EXAMPLE_PIPELINE_ID} as {EXAMPLE_PIPELINE_UUID}"
+    assert EXAMPLE_PIPELINE_UUID in (ROOT / "README.md").read_text()
+    job = _create(pj, ROOT / "examples" / "pipeline.json")
+    # MSG=... python reactor.py, as the README shows it: the Agave record, the callback's URL parameters
+    record = (ROOT / "examples" / "agave-job.json").read_text()
+    env = {**pj.env, "MSG": record, "uuid": job["uuid"], "token": job["token"], "status": "RUNNING"}
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "reactor.py")], env=env, cwd=pj.home, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    result = json.loads(run.stdout.splitlines()[-1])
+    assert result["status"] == "ok" and result["event"] == "run" and result["state"] == "RUNNING"
+    shown = json.loads(pj.ok("--json", "job", "show", job["uuid"]))
+    assert shown["history"][-1]["data"]["appId"] == "tacobot-0.1.0u1" and "_links" not in shown["history"][-1]["data"]
