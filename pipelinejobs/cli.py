@@ -552,6 +552,27 @@ def _listen(host: str, port: int) -> Any:
     return sock
 
 
+def _start_wait_notice(settings: Settings) -> threading.Timer | None:
+    """Serve prepares the store before it answers: say so if a MongoDB keeps it waiting."""
+    uri = settings.mongodb_uri
+    if uri is None:
+        return None
+    from .store.mongo import hosts_of
+
+    timer = threading.Timer(
+        WAIT_NOTICE_SECONDS,
+        log.warning,
+        (
+            "waiting up to %.1f s for MongoDB at %s (mongodb.server_selection_timeout_ms)...",
+            settings.mongodb_timeout_ms / 1000,
+            hosts_of(uri.reveal()),
+        ),
+    )
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def _tls_files(args: argparse.Namespace, section: dict[str, Any]) -> tuple[str, str] | None:
     """The certificate and key for HTTPS, checked here so a bad pair is a clear error before serving."""
     import ssl
@@ -597,11 +618,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port or int(section.get("port") or 8000)
     tls = _tls_files(args, section)
     sock = _listen(host, port)
+    waiting = _start_wait_notice(settings)
     try:
         server = open_server(settings, config, plain)
     except BaseException:
         sock.close()
         raise
+    finally:
+        if waiting is not None:
+            waiting.cancel()
     formatter.add_secrets(plain)
     if not len(config.api_tokens):
         log.warning("no API tokens configured: only nonces (made with `pipelinejobs nonce create`) are accepted")

@@ -101,10 +101,7 @@ def test_verbose_output_and_not_found_name_the_store(pj: Cli) -> None:
 
 def test_a_silent_mongodb_is_reported_once_and_named(pj: Cli, tmp_path: Path) -> None:
     dead = free_port()  # nothing listens here
-    config = yaml.safe_load((ROOT / "config.yml").read_text())
-    config["mongodb"]["server_selection_timeout_ms"] = 1500
-    path = tmp_path / "config.yml"
-    path.write_text(yaml.safe_dump(config))
+    path = _short_timeout_config(tmp_path)
     password = "s3cret-passw0rd"
     authn = authn_for(f"mongodb://operator:{password}@127.0.0.1:{dead}/?authSource=admin")
     done = pj("--config", str(path), "job", "list", _REACTOR_MONGODB_AUTHN=authn)
@@ -114,6 +111,25 @@ def test_a_silent_mongodb_is_reported_once_and_named(pj: Cli, tmp_path: Path) ->
     error = done.stderr.splitlines()[-1]
     assert error.startswith("pipelinejobs: error (storage_unavailable)") and f"127.0.0.1:{dead}" in error
     assert password not in done.stderr and "Traceback" not in done.stderr
+
+
+def _short_timeout_config(tmp_path: Path) -> Path:
+    config = yaml.safe_load((ROOT / "config.yml").read_text())
+    config["mongodb"]["server_selection_timeout_ms"] = 1500
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_serve_says_it_waits_for_a_silent_mongodb(tmp_path: Path) -> None:
+    dead = free_port()
+    config = _short_timeout_config(tmp_path)
+    authn = authn_for(f"mongodb://127.0.0.1:{dead}")
+    proc = _serve(tmp_path, "--config", str(config), port=free_port(), _REACTOR_MONGODB_AUTHN=authn)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == CODE[ErrorKind.STORAGE_UNAVAILABLE]
+    assert out.count(f"waiting up to 1.5 s for MongoDB at 127.0.0.1:{dead}") == 1
+    assert "listening" not in out and "Traceback" not in out and f"127.0.0.1:{dead}" in out.splitlines()[-1]
 
 
 def test_a_mongodb_that_answers_is_not_reported(
@@ -248,11 +264,12 @@ def test_send_uses_serves_token_and_says_the_message_was_only_queued(
     assert answer.status_code == 200 and answer.json()["result"]["id"] == execution
 
 
-def _serve(tmp_path: Path, *argv: str, port: int) -> subprocess.Popen[bytes]:
+def _serve(tmp_path: Path, *argv: str, port: int, **extra: str) -> subprocess.Popen[bytes]:
     env = {
         "PATH": os.environ["PATH"],
         "HOME": str(tmp_path),
         "_REACTOR_STORE_SQLITE_PATH": str(tmp_path / "serve.sqlite3"),
+        **extra,
     }
     command = [sys.executable, "-m", "pipelinejobs.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     return subprocess.Popen(
