@@ -95,11 +95,21 @@ def _read_json(text: str, what: str) -> Any:
     elif text.startswith("@"):
         text = _read_file(Path(text[1:]), what)
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except ValueError as exc:
         raise PipelineJobsError(
             ErrorKind.BAD_MESSAGE, f"{what} is not valid JSON ({exc.msg}, line {exc.lineno})"
         ) from exc
+    except RecursionError as exc:
+        raise PipelineJobsError(ErrorKind.BAD_MESSAGE, f"{what} is nested too deeply to read") from exc
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as exc:  # "\ud800": an escape JSON allows that names no character
+        escape = f"\\u{ord(exc.object[exc.start]):04x}"
+        raise PipelineJobsError(
+            ErrorKind.BAD_MESSAGE, f"{what} holds a lone surrogate escape ({escape}), not text"
+        ) from exc
+    return value
 
 
 def _read_file(path: Path, what: str) -> str:
@@ -394,6 +404,15 @@ def _with_registry(args: argparse.Namespace, work: Callable[[Any, Settings], int
         raise PipelineJobsError(
             ErrorKind.NOT_FOUND, f"actor {args.actor} is not one of serve.actors ({', '.join(known)})"
         )
+    store = _open_store(settings)
+    try:
+        registry = open_registry(settings, store)
+        try:
+            code = work(registry, settings)
+        finally:
+            registry.close()
+    finally:
+        store.close()
     if not known and args.run is cmd_nonce_create:
         print(
             f"pipelinejobs: note: serve.actors is not set, so actor {args.actor} could not be checked; "
@@ -401,15 +420,7 @@ def _with_registry(args: argparse.Namespace, work: Callable[[Any, Settings], int
             "(set serve.actors or _REACTOR_SERVE_ACTORS to have unknown actors refused)",
             file=sys.stderr,
         )
-    store = _open_store(settings)
-    try:
-        registry = open_registry(settings, store)
-        try:
-            return work(registry, settings)
-        finally:
-            registry.close()
-    finally:
-        store.close()
+    return code
 
 
 def _refused(exc: Exception) -> PipelineJobsError:
@@ -779,6 +790,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return BROKEN_PIPE
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: say so in one redacted line; -v adds the traceback
+        log.error("internal error (%s); run with -v for the details", type(exc).__name__, exc_info=args.verbose)
+        print(f"pipelinejobs: error ({ErrorKind.INTERNAL.value}): {type(exc).__name__}", file=sys.stderr)
+        return EXIT_CODES[ErrorKind.INTERNAL]
     finally:
         for timer in _watchdogs:
             timer.cancel()

@@ -351,3 +351,17 @@ def test_the_readme_walkthrough_with_the_shipped_examples(pj: Cli) -> None:
     assert result["status"] == "ok" and result["event"] == "run" and result["state"] == "RUNNING"
     shown = json.loads(pj.ok("--json", "job", "show", job["uuid"]))
     assert shown["history"][-1]["data"]["appId"] == "tacobot-0.1.0u1" and "_links" not in shown["history"][-1]["data"]
+
+
+def test_cli_input_that_is_not_text_or_too_deep_is_a_clear_refusal(
+    pj: Cli, pipeline_file: Path, tmp_path: Path
+) -> None:
+    pj.ok("pipeline", "register", str(pipeline_file))
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    base = ["job", "create", "--pipeline", EXAMPLE_PIPELINE_UUID, "--archive-path", "/p", "--data"]
+    for data, words in ((r'{"n": "\ud800"}', r"lone surrogate escape (\ud800)"), (f"@{deep}", "nested too deeply")):
+        done = pj(*base, data)
+        assert done.returncode == CODE[ErrorKind.BAD_MESSAGE], done.stderr
+        assert words in done.stderr and "Traceback" not in done.stderr
+    assert pj.ok("job", "list").strip() == "no jobs match"
