@@ -28,6 +28,9 @@ PROTECTED_SECTIONS = frozenset({"admin", "legacy", "durability"})
 DEFAULT_ADMIN_KEY = "XB]6f^~T3)EDxB(3A6F@CE>JTU.T>whH"
 DEFAULT_ADMIN_LIFETIME = 3600
 ROOT_CONFIG = Path(__file__).resolve().parent.parent / "config.yml"
+#: The checkout's config.yml, shipped inside the wheel under this name (pyproject's force-include), so an
+#: installed package has every key and its default, and ``_REACTOR_*`` overrides find the keys they override.
+PACKAGED_DEFAULTS = Path(__file__).resolve().parent / "defaults.yml"
 
 
 class Secret:
@@ -223,7 +226,7 @@ def _read_plain_yaml(text: str) -> dict[str, Any] | None:
     string without escapes, a word of ``[A-Za-z0-9_./,-]`` starting with a letter or
     ``/``, or digits with two dots or more (``127.0.0.1``): words that no YAML 1.1
     resolver reads as anything but text. Printable ASCII only.
-    tests/test_settings.py checks it against PyYAML on generated files.
+    tests/test_config_yaml.py checks it against PyYAML on generated files.
     """
     if _NOT_PLAIN.search(text):
         return None
@@ -264,6 +267,28 @@ def _plain_scalar(raw: str) -> Any:
     if raw.isdigit():
         return int(raw)
     return raw
+
+
+def defaults_path() -> Path:
+    """Where the shipped defaults are: inside the installed package, else the checkout's config.yml."""
+    return PACKAGED_DEFAULTS if PACKAGED_DEFAULTS.exists() else ROOT_CONFIG
+
+
+def default_config() -> dict[str, Any]:
+    """Every setting and its default, whatever is (or is not) beside the code."""
+    path = defaults_path()
+    return read_config_file(path) if path.exists() else {}
+
+
+def merge_config(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict[str, Any]:
+    """``chosen`` over ``defaults``, section by section (a section the file sets replaces only the keys it names)."""
+    merged = copy.deepcopy(defaults)
+    for key, value in chosen.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def apply_env_overrides(config: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
@@ -335,6 +360,8 @@ NOT_SECRET_ENV = frozenset(
         "_REACTOR_SERVE_API_SERVER",
         "_REACTOR_SERVE_USERNAME",
         "_REACTOR_SERVE_TENANT",
+        "_REACTOR_SERVE_TLS_CERT",
+        "_REACTOR_SERVE_TLS_KEY",
     }
 )
 
@@ -356,8 +383,11 @@ def collect_secrets(env: Mapping[str, str], config: dict[str, Any]) -> set[str]:
 
 
 def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Settings:
-    """Build the settings from config.yml and the environment mapping ``env``."""
-    config = apply_env_overrides(read_config_file(config_path), env)
+    """Build the settings from the shipped defaults, config.yml over them, and the environment mapping ``env``.
+
+    The ``_REACTOR_*`` overrides apply whether or not a config.yml was found: the defaults name every key.
+    """
+    config = apply_env_overrides(merge_config(default_config(), read_config_file(config_path)), env)
     secrets = set(collect_secrets(env, config))
     uri = mongodb_uri(config.get("mongodb") or {})
     if uri is not None:
