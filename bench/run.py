@@ -7,16 +7,16 @@ server accepted was refused, skipped a revision or is missing from its job.
 
 1. Imports: a fresh interpreter importing the reactor's modules.
 2. On each store (embedded SQLite in a temporary directory, then MongoDB:
-   secantusd-py on a free loopback port, or MONGODB_URI):
-   - a history of 10,000 events built in-process through ``service.handle``
-     (its per-event cost is printed too), then `pipelinejobs serve` started on
-     the same store;
-   - latency: sequential ``update`` events on one keep-alive connection,
-     alternating between the big job and jobs of 10 events;
-   - throughput: 8 client threads on 8 jobs for a few seconds, alternating with
+   secantusd-py on a free loopback port, or MONGODB_URI), `pipelinejobs serve`:
+   - throughput: bursts of 8 client threads on 8 jobs, alternating with bursts of
      8 threads of the raw loop (MongoDB: pymongo ``find_one_and_update`` pushing a
      history entry on the same server; embedded: ``BEGIN IMMEDIATE``, read, write,
-     ``COMMIT`` on a WAL SQLite file in the same directory).
+     ``COMMIT`` on a WAL SQLite file in the same directory); every burst starts on
+     fresh jobs;
+   - latency: a history of 10,000 events built in-process through
+     ``service.handle`` on the store serve uses (its per-event cost is printed too),
+     then sequential ``update`` events over serve on one keep-alive connection,
+     alternating between that job and jobs of 10 events.
 3. Cold `reactor.py`: one event in a fresh process as Abaco runs it, alternating
    with a fresh process that imports pymongo and pings the server.
 
@@ -200,7 +200,9 @@ class RawMongo:
         self.jobs.create_index("uuid", unique=True)
 
     def fresh(self) -> list[Callable[[int], None]]:
-        """New jobs, one per thread, so every burst starts from an empty history (as serve's side does)."""
+        """New jobs, one per thread, so every burst starts from an empty history (as serve's side does);
+        the last burst's are removed, so the yardstick's collection stays small."""
+        self.jobs.delete_many({})
         uuids = [str(uuidlib.uuid4()) for _ in range(CLIENTS)]
         self.jobs.insert_many([raw_job(u, utc_now()) for u in uuids])
         return [self._op(u) for u in uuids]
@@ -251,6 +253,7 @@ class RawSqlite:
     def fresh(self) -> list[Callable[[int], None]]:
         uuids = [str(uuidlib.uuid4()) for _ in range(CLIENTS)]
         rows = [(u, json.dumps(raw_job(u, utc_now()), default=str)) for u in uuids]
+        self.connections[0].execute("DELETE FROM jobs")
         self.connections[0].executemany("INSERT INTO jobs VALUES (?, ?)", rows)
         return [self._op(conn, u) for conn, u in zip(self.connections, uuids, strict=True)]
 
@@ -324,53 +327,70 @@ def measure_throughput(
             http.close()
 
 
+def throughput_ratio(backend: Backend, url: str, job_sets: list[list[Job]]) -> Ratio:
+    """Serve, 8 clients on 8 jobs, against this store's raw loop on the same server or directory."""
+    if backend.uri:
+        raw_db = f"{backend.database}_raw"
+        raw: RawMongo | RawSqlite = RawMongo(backend.uri, raw_db)
+        target = 0.6
+    else:
+        raw, target = RawSqlite(backend.workdir / "raw.sqlite3"), 0.3
+    try:
+        serve_rates, raw_rates = measure_throughput(url, job_sets, raw)
+    finally:
+        raw.close()
+        if backend.uri:
+            drop_databases(backend.uri, [raw_db])
+    print(f"  serve, {CLIENTS} clients on {CLIENTS} jobs, events/s per burst: {per_burst(serve_rates)}")
+    print(f"  raw {raw.what}, {CLIENTS} threads: {per_burst(raw_rates)}")
+    label = f"serve {CLIENTS} clients / raw loop, {backend.name}"
+    return Ratio(label, median(serve_rates), median(raw_rates), "ev/s", target, False)
+
+
+def per_burst(rates: list[float]) -> str:
+    return ", ".join(f"{rate:.0f}" for rate in rates)
+
+
+def latency_ratio(backend: Backend, url: str, small: list[Job], history: int, budget: float) -> tuple[Ratio, Job]:
+    """Build the big history in-process (serve waits idle), then time serve on it against the small jobs."""
+    with job_store(backend) as store:
+        start = time.perf_counter()
+        big, times, short = build_history(store, backend.settings(), history, budget)
+        took = time.perf_counter() - start
+    built = len(times) + 2
+    print(f"  built a history of {built:,} events in-process in {took:.0f} s ({built / took:.0f} events/s)")
+    print(spread("service.handle, first 200 events (in-process)", times[:200]))
+    print(spread(f"service.handle, last 200 events (to {built:,})", times[-200:]))
+    small_times, big_times = measure_latency(url, small, big)
+    print(spread(f"serve, job with {SMALL} events", small_times))
+    print(spread(f"serve, job with {built:,} events", big_times))
+    label = f"latency {built:,} / {SMALL} events, {backend.name}"
+    return Ratio(label, median(big_times) * 1e3, median(small_times) * 1e3, "ms", 1.25, True, short), big
+
+
 def bench_store(backend: Backend, parts: set[str], history: int, budget: float) -> tuple[list[Ratio], list[str]]:
-    """Build the histories in-process, then measure serve on this store. Returns ratios and problems."""
+    """Serve on one store: throughput first (on a store without the big history), then latency.
+
+    Returns the ratios and the problems found with accepted events.
+    """
     print(f"\n{backend.label}")
     ratios: list[Ratio] = []
     settings = backend.settings()
-    jobs: list[Job] = []
     with job_store(backend) as store:
         store.save_pipeline(dict(PIPELINE))
         small = [new_job(store, settings, SMALL) for _ in range(SMALL_JOBS)] if "latency" in parts else []
         sets = THROUGHPUT_ROUNDS + 1 if "throughput" in parts else 0
         job_sets = [[new_job(store, settings, 2) for _ in range(CLIENTS)] for _ in range(sets)]
-        if "latency" in parts:
-            start = time.perf_counter()
-            big, times, short = build_history(store, settings, history, budget)
-            built = len(times) + 2
-            took = time.perf_counter() - start
-            print(f"  built a history of {built:,} events in-process in {took:.0f} s ({built / took:.0f} events/s)")
-            print(spread("service.handle, first 200 events (in-process)", times[:200]))
-            print(spread(f"service.handle, last 200 events (to {built:,})", times[-200:]))
-            jobs += [*small, big]
-        jobs += [job for jobs_of_a_round in job_sets for job in jobs_of_a_round]
-    with ExitStack() as stack:
-        url = stack.enter_context(serve(backend))
-        if "latency" in parts:
-            small_times, big_times = measure_latency(url, small, big)
-            print(spread(f"serve, job with {SMALL} events", small_times))
-            print(spread(f"serve, job with {built:,} events", big_times))
-            label = f"latency {built:,} / {SMALL} events, {backend.name}"
-            ratios.append(Ratio(label, median(big_times) * 1e3, median(small_times) * 1e3, "ms", 1.25, True, short))
+    jobs = [*small, *(job for jobs_of_a_round in job_sets for job in jobs_of_a_round)]
+    with serve(backend) as url:
         if "throughput" in parts:
-            if backend.uri:
-                raw_db = f"{backend.database}_raw"
-                stack.callback(drop_databases, backend.uri, [raw_db])
-                raw: RawMongo | RawSqlite = RawMongo(backend.uri, raw_db)
-                target = 0.6
-            else:
-                raw, target = RawSqlite(backend.workdir / "raw.sqlite3"), 0.3
-            stack.callback(raw.close)
-            serve_rates, raw_rates = measure_throughput(url, job_sets, raw)
-            rates = ", ".join(f"{r:.0f}" for r in serve_rates)
-            print(f"  serve, {CLIENTS} clients on {CLIENTS} jobs, events/s per burst: {rates}")
-            print(f"  raw {raw.what}, {CLIENTS} threads: {', '.join(f'{r:.0f}' for r in raw_rates)}")
-            label = f"serve {CLIENTS} clients / raw loop, {backend.name}"
-            ratios.append(Ratio(label, median(serve_rates), median(raw_rates), "ev/s", target, False))
-    problems = verify(backend, jobs) if jobs else []
-    accepted = sum(job.accepted for job in jobs)
-    print(f"  checked: {accepted:,} events accepted, {len(problems)} problem(s)")
+            ratios.append(throughput_ratio(backend, url, job_sets))
+        if "latency" in parts:
+            ratio, big = latency_ratio(backend, url, small, history, budget)
+            ratios.append(ratio)
+            jobs.append(big)
+    problems = verify(backend, jobs)
+    print(f"  checked: {sum(job.accepted for job in jobs):,} events accepted, {len(problems)} problem(s)")
     return ratios, problems
 
 
