@@ -2,8 +2,9 @@
 
 Prints figures and a final table of issue 8's acceptance ratios with PASS/MISS;
 asserts nothing about speed (the machine is noisy: the compared runs are
-interleaved and medians are compared). It does fail (exit 1) when an event the
-server accepted was refused, skipped a revision or is missing from its job.
+interleaved and medians are compared). It does fail (exit 1) when an event was
+refused, when an answer skipped a revision, or when a job's stored revision or
+history lacks the last event it accepted.
 
 1. Imports: a fresh interpreter importing the reactor's modules.
 2. On each store (embedded SQLite in a temporary directory, then MongoDB:
@@ -16,11 +17,13 @@ server accepted was refused, skipped a revision or is missing from its job.
    - latency: a history of 10,000 events built in-process through
      ``service.handle`` on the store serve uses (its per-event cost is printed too),
      then sequential ``update`` events over serve on one keep-alive connection,
-     alternating between that job and jobs of 10 events.
+     alternating between that job and jobs of 10 events. The build stops short
+     (and the ratio is a MISS, with a note) after --build-budget seconds, or once
+     its per-event cost has grown 5x: the history-dependent cost is then shown.
 3. Cold `reactor.py`: one event in a fresh process as Abaco runs it, alternating
    with a fresh process that imports pymongo and pings the server.
 
-    .venv/bin/python bench/run.py [--only imports,latency,throughput,cold] [--history N]
+    .venv/bin/python bench/run.py [--only imports,latency,throughput,cold] [--history N] [--build-budget S]
 """
 
 from __future__ import annotations
