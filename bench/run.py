@@ -19,11 +19,12 @@ history lacks the last event it accepted.
      then sequential ``update`` events over serve on one keep-alive connection,
      alternating between that job and jobs of 10 events. The build stops short
      (and the ratio is a MISS, with a note) after --build-budget seconds, or once
-     its per-event cost has grown 5x: the history-dependent cost is then shown.
+     its in-process per-event cost has grown --growth-stop times (5).
 3. Cold `reactor.py`: one event in a fresh process as Abaco runs it, alternating
    with a fresh process that imports pymongo and pings the server.
 
-    .venv/bin/python bench/run.py [--only imports,latency,throughput,cold] [--history N] [--build-budget S]
+    .venv/bin/python bench/run.py [--only imports,latency,throughput,cold]
+                                  [--history N] [--build-budget S] [--growth-stop X]
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ PARTS = ("imports", "latency", "throughput", "cold")
 SMALL = 10  # events of history on the small jobs
 SMALL_JOBS = 20  # the small side rotates over these, so none grows far past SMALL
 CLIENTS = 8
-GROWTH_AFTER, GROWTH = 30.0, 5.0  # stop building a history whose per-event cost grew 5x after 30 s
+GROWTH_AFTER = 30.0  # seconds of building before --growth-stop is looked at
 LATENCY_ROUNDS = 100  # one event to each side per round
 LATENCY_CAP = 30.0  # seconds of latency rounds per store at most (at least MIN_ROUNDS)
 MIN_ROUNDS = 15
@@ -111,13 +112,15 @@ def bench_imports(rounds: int = 10) -> None:
 
 
 # -- 2. one store -----------------------------------------------------------------------------
-def build_history(store: Any, settings: Any, events: int, budget: float) -> tuple[Job, list[float], str]:
+def build_history(
+    store: Any, settings: Any, events: int, budget: float, growth_stop: float
+) -> tuple[Job, list[float], str]:
     """A job with ``events`` events of history through service.handle; returns it, the per-event times, and why
     it stopped short ("" if it did not).
 
     It stops short after ``budget`` seconds, or once GROWTH_AFTER seconds have shown the per-event cost growing
-    with the history (the last 200 events GROWTH times slower than the first 200): then the 10,000 would take many
-    minutes, and the latency at the history reached already answers the question.
+    (the last 200 events ``growth_stop`` times slower than the first 200; 0: never): then the 10,000 would take
+    many minutes, and the growth already answers the question.
     """
     job = new_job(store, settings, 2)
     times: list[float] = []
@@ -129,9 +132,9 @@ def build_history(store: Any, settings: Any, events: int, budget: float) -> tupl
         elapsed = time.monotonic() - start
         if elapsed > budget:
             return job, times, f"stopped at {len(times) + 2:,} of {events:,} events after {budget:.0f} s"
-        if len(times) % 100 == 0 and elapsed > GROWTH_AFTER and len(times) >= 400:
+        if growth_stop and len(times) % 100 == 0 and elapsed > GROWTH_AFTER and len(times) >= 400:
             growth = median(times[-200:]) / median(times[:200])
-            if growth > GROWTH:
+            if growth > growth_stop:
                 return (
                     job,
                     times,
@@ -354,11 +357,11 @@ def per_burst(rates: list[float]) -> str:
     return ", ".join(f"{rate:.0f}" for rate in rates)
 
 
-def latency_ratio(backend: Backend, url: str, small: list[Job], history: int, budget: float) -> tuple[Ratio, Job]:
+def latency_ratio(backend: Backend, url: str, small: list[Job], args: argparse.Namespace) -> tuple[Ratio, Job]:
     """Build the big history in-process (serve waits idle), then time serve on it against the small jobs."""
     with job_store(backend) as store:
         start = time.perf_counter()
-        big, times, short = build_history(store, backend.settings(), history, budget)
+        big, times, short = build_history(store, backend.settings(), args.history, args.build_budget, args.growth_stop)
         took = time.perf_counter() - start
     built = len(times) + 2
     print(f"  built a history of {built:,} events in-process in {took:.0f} s ({built / took:.0f} events/s)")
@@ -371,7 +374,7 @@ def latency_ratio(backend: Backend, url: str, small: list[Job], history: int, bu
     return Ratio(label, median(big_times) * 1e3, median(small_times) * 1e3, "ms", 1.25, True, short), big
 
 
-def bench_store(backend: Backend, parts: set[str], history: int, budget: float) -> tuple[list[Ratio], list[str]]:
+def bench_store(backend: Backend, parts: set[str], args: argparse.Namespace) -> tuple[list[Ratio], list[str]]:
     """Serve on one store: throughput first (on a store without the big history), then latency.
 
     Returns the ratios and the problems found with accepted events.
@@ -389,7 +392,7 @@ def bench_store(backend: Backend, parts: set[str], history: int, budget: float) 
         if "throughput" in parts:
             ratios.append(throughput_ratio(backend, url, job_sets))
         if "latency" in parts:
-            ratio, big = latency_ratio(backend, url, small, history, budget)
+            ratio, big = latency_ratio(backend, url, small, args)
             ratios.append(ratio)
             jobs.append(big)
     problems = verify(backend, jobs)
@@ -456,6 +459,12 @@ def main() -> int:
     parser.add_argument(
         "--build-budget", type=float, default=120.0, help="seconds per store to build that history at most"
     )
+    parser.add_argument(
+        "--growth-stop",
+        type=float,
+        default=5.0,
+        help="stop building once the in-process cost per event grew this many times (0: build it all)",
+    )
     args = parser.parse_args()
     parts = {part.strip() for part in args.only.split(",") if part.strip()}
     if parts - set(PARTS):
@@ -483,7 +492,7 @@ def main() -> int:
             if parts & {"latency", "throughput"}:
                 backends.append(mongo)
         for backend in backends:
-            found, wrong = bench_store(backend, parts, args.history, args.build_budget)
+            found, wrong = bench_store(backend, parts, args)
             ratios += found
             problems += wrong
         if "cold" in parts:
