@@ -23,7 +23,7 @@ lint: install
 demo: install
 	$(BIN)/python -m pipelinejobs.demo
 
-# Issue 8's ratios (serve latency and throughput on both stores, cold reactor.py), ~6 min on 2 cores.
+# Issue 8's ratios (serve latency and throughput on both stores, cold reactor.py): 3-7 min on 2 cores.
 bench: install
 	$(BIN)/python bench/run.py
 

@@ -19,7 +19,7 @@ history lacks the last event it accepted.
      then sequential ``update`` events over serve on one keep-alive connection,
      alternating between that job and jobs of 10 events. The build stops short
      (and the ratio is a MISS, with a note) after --build-budget seconds, or once
-     its in-process per-event cost has grown --growth-stop times (5).
+     its in-process per-event cost has grown --growth-stop times (10).
 3. Cold `reactor.py`: one event in a fresh process as Abaco runs it, alternating
    with a fresh process that imports pymongo and pings the server.
 
@@ -457,12 +457,12 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {', '.join(PARTS)}")
     parser.add_argument("--history", type=int, default=10_000, help="events of history on the big job")
     parser.add_argument(
-        "--build-budget", type=float, default=120.0, help="seconds per store to build that history at most"
+        "--build-budget", type=float, default=300.0, help="seconds per store to build that history at most"
     )
     parser.add_argument(
         "--growth-stop",
         type=float,
-        default=5.0,
+        default=10.0,
         help="stop building once the in-process cost per event grew this many times (0: build it all)",
     )
     args = parser.parse_args()
