@@ -18,8 +18,9 @@ history lacks the last event it accepted.
      ``service.handle`` on the store serve uses (its per-event cost is printed too),
      then sequential ``update`` events over serve on one keep-alive connection,
      alternating between that job and jobs of 10 events. The build stops short
-     (and the ratio is a MISS, with a note) after --build-budget seconds, or once
-     its in-process per-event cost has grown --growth-stop times (10).
+     (and the ratio is a MISS, with a note) after --build-budget seconds (240),
+     or once the big job's events are --growth-stop times (3) as slow in-process
+     as small jobs' events interleaved with them.
 3. Cold `reactor.py`: one event in a fresh process as Abaco runs it, alternating
    with a fresh process that imports pymongo and pings the server.
 
@@ -42,6 +43,7 @@ import time
 import uuid as uuidlib
 from collections.abc import Callable
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,7 @@ SMALL = 10  # events of history on the small jobs
 SMALL_JOBS = 20  # the small side rotates over these, so none grows far past SMALL
 CLIENTS = 8
 GROWTH_AFTER = 30.0  # seconds of building before --growth-stop is looked at
+PROBE_EVERY, PROBE_JOBS, PROBE_WINDOW = 20, 50, 10  # small-job events while building: 1 per 20, on 50 jobs
 LATENCY_ROUNDS = 100  # one event to each side per round
 LATENCY_CAP = 30.0  # seconds of latency rounds per store at most (at least MIN_ROUNDS)
 MIN_ROUNDS = 15
@@ -112,38 +115,57 @@ def bench_imports(rounds: int = 10) -> None:
 
 
 # -- 2. one store -----------------------------------------------------------------------------
-def build_history(
-    store: Any, settings: Any, events: int, budget: float, growth_stop: float
-) -> tuple[Job, list[float], str]:
-    """A job with ``events`` events of history through service.handle; returns it, the per-event times, and why
-    it stopped short ("" if it did not).
+@dataclass
+class Build:
+    """The big job's history, built in-process, and what it cost."""
 
-    It stops short after ``budget`` seconds, or once GROWTH_AFTER seconds have shown the per-event cost growing
-    (the last 200 events ``growth_stop`` times slower than the first 200; 0: never): then the 10,000 would take
-    many minutes, and the growth already answers the question.
+    job: Job
+    times: list[float] = field(default_factory=list)  # seconds per big-job event
+    probe_times: list[float] = field(default_factory=list)  # seconds per event on a small job, interleaved
+    probes: list[Job] = field(default_factory=list)
+    short: str = ""  # why the build stopped before the history asked for, if it did
+
+    @property
+    def events(self) -> int:
+        return len(self.times) + 2  # create and run came first
+
+    def history_cost(self) -> float:
+        """Recent big-job events over recent small-job events: the in-process preview of the latency ratio."""
+        return median(self.times[-PROBE_EVERY * PROBE_WINDOW :]) / median(self.probe_times[-PROBE_WINDOW:])
+
+
+def build_history(store: Any, settings: Any, events: int, budget: float, growth_stop: float) -> Build:
+    """A job with ``events`` events of history through service.handle, and every PROBE_EVERY events one event on
+    a small job (rotating over PROBE_JOBS), so the cost of the job's own history is seen apart from the load
+    of the machine and the size of the whole store.
+
+    The build stops short after ``budget`` seconds, or once GROWTH_AFTER seconds have shown the big job's
+    events ``growth_stop`` times as slow as the small jobs' (0: never): the 10,000 would then take many
+    minutes, and the latency ratio is already answered.
     """
-    job = new_job(store, settings, 2)
-    times: list[float] = []
+    build = Build(new_job(store, settings, 2), probes=[new_job(store, settings, 2) for _ in range(PROBE_JOBS)])
     start = time.monotonic()
-    while len(times) + 2 < events:
+    while build.events < events:
         began = time.perf_counter()
-        job.note(update_in_process(store, settings, job, len(times)))
-        times.append(time.perf_counter() - began)
+        build.job.note(update_in_process(store, settings, build.job, build.events))
+        build.times.append(time.perf_counter() - began)
+        if len(build.times) % PROBE_EVERY == 0:
+            probe = build.probes[len(build.probe_times) % PROBE_JOBS]
+            began = time.perf_counter()
+            probe.note(update_in_process(store, settings, probe, build.events))
+            build.probe_times.append(time.perf_counter() - began)
         elapsed = time.monotonic() - start
         if elapsed > budget:
-            return job, times, f"stopped at {len(times) + 2:,} of {events:,} events after {budget:.0f} s"
-        if growth_stop and len(times) % 100 == 0 and elapsed > GROWTH_AFTER and len(times) >= 400:
-            growth = median(times[-200:]) / median(times[:200])
-            if growth > growth_stop:
-                return (
-                    job,
-                    times,
-                    (
-                        f"stopped at {len(times) + 2:,} of {events:,} events after {elapsed:.0f} s:"
-                        f" the in-process cost per event had grown {growth:.1f}x"
-                    ),
-                )
-    return job, times, ""
+            build.short = f"stopped at {build.events:,} of {events:,} events after {budget:.0f} s"
+            break
+        checked = len(build.times) % 100 == 0 and len(build.probe_times) >= 2 * PROBE_WINDOW
+        if growth_stop and checked and elapsed > GROWTH_AFTER and build.history_cost() > growth_stop:
+            build.short = (
+                f"stopped at {build.events:,} of {events:,} events after {elapsed:.0f} s, its events"
+                f" {build.history_cost():.1f}x as slow as a small job's in-process"
+            )
+            break
+    return build
 
 
 def measure_latency(url: str, small: list[Job], big: Job) -> tuple[list[float], list[float]]:
@@ -357,21 +379,24 @@ def per_burst(rates: list[float]) -> str:
     return ", ".join(f"{rate:.0f}" for rate in rates)
 
 
-def latency_ratio(backend: Backend, url: str, small: list[Job], args: argparse.Namespace) -> tuple[Ratio, Job]:
-    """Build the big history in-process (serve waits idle), then time serve on it against the small jobs."""
+def latency_ratio(backend: Backend, url: str, small: list[Job], args: argparse.Namespace) -> tuple[Ratio, list[Job]]:
+    """Build the big history in-process (serve waits idle), then time serve on it against the small jobs.
+
+    Returns the ratio and the jobs written, for the check."""
     with job_store(backend) as store:
         start = time.perf_counter()
-        big, times, short = build_history(store, backend.settings(), args.history, args.build_budget, args.growth_stop)
+        build = build_history(store, backend.settings(), args.history, args.build_budget, args.growth_stop)
         took = time.perf_counter() - start
-    built = len(times) + 2
-    print(f"  built a history of {built:,} events in-process in {took:.0f} s ({built / took:.0f} events/s)")
-    print(spread("service.handle, first 200 events (in-process)", times[:200]))
-    print(spread(f"service.handle, last 200 events (to {built:,})", times[-200:]))
-    small_times, big_times = measure_latency(url, small, big)
+    print(f"  built a history of {build.events:,} events in-process in {took:.0f} s ({build.events / took:.0f} ev/s)")
+    print(spread("service.handle, first 200 events (in-process)", build.times[:200]))
+    print(spread(f"service.handle, last 200 events (to {build.events:,})", build.times[-200:]))
+    print(spread("service.handle, small jobs meanwhile", build.probe_times))
+    small_times, big_times = measure_latency(url, small, build.job)
     print(spread(f"serve, job with {SMALL} events", small_times))
-    print(spread(f"serve, job with {built:,} events", big_times))
-    label = f"latency {built:,} / {SMALL} events, {backend.name}"
-    return Ratio(label, median(big_times) * 1e3, median(small_times) * 1e3, "ms", 1.25, True, short), big
+    print(spread(f"serve, job with {build.events:,} events", big_times))
+    label = f"latency {build.events:,} / {SMALL} events, {backend.name}"
+    ratio = Ratio(label, median(big_times) * 1e3, median(small_times) * 1e3, "ms", 1.25, True, build.short)
+    return ratio, [build.job, *build.probes]
 
 
 def bench_store(backend: Backend, parts: set[str], args: argparse.Namespace) -> tuple[list[Ratio], list[str]]:
@@ -392,9 +417,9 @@ def bench_store(backend: Backend, parts: set[str], args: argparse.Namespace) -> 
         if "throughput" in parts:
             ratios.append(throughput_ratio(backend, url, job_sets))
         if "latency" in parts:
-            ratio, big = latency_ratio(backend, url, small, args)
+            ratio, built = latency_ratio(backend, url, small, args)
             ratios.append(ratio)
-            jobs.append(big)
+            jobs += built
     problems = verify(backend, jobs)
     print(f"  checked: {sum(job.accepted for job in jobs):,} events accepted, {len(problems)} problem(s)")
     return ratios, problems
@@ -457,13 +482,13 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {', '.join(PARTS)}")
     parser.add_argument("--history", type=int, default=10_000, help="events of history on the big job")
     parser.add_argument(
-        "--build-budget", type=float, default=300.0, help="seconds per store to build that history at most"
+        "--build-budget", type=float, default=240.0, help="seconds per store to build that history at most"
     )
     parser.add_argument(
         "--growth-stop",
         type=float,
-        default=10.0,
-        help="stop building once the in-process cost per event grew this many times (0: build it all)",
+        default=3.0,
+        help="stop building once the big job's events are this many times as slow as a small job's (0: never)",
     )
     args = parser.parse_args()
     parts = {part.strip() for part in args.only.split(",") if part.strip()}
