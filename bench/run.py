@@ -216,16 +216,23 @@ def burst(ops: list[Callable[[int], None]], seconds: float) -> float:
 
 
 class RawMongo:
-    """The MongoDB yardstick: per thread, pymongo ``find_one_and_update`` pushing a history entry onto its job."""
+    """The MongoDB yardstick: per thread, pymongo ``find_one_and_update`` pushing a history entry onto its job.
 
-    what = "pymongo find_one_and_update"
+    It writes with the write concern the job store is configured with (``settings.write_concern`` where the
+    package has one, else the server's default, as the store then does), so the ratio weighs the work serve
+    adds, not a durability the yardstick skips.
+    """
 
-    def __init__(self, uri: str, database: str) -> None:
+    def __init__(self, uri: str, database: str, write_concern: dict[str, Any] | None) -> None:
         import pymongo
+        from pymongo.write_concern import WriteConcern
 
         self.client: pymongo.MongoClient = pymongo.MongoClient(uri, tz_aware=True)
-        self.jobs = self.client[database].jobs
+        concern = WriteConcern(**write_concern) if write_concern else None
+        self.jobs = self.client.get_database(database, write_concern=concern).jobs
         self.jobs.create_index("uuid", unique=True)
+        options = ", ".join(f"{k}={v}" for k, v in (write_concern or {}).items()) or "default write concern"
+        self.what = f"pymongo find_one_and_update ({options})"
 
     def fresh(self) -> list[Callable[[int], None]]:
         """New jobs, one per thread, so every burst starts from an empty history (as serve's side does);
@@ -359,7 +366,7 @@ def throughput_ratio(backend: Backend, url: str, job_sets: list[list[Job]]) -> R
     """Serve, 8 clients on 8 jobs, against this store's raw loop on the same server or directory."""
     if backend.uri:
         raw_db = f"{backend.database}_raw"
-        raw: RawMongo | RawSqlite = RawMongo(backend.uri, raw_db)
+        raw: RawMongo | RawSqlite = RawMongo(backend.uri, raw_db, getattr(backend.settings(), "write_concern", None))
         target = 0.6
     else:
         raw, target = RawSqlite(backend.workdir / "raw.sqlite3"), 0.3
