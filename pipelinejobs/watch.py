@@ -13,6 +13,7 @@ watchdogs never fail a job twice.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -87,10 +88,19 @@ def heartbeat_log_interval(settings: Settings) -> int:
     return settings.positive("deadlines", "heartbeat_log_interval_seconds", DEFAULT_HEARTBEAT_LOG_INTERVAL)
 
 
-def watch_every(settings: Settings) -> int:
-    """Seconds between passes of serve's watchdog; 0 (the default) leaves it off."""
+def watch_every(settings: Settings) -> float:
+    """Seconds between passes of serve's watchdog; 0 (the default) leaves it off.
+
+    A string is accepted so ``_REACTOR_DEADLINES_WATCH_EVERY_SECONDS`` can turn it on.
+    """
     value = settings.section("deadlines").get("watch_every_seconds")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return 0
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return float(value) if ok else 0
 
 
 # -- pure decisions -------------------------------------------------------------------------
@@ -330,6 +340,38 @@ def run_every(
         except PipelineJobsError as exc:
             log.error("watchdog pass failed: %s", exc.message)
         sleep(max(0.0, every - (time.monotonic() - started)))
+
+
+def start_background(
+    store: JobStore, settings: Settings, clock: Callable[[], datetime], every: float
+) -> Callable[[], None]:
+    """serve's watchdog: a daemon thread running a watch and a retention pass every ``every`` seconds.
+
+    Returns the function that stops it (and waits for a pass in progress). A thread, not an
+    asyncio task, because the store's calls block; the store objects are safe across threads.
+    """
+    stopping = threading.Event()
+
+    def one_pass() -> None:
+        now = clock()
+        watch_pass(store, settings, now)
+        retention_pass(store, settings, now)
+
+    thread = threading.Thread(
+        target=run_every,
+        args=(every, one_pass),
+        kwargs={"stop": stopping.is_set, "sleep": stopping.wait},
+        name="pipelinejobs-watchdog",
+        daemon=True,
+    )
+    thread.start()
+    log.info("watchdog started: a pass every %s s", every)
+
+    def stop() -> None:
+        stopping.set()
+        thread.join(timeout=30)
+
+    return stop
 
 
 # -- retention --------------------------------------------------------------------------------
