@@ -144,6 +144,31 @@ def test_a_heartbeat_is_a_sign_of_life_not_a_history_entry(store: JobStore) -> N
     assert store.watch_record(uuid)["last_seen"] == T0 + timedelta(seconds=120)
 
 
+def test_heartbeat_messages_are_classified_in_every_form() -> None:
+    from pipelinejobs.intake import Intake
+    from pipelinejobs.messages import classify
+
+    uuid = "1073f4ff-c2b9-5570-87ad-4a7d33cb9a9c"
+    by_url = classify(Intake(None, "", {"uuid": uuid, "name": "heartbeat", "token": "a" * 16}))
+    assert (by_url.name, by_url.via) == ("heartbeat", "url")
+    body = classify(Intake({"uuid": uuid, "name": "heartbeat", "token": "a" * 16}, "application/json"))
+    assert (body.name, body.via) == ("heartbeat", "message")
+    record = {
+        "id": "6fe3fa6b-2e4a-4f3c-9a1d-1bb0f2d6c1f1-007",
+        "appId": "bbq-brisket-0.5.0",
+        "executionSystem": "hpc-tacc-maverick",
+        "owner": "sd2eadm",
+        "archivePath": "/archive/x",
+        "archiveSystem": "data-sd2e-community",
+        "status": "HEARTBEAT",
+        "inputs": {},
+        "parameters": {},
+        "_links": {"self": {"href": "https://api.sd2e.org/jobs/v2/x"}},
+    }
+    agave = classify(Intake(record, "application/json", {"uuid": uuid, "status": "HEARTBEAT", "token": "a" * 16}))
+    assert (agave.name, agave.via) == ("heartbeat", "agave")
+
+
 def test_heartbeats_by_url_and_from_agave_and_in_a_finished_job(store: JobStore) -> None:
     settings = configured()
     uuid, token = create(store, settings)
@@ -361,3 +386,39 @@ def test_the_embedded_watch_pass_uses_its_indexes(tmp_path: Path) -> None:
             "EXPLAIN QUERY PLAN SELECT uuid FROM jobs WHERE visible = 0 AND updated < 1 ORDER BY updated LIMIT 5"
         ).fetchall()
     assert "watch_due_at" in str(due) and "jobs_state_updated" in str(kept) and "jobs_hidden_updated" in str(hidden)
+
+
+# -- serve's watchdog ------------------------------------------------------------------------
+def test_serve_runs_the_watchdog_when_enabled_and_heartbeats_reach_it(tmp_path: Path) -> None:
+    import time
+
+    import httpx
+
+    from tests.server_fixtures import start_server
+
+    path = tmp_path / "catalog.sqlite3"
+    settings = configured(silent_seconds=None)
+    real_now = datetime.now(timezone.utc)
+    with SqliteJobStore(path) as store:
+        store.ensure_indexes()
+        store.save_pipeline({"uuid": EXAMPLE_PIPELINE_UUID, "id": "p", "components": []})
+        stuck, _ = create(store, settings, 1, now=real_now - timedelta(days=2))  # CREATED for 2 days > 1 day
+        alive, token = create(store, settings, 2, now=real_now)
+    env = {"_REACTOR_STORE_SQLITE_PATH": str(path), "_REACTOR_DEADLINES_WATCH_EVERY_SECONDS": "0.2"}
+    server = next(gen := start_server(tmp_path, "sqlite", env, {"path": path}, token_via_env=True))
+    try:
+        body = {"uuid": alive, "name": "heartbeat", "token": token}
+        params = {"_abaco_synchronous": "true"}
+        response = httpx.post(server.messages_url, params=params, headers=server.auth, json=body)
+        assert response.status_code == 200, response.text
+        assert response.json()["action"] == "heartbeat"
+        deadline = time.monotonic() + 20
+        with SqliteJobStore(path) as store:
+            while store.find_head(stuck)["state"] != "FAILED" and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert store.find_head(stuck)["state"] == "FAILED" and len(fails_of(store, stuck)) == 1
+            assert store.find_head(alive)["state"] == "CREATED"
+            assert store.watch_record(alive)["logged_at"] is not None
+    finally:
+        gen.close()
+    assert "watchdog started" in server.read_log() and token not in server.read_log()
