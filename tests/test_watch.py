@@ -422,3 +422,30 @@ def test_serve_runs_the_watchdog_when_enabled_and_heartbeats_reach_it(tmp_path: 
     finally:
         gen.close()
     assert "watchdog started" in server.read_log() and token not in server.read_log()
+
+
+def test_job_show_prints_the_deadlines_and_watch_lists_what_it_would_fail(tmp_path: Path) -> None:
+    path = tmp_path / "cli.sqlite3"
+    settings = configured()
+    with SqliteJobStore(path) as store:
+        store.save_pipeline({"uuid": EXAMPLE_PIPELINE_UUID, "id": "p", "components": []})
+        uuid, token = create(store, settings, deadlines={"created_seconds": 30})
+        send(store, settings, uuid, token, "heartbeat", T0 + timedelta(seconds=5))
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "_REACTOR_STORE_SQLITE_PATH": str(path)}
+
+    def pj(*args: str) -> str:
+        command = [sys.executable, "-m", "pipelinejobs.cli", *args]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    shown = pj("job", "show", uuid)
+    assert "deadlines created 30s, running 604800s, validating 86400s (own)" in shown
+    assert "last seen 2026-11-28 12:00:05Z" in shown and "due 2026-11-28 12:00:30Z" in shown
+    assert json.loads(pj("job", "show", uuid, "--json"))["watch"]["own"] == {"created_seconds": 30}
+    assert "heartbeat" in pj("job", "history", uuid)
+    dry = pj("watch", "--dry-run", "--at", "2026-11-28T12:01:00Z")
+    assert f"would fail 1\n  {uuid}  CREATED: CREATED without run > 30s" in dry
+    assert json.loads(pj("job", "show", uuid, "--json"))["state"] == "CREATED"
+    assert "failed 1" in pj("watch", "--at", "2026-11-28T12:01:00Z")
+    assert json.loads(pj("job", "show", uuid, "--json"))["state"] == "FAILED"
