@@ -484,13 +484,32 @@ class MongoJobStore:
         self._client.close()
 
     # -- watch: deadlines, heartbeats, retention (issue 10) ----------------------------------
+    # These reads name no index hint: the passes check once per store that the indexes exist
+    # (_require_indexes), and some MongoDB-wire servers (secantusd-py 0.7) scan the collection
+    # when given a hint, which would turn an index range into the full scan it is meant to avoid.
+    _watch_indexes_checked = False
+
+    def _require_indexes(self) -> None:
+        """CONFIGURATION unless the indexes the passes rely on exist (checked once per store object)."""
+        if self._watch_indexes_checked:
+            return
+        wanted = ("watch.uuid_unique", "watch.due_at", "jobs.uuid_unique", "jobs.state_updated", "jobs.hidden_updated")
+        missing = [name for name in self.missing_indexes() if name in wanted]
+        if missing:
+            raise PipelineJobsError(
+                ErrorKind.CONFIGURATION,
+                f"the catalog database has no index {', '.join(missing)}: run `pipelinejobs db init` once",
+                missing_index=missing[0],
+            )
+        self._watch_indexes_checked = True
+
     def watch_head(self, uuid: str) -> Document | None:
-        with self._translate(), self._indexed("jobs.uuid_unique"):
-            return self.jobs.find_one({"uuid": uuid}, _WATCH_HEAD, hint="uuid_unique")
+        with self._translate():
+            return self.jobs.find_one({"uuid": uuid}, _WATCH_HEAD)
 
     def watch_record(self, uuid: str) -> Document | None:
-        with self._translate(), self._indexed("watch.uuid_unique"):
-            return self.watch.find_one({"uuid": uuid}, {"_id": False}, hint="uuid_unique")
+        with self._translate():
+            return self.watch.find_one({"uuid": uuid}, {"_id": False})
 
     def put_watch(self, record: Document) -> bool:
         revision = int(record.get("revision") or 0)
@@ -510,8 +529,9 @@ class MongoJobStore:
             return self.watch.update_one(query, {"$set": dict(changes)}).matched_count == 1
 
     def due_watches(self, now: datetime, *, limit: int) -> list[Document]:
-        with self._translate(), self._indexed("watch.due_at"):
-            cursor = self.watch.find({"due_at": {"$lte": now}}, {"_id": False}, hint="due_at")
+        self._require_indexes()
+        with self._translate():
+            cursor = self.watch.find({"due_at": {"$lte": now}}, {"_id": False})
             return list(cursor.sort("due_at", pymongo.ASCENDING).limit(max(1, limit)))
 
     def forget_watch(self, uuid: str) -> None:
@@ -523,14 +543,15 @@ class MongoJobStore:
     ) -> list[Document]:
         heads: dict[str, Document] = {}
         limit = max(1, limit)
-        with self._translate(), self._indexed("jobs.state_updated"):
+        self._require_indexes()
+        with self._translate():
             for state in states:  # one range of the (state, updated) index each
                 query = {"state": state, "updated": {"$lt": before}}
-                for doc in self.jobs.find(query, _RETENTION_HEAD, hint="state_updated").limit(limit):
+                for doc in self.jobs.find(query, _RETENTION_HEAD).limit(limit):
                     heads[doc["uuid"]] = doc
             if hidden_before is not None:
                 query = {"_visible": False, "updated": {"$lt": hidden_before}}
-                for doc in self.jobs.find(query, _RETENTION_HEAD, hint="hidden_updated").limit(limit):
+                for doc in self.jobs.find(query, _RETENTION_HEAD).limit(limit):
                     heads[doc["uuid"]] = doc
         return list(heads.values())[:limit]
 
