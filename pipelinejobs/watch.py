@@ -313,6 +313,10 @@ def _judge_one(
     if dry_run:
         report.failed.append(entry)
         return
+    latest = store.watch_record(uuid)  # a heartbeat does not move the revision: look once more, just before
+    if latest is not None and latest.get("last_seen") != record.get("last_seen"):
+        report.lost_races += 1
+        return  # judged again on the next pass, from the fresh sign of life
     try:
         fail(store, settings, uuid=uuid, state=state, expected_revision=revision, data=overdue.data(now), now=now)
     except PipelineJobsError as exc:

@@ -449,3 +449,14 @@ def test_job_show_prints_the_deadlines_and_watch_lists_what_it_would_fail(tmp_pa
     assert json.loads(pj("job", "show", uuid, "--json"))["state"] == "CREATED"
     assert "failed 1" in pj("watch", "--at", "2026-11-28T12:01:00Z")
     assert json.loads(pj("job", "show", uuid, "--json"))["state"] == "FAILED"
+
+
+def test_a_heartbeat_after_the_judgement_spares_the_job(store: JobStore) -> None:
+    settings = configured(silent_seconds=60, running_seconds=None)
+    uuid, token = create(store, settings)
+    send(store, settings, uuid, token, "run", T0)
+    record = store.watch_record(uuid)
+    send(store, settings, uuid, token, "heartbeat", T0 + timedelta(seconds=100))  # lands after the record was read
+    report = watch.PassReport()
+    watch._judge_one(store, settings, record, T0 + timedelta(seconds=90), report, False, service.fail_overdue)
+    assert report.failed == [] and report.lost_races == 1 and store.find_head(uuid)["state"] == "RUNNING"
