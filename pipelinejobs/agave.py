@@ -27,6 +27,7 @@ _STATUS_EVENTS: dict[str, str] = {
         "resource",
     ),
     "RUNNING": "run",
+    "HEARTBEAT": "heartbeat",  # a sign of life: recorded as last_seen, never a history entry
     "FINISHED": "finish",
     **dict.fromkeys(("FAILED", "STOPPED", "DELETED", "ARCHIVING_FAILED"), "fail"),
 }
@@ -36,7 +37,7 @@ DROPPED_FIELDS = ("_links", "retries", "localId")
 
 
 def event_for_status(status: str) -> str:
-    """The event an Agave job status stands for; KILLED, HEARTBEAT and unknown ones are updates."""
+    """The event an Agave job status stands for; KILLED and unknown ones are updates."""
     return _STATUS_EVENTS.get(status.strip().upper(), "update")
 
 

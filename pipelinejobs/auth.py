@@ -24,6 +24,8 @@ class Grant(str, enum.Enum):
     JOB = "job"
     ADMIN = "admin"
     LEGACY = "legacy"
+    #: trusted code in this process (the watchdog): granted by the caller, never by a token
+    SYSTEM = "system"
 
 
 def _same(a: str, b: str) -> bool:

@@ -282,7 +282,7 @@ def cmd_job_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def job_text(job: dict[str, Any], *, full: bool = False) -> str:
+def job_text(job: dict[str, Any], *, full: bool = False, watch: dict[str, Any] | None = None) -> str:
     """A job for people; ``full`` shows data whole instead of cut to one line."""
     width = None if full else 60
     visible = "hidden (deleted)" if job.get("_visible") is False else "visible"
@@ -296,6 +296,8 @@ def job_text(job: dict[str, Any], *, full: bool = False) -> str:
     ]
     if job.get("child_of"):
         lines.insert(3, f"  child of  {', '.join(map(str, job['child_of']))}")
+    if watch is not None:
+        lines.append(watch_text(watch))
     history = job.get("history") or []
     lines.append(f"  history ({len(history)} events, oldest first):")
     for entry in history:
@@ -307,12 +309,15 @@ def job_text(job: dict[str, Any], *, full: bool = False) -> str:
 def cmd_job_show(args: argparse.Namespace) -> int:
     from .documents import public_view
 
-    with _open_store(_settings(args)) as store:
+    settings = _settings(args)
+    with _open_store(settings) as store:
         job = store.find_job(args.uuid)
+        watched = _watch_view(store, settings, job) if job is not None else None
         where = store.describe()
     if job is None:
         raise PipelineJobsError(ErrorKind.NOT_FOUND, f"no job with uuid {args.uuid} in the {where}")
-    _emit(args, public_view(job), job_text(job, full=args.full))
+    shown = public_view(job) if watched is None else {**public_view(job), "watch": watched}
+    _emit(args, shown, job_text(job, full=args.full, watch=watched))
     return 0
 
 
@@ -672,6 +677,105 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- watch and retention (issue 10) ----------------------------------------------------------------
+def _watch_view(store: Any, settings: Settings, job: dict[str, Any]) -> dict[str, Any] | None:
+    """A job's deadlines (effective: config, pipeline, its own) and signs of life, for `job show`."""
+    from . import watch
+
+    record = store.watch_record(job["uuid"])
+    if record is None:
+        return None
+    deadlines = watch.effective_deadlines(settings, job.get("pipeline_uuid"), record.get("deadlines"))
+    keys = ("since", "last_seen", "due_at")
+    return {"deadlines": deadlines, "own": record.get("deadlines"), **{k: record.get(k) for k in keys}}
+
+
+def watch_text(view: dict[str, Any]) -> str:
+    limits = ", ".join(
+        f"{name.removesuffix('_seconds')} {value}s" for name, value in view["deadlines"].items() if value
+    )
+    return (
+        f"  deadlines {limits or 'none'}{' (own)' if view.get('own') else ''}\n"
+        f"  watch     in state since {_when(view.get('since'))}  last seen {_when(view.get('last_seen'))}"
+        f"  due {_when(view.get('due_at'))}"
+    )
+
+
+def _at(args: argparse.Namespace) -> datetime:
+    """The clock of a pass: now, or ``--at`` (an ISO time) to see what a pass would do then."""
+    if not args.at:
+        return datetime.now(timezone.utc)
+    try:
+        moment = datetime.fromisoformat(args.at.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise PipelineJobsError(
+            ErrorKind.BAD_MESSAGE, "--at must be an ISO 8601 time, e.g. 2026-11-28T12:00:00Z"
+        ) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def _watch_once(args: argparse.Namespace, settings: Settings) -> None:
+    from . import watch
+
+    with _open_store(settings) as store:
+        report = watch.watch_pass(store, settings, _at(args), dry_run=args.dry_run)
+        retained = None if args.dry_run or args.no_retention else watch.retention_pass(store, settings, _at(args))
+    data = report.as_dict()
+    if retained is not None:
+        data["retention"] = retained.as_dict()
+    verb = "would fail" if args.dry_run else "failed"
+    lines = [f"judged {report.judged} due job(s); {verb} {len(report.failed)}"]
+    lines += [
+        f"  {f['uuid']}  {f['state']}: {f['meaning']} > {f['seconds']}s (last seen {f['last_seen']})"
+        for f in report.failed
+    ]
+    if report.lost_races:
+        lines.append(f"  {report.lost_races} changed after being judged (a real event won); not failed")
+    if retained is not None and (retained.purged or retained.tombstones_expired):
+        lines.append(f"retention: purged {len(retained.purged)}, tombstones expired {retained.tombstones_expired}")
+    _emit(args, data, "\n".join(lines))
+    sys.stdout.flush()
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """One watchdog pass (for cron or a scheduled actor), or one every N seconds with ``--every``."""
+    from . import watch
+
+    settings = _settings(args)
+    if not args.every:
+        _watch_once(args, settings)
+        return 0
+    watch.run_every(args.every, lambda: _watch_once(args, settings))
+    return 0
+
+
+def cmd_retention(args: argparse.Namespace) -> int:
+    """Purge jobs past retention (with their log, leaving tombstones); ``--dry-run`` only counts."""
+    from . import watch
+
+    settings = _settings(args)
+    with _open_store(settings) as store:
+        report = watch.retention_pass(store, settings, _at(args), dry_run=args.dry_run)
+    verb = "would purge" if args.dry_run else "purged"
+    expired = "tombstones expiring" if args.dry_run else "tombstones expired"
+    human = f"{verb} {len(report.purged)} job(s); {expired}: {report.tombstones_expired}"
+    if report.changed:
+        human += f"; {report.changed} changed meanwhile and were kept"
+    _emit(args, report.as_dict(), "\n".join([human, *(f"  {uuid}" for uuid in report.purged)]))
+    return 0
+
+
+def _add_watch_commands(commands: Any, leaf: Callable[..., Any]) -> None:
+    sub = leaf(commands, "watch", cmd_watch, "fail jobs past their deadlines (one pass; --every N to loop)")
+    sub.add_argument("--every", type=float, default=0, help="run a pass every N seconds until interrupted")
+    sub.add_argument("--dry-run", action="store_true", help="list what would be failed; change nothing")
+    sub.add_argument("--no-retention", action="store_true", help="do not run the retention pass after it")
+    sub.add_argument("--at", help="judge as of this ISO time instead of now (e.g. with --dry-run)")
+    sub = leaf(commands, "retention", cmd_retention, "purge finished and hidden jobs past their retention")
+    sub.add_argument("--dry-run", action="store_true", help="count what would be purged; change nothing")
+    sub.add_argument("--at", help="judge as of this ISO time instead of now")
+
+
 # -- parser ---------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
@@ -772,6 +876,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--api-server", help="base URL for _links and _abaco_api_server (default: the request's)")
     sub.add_argument("--tls-cert", help="PEM certificate (chain) to serve HTTPS with (default: serve.tls_cert)")
     sub.add_argument("--tls-key", help="PEM private key of --tls-cert (default: serve.tls_key)")
+    _add_watch_commands(commands, leaf)
     return parser
 
 

@@ -66,6 +66,7 @@ class CreateMessage:
     archive_system: str | None = None
     session: str | None = None
     child_of: tuple[str, ...] = ()
+    deadlines: Any = None  # __options.deadlines: this job's own deadlines (checked by watch.check_deadlines)
 
 
 Message = EventMessage | DeleteMessage | CreateMessage
@@ -315,6 +316,7 @@ def _from_body(kind: str, body: dict[str, Any], params: dict[str, str]) -> Messa
         archive_system=body.get("archive_system"),
         session=body.get("session"),
         child_of=tuple(body.get("child_of") or ()),
+        deadlines=(body.get("__options") or {}).get("deadlines"),
     )
 
 

@@ -32,6 +32,7 @@ from pymongo.write_concern import WriteConcern
 from ..errors import ErrorKind, PipelineJobsError
 from ..logs import get_logger
 from .base import (
+    ANY_LOGGED,
     DEFAULT_HISTORY_WINDOW,
     DEFAULT_INLINE_DATA_BYTES,
     HEAD_FIELDS,
@@ -69,6 +70,18 @@ INDEXES: dict[str, tuple[str, list[tuple[str, int]], dict[str, Any]]] = {
         [("uuid", 1), ("event_id", 1)],
         {"unique": True, "partialFilterExpression": {"event_id": {"$exists": True}}},
     ),
+    # -- watch: deadlines, heartbeats, retention (issue 10) --
+    "watch.uuid_unique": ("watch", [("uuid", 1)], {"unique": True}),
+    "watch.due_at": ("watch", [("due_at", 1)], {}),
+    "jobs.state_updated": ("jobs", [("state", 1), ("updated", 1)], {}),
+    "jobs.hidden_updated": ("jobs", [("updated", 1)], {"partialFilterExpression": {"_visible": False}}),
+    # purge tombstones carry expires_at; MongoDB's TTL monitor removes them then (other records lack the field)
+    "updates.expires_at_ttl": ("updates", [("expires_at", 1)], {"expireAfterSeconds": 0}),
+}
+_WATCH_HEAD = {**_HEAD_PROJECTION, "pipeline_uuid": True, "updated": True}
+_RETENTION_HEAD = {
+    "_id": False,
+    **dict.fromkeys(("uuid", "state", "pipeline_uuid", "updated", "_visible", "_properties", "_admin"), True),
 }
 _KNOWN_LOGGED = 10000  # job uuids remembered as having a log (a bounded LRU)
 
@@ -175,6 +188,7 @@ class MongoJobStore:
         self.pipelines = self.database["pipelines"]
         self.updates = self.database["updates"]
         self.events = self.database["events"]
+        self.watch = self.database["watch"]  # deadlines and heartbeats, apart from the datacatalog documents
         self.history_window = max(history_window, 1)
         self.inline_data_bytes = inline_data_bytes
         self._transactions: bool | None = None  # learnt on first use
@@ -468,3 +482,108 @@ class MongoJobStore:
 
     def close(self) -> None:
         self._client.close()
+
+    # -- watch: deadlines, heartbeats, retention (issue 10) ----------------------------------
+    # These reads name no index hint: the passes check once per store that the indexes exist
+    # (_require_indexes), and some MongoDB-wire servers (secantusd-py 0.7) scan the collection
+    # when given a hint, which would turn an index range into the full scan it is meant to avoid.
+    _watch_indexes_checked = False
+
+    def _require_indexes(self) -> None:
+        """CONFIGURATION unless the indexes the passes rely on exist (checked once per store object)."""
+        if self._watch_indexes_checked:
+            return
+        wanted = ("watch.uuid_unique", "watch.due_at", "jobs.uuid_unique", "jobs.state_updated", "jobs.hidden_updated")
+        missing = [name for name in self.missing_indexes() if name in wanted]
+        if missing:
+            raise PipelineJobsError(
+                ErrorKind.CONFIGURATION,
+                f"the catalog database has no index {', '.join(missing)}: run `pipelinejobs db init` once",
+                missing_index=missing[0],
+            )
+        self._watch_indexes_checked = True
+
+    def watch_head(self, uuid: str) -> Document | None:
+        with self._translate():
+            return self.jobs.find_one({"uuid": uuid}, _WATCH_HEAD)
+
+    def watch_record(self, uuid: str) -> Document | None:
+        with self._translate():
+            return self.watch.find_one({"uuid": uuid}, {"_id": False})
+
+    def put_watch(self, record: Document) -> bool:
+        revision = int(record.get("revision") or 0)
+        with self._translate():
+            try:  # the unique uuid index turns "a newer record exists" into a duplicate key: not written
+                older = {"uuid": record["uuid"], "revision": {"$lt": revision}}
+                written = self.watch.update_one(older, {"$set": dict(record)}, upsert=True)
+            except DuplicateKeyError:
+                return False
+        return written.matched_count == 1 or written.upserted_id is not None
+
+    def touch_watch(self, uuid: str, *, revision: int, changes: Document, logged_at: Any = ANY_LOGGED) -> bool:
+        query: dict[str, Any] = {"uuid": uuid, "revision": revision}
+        if logged_at is not ANY_LOGGED:
+            query["logged_at"] = logged_at
+        with self._translate():
+            return self.watch.update_one(query, {"$set": dict(changes)}).matched_count == 1
+
+    def due_watches(self, now: datetime, *, limit: int) -> list[Document]:
+        self._require_indexes()
+        with self._translate():
+            cursor = self.watch.find({"due_at": {"$lte": now}}, {"_id": False})
+            return list(cursor.sort("due_at", pymongo.ASCENDING).limit(max(1, limit)))
+
+    def forget_watch(self, uuid: str) -> None:
+        with self._translate():
+            self.watch.delete_one({"uuid": uuid})
+
+    def retention_candidates(
+        self, *, states: list[str], before: datetime, hidden_before: datetime | None, limit: int
+    ) -> list[Document]:
+        heads: dict[str, Document] = {}
+        limit = max(1, limit)
+        self._require_indexes()
+        with self._translate():
+            for state in states:  # one range of the (state, updated) index each
+                query = {"state": state, "updated": {"$lt": before}}
+                for doc in self.jobs.find(query, _RETENTION_HEAD).limit(limit):
+                    heads[doc["uuid"]] = doc
+            if hidden_before is not None:
+                query = {"_visible": False, "updated": {"$lt": hidden_before}}
+                for doc in self.jobs.find(query, _RETENTION_HEAD).limit(limit):
+                    heads[doc["uuid"]] = doc
+        return list(heads.values())[:limit]
+
+    def purge_job(self, uuid: str, *, expected_revision: int, tombstone: Document) -> bool:
+        at = {"$in": [0, None]} if expected_revision == 0 else expected_revision
+        precondition = {"uuid": uuid, "_properties.revision": at}
+
+        def work(session: Any) -> bool:
+            written = self.updates.insert_one(dict(tombstone), session=session)
+            if self.jobs.delete_one(precondition, session=session).deleted_count != 1:
+                if session is not None:
+                    raise _Abort()
+                self.updates.delete_one({"_id": written.inserted_id})  # no transactions: undo by hand
+                return False
+            # after the job: a purge cut short leaves log records of a job that is gone, which the
+            # tombstone names; it never leaves a job without its log
+            self.events.delete_many({"uuid": uuid}, session=session)
+            self.watch.delete_one({"uuid": uuid}, session=session)
+            return True
+
+        try:
+            purged = self._atomically(work)
+        except _Abort:
+            return False
+        if purged:
+            self._logged.pop(uuid, None)
+        return purged
+
+    def expire_tombstones(self, now: datetime, *, dry_run: bool = False) -> int:
+        """The TTL index removes expired tombstones within a minute; the pass does the same so counts are exact."""
+        query = {"action": "purge", "expires_at": {"$lte": now}}
+        with self._translate():
+            if dry_run:
+                return self.updates.count_documents(query)
+            return self.updates.delete_many(query).deleted_count
