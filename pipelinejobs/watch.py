@@ -187,6 +187,7 @@ def new_record(
         "last_seen": last_seen,
         "due_at": due_at(state, since, last_seen, deadlines),
         "deadlines": dict(own) if own else None,
+        "effective": deadlines,  # what a later transition's due_at is computed from, in one write
         "logged_at": logged_at,
     }
 
@@ -202,28 +203,25 @@ def _revision(head: Document) -> int:
     return revision if isinstance(revision, int) and not isinstance(revision, bool) else 0
 
 
+#: The deadlines that count from the moment a job enters each state (its last sign of life is that moment too).
+ENTRY_DEADLINES: dict[str, tuple[str, ...]] = {
+    fsm.State.CREATED.value: ("created_seconds",),
+    fsm.State.RUNNING.value: ("silent_seconds", "running_seconds"),
+    fsm.State.VALIDATING.value: ("validating_seconds",),
+    fsm.State.INDEXING.value: ("validating_seconds",),
+}
+
+
 def note_transition(store: JobStore, settings: Settings, uuid: str, state: str, revision: int, now: datetime) -> None:
     """Record that a job entered ``state`` at ``now`` (called after an applied state change).
 
-    Best effort: the event is already applied, so a failure here is logged, not raised; a
-    watch record that missed a transition is put right by the next pass that judges it.
+    One write, no read: the record's ``effective`` deadlines (resolved when it was made) give the
+    new ``due_at``, so a state change costs the event path a single extra command. Best effort: the
+    event is already applied, so a failure here is logged, not raised; a watch record that missed a
+    transition is put right by the next pass that judges it.
     """
     try:
-        old = store.watch_record(uuid)
-        if old is None:
-            return  # a job from before deadlines existed (or from python-datacatalog): not watched
-        record = new_record(
-            uuid=uuid,
-            pipeline_uuid=old.get("pipeline_uuid"),
-            state=state,
-            revision=revision,
-            since=now,
-            last_seen=now,
-            own=old.get("deadlines"),
-            settings=settings,
-            logged_at=old.get("logged_at"),
-        )
-        store.put_watch(record)
+        store.enter_state(uuid, state=state, revision=revision, now=now, deadlines=ENTRY_DEADLINES.get(state, ()))
     except PipelineJobsError as exc:
         log.warning("job %s: its watch record was not updated (%s); the watchdog will correct it", uuid, exc.kind.value)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -141,7 +141,7 @@ def test_an_event_costs_three_commands_and_reads_no_whole_document(
     """The hot path as serve runs it (one store, warm): head read, log insert, conditional update."""
     from pymongo import monitoring
 
-    from pipelinejobs import service
+    from pipelinejobs import service, watch
     from pipelinejobs.messages import EventMessage
     from pipelinejobs.settings import load_settings
     from tests.conftest import ROOT
@@ -174,3 +174,26 @@ def test_an_event_costs_three_commands_and_reads_no_whole_document(
             assert [c["name"] for c in listener.seen] == ["find", "insert", "update"], listener.seen
         head_read = listener.seen[0]["command"]
         assert "history" not in head_read["projection"] and "data" not in head_read["projection"]
+        # a job with deadlines (issue 10) also has a watch record: a state change moves it in one more write
+        store.put_watch(
+            watch.new_record(
+                uuid=UUID,
+                pipeline_uuid=None,
+                state="CREATED",
+                revision=3,
+                since=NOW,
+                last_seen=NOW,
+                own=None,
+                settings=settings,
+            )
+        )
+        listener.seen.clear()
+        outcome = service.handle(EventMessage(UUID, "run", token), store=store, settings=settings, now=NOW)
+        assert outcome["state"] == "RUNNING"
+        assert [c["name"] for c in listener.seen] == ["find", "insert", "update", "update"], listener.seen
+        moved = store.watch_record(UUID)
+        assert moved is not None and moved["state"] == "RUNNING" and moved["revision"] == 4
+        expected = min(
+            v for v in (settings.section("deadlines").get(k) for k in ("silent_seconds", "running_seconds")) if v
+        )
+        assert moved["due_at"] == NOW + timedelta(seconds=expected)

@@ -231,6 +231,13 @@ class JobStore(Protocol):
     def put_watch(self, record: Document) -> bool:
         """Insert or replace the record unless the stored one has a newer ``revision``; True if written."""
 
+    def enter_state(self, uuid: str, *, state: str, revision: int, now: datetime, deadlines: tuple[str, ...]) -> bool:
+        """Move an existing, older watch record to ``state`` entered at ``now``, in one write.
+
+        ``due_at`` becomes ``now`` plus the smallest of the record's ``effective`` deadlines named
+        in ``deadlines`` (None when none applies). False when there is no record or a newer one.
+        """
+
     def touch_watch(self, uuid: str, *, revision: int, changes: Document, logged_at: Any = ANY_LOGGED) -> bool:
         """Set ``changes`` on the record if it is still at ``revision`` (and, when given, still has
         ``logged_at``): the compare-and-set heartbeats and the watchdog's rescheduling use."""

@@ -83,6 +83,8 @@ _RETENTION_HEAD = {
     "_id": False,
     **dict.fromkeys(("uuid", "state", "pipeline_uuid", "updated", "_visible", "_properties", "_admin"), True),
 }
+#: what the event path relies on: the job lookup and the log's two unique keys
+_EVENT_INDEXES = ("jobs.uuid_unique", "events.uuid_seq_unique", "events.uuid_event_id_unique")
 _KNOWN_LOGGED = 10000  # job uuids remembered as having a log (a bounded LRU)
 
 
@@ -117,20 +119,6 @@ def translate_errors(where: str = "MongoDB") -> Iterator[None]:
         raise PipelineJobsError(
             ErrorKind.STORAGE_UNAVAILABLE, f"{where} error ({type(exc).__name__}); nothing was changed"
         ) from exc
-
-
-@contextlib.contextmanager
-def _missing_index_is_configuration(index: str) -> Iterator[None]:
-    try:
-        yield
-    except OperationFailure as exc:
-        if exc.code == 2 and "hint" in str(exc):
-            raise PipelineJobsError(
-                ErrorKind.CONFIGURATION,
-                f"the catalog database has no index {index}: run `pipelinejobs db init` once; nothing was changed",
-                missing_index=index,
-            ) from exc
-        raise
 
 
 def _retry_once(write: Callable[[], T]) -> T:
@@ -193,6 +181,7 @@ class MongoJobStore:
         self.inline_data_bytes = inline_data_bytes
         self._transactions: bool | None = None  # learnt on first use
         self._logged: OrderedDict[str, None] = OrderedDict()
+        self._indexes_ok: set[str] = set()  # required indexes seen to exist (see _require_indexes)
 
     def __enter__(self) -> MongoJobStore:
         return self
@@ -292,6 +281,7 @@ class MongoJobStore:
                 by_collection.setdefault(collection, []).append(index)
             for collection, models in by_collection.items():
                 self.database[collection].create_indexes(models)
+        self._indexes_ok.update(INDEXES)
 
     def missing_indexes(self) -> list[str]:
         with self._translate():
@@ -302,13 +292,35 @@ class MongoJobStore:
             name for name, (collection, _, _) in INDEXES.items() if name.split(".", 1)[1] not in present[collection]
         ]
 
-    def _indexed(self, index: str) -> contextlib.AbstractContextManager[None]:
-        """Report a missing index as what it is (run `pipelinejobs db init`) rather than run slow and unsafe."""
-        return _missing_index_is_configuration(index)
+    def _require_indexes(self, *names: str) -> None:
+        """CONFIGURATION unless the named indexes exist: a catalog `pipelinejobs db init` never prepared is
+        reported as that, rather than run unindexed and without the log's unique keys.
+
+        Checked once per store object (a round trip per collection), not with index hints on every read:
+        some MongoDB-wire servers (secantusd-py 0.7) scan the whole collection when a query names a hint.
+        """
+        unchecked = [name for name in names if name not in self._indexes_ok]
+        if not unchecked:
+            return
+        with self._translate():
+            present = {
+                collection: set(self.database[collection].index_information())
+                for collection in {INDEXES[name][0] for name in unchecked}
+            }
+        missing = [name for name in unchecked if name.split(".", 1)[1] not in present[INDEXES[name][0]]]
+        if missing:
+            raise PipelineJobsError(
+                ErrorKind.CONFIGURATION,
+                f"the catalog database has no index {', '.join(missing)}: run `pipelinejobs db init` once;"
+                " nothing was changed",
+                missing_index=missing[0],
+            )
+        self._indexes_ok.update(unchecked)
 
     def find_pipeline(self, uuid: str) -> Document | None:
-        with self._translate(), self._indexed("pipelines.uuid_unique"):
-            return self.pipelines.find_one({"uuid": uuid}, {"_id": False}, hint="uuid_unique")
+        self._require_indexes("pipelines.uuid_unique")
+        with self._translate():
+            return self.pipelines.find_one({"uuid": uuid}, {"_id": False})
 
     def save_pipeline(self, pipeline: Document) -> tuple[Document, bool]:
         with self._translate():
@@ -326,12 +338,14 @@ class MongoJobStore:
             return list(self.pipelines.find({}, {"_id": False}).sort("id", pymongo.ASCENDING))
 
     def find_head(self, uuid: str) -> Document | None:
-        with self._translate(), self._indexed("jobs.uuid_unique"):
-            return self.jobs.find_one({"uuid": uuid}, _HEAD_PROJECTION, hint="uuid_unique")
+        self._require_indexes(*_EVENT_INDEXES)
+        with self._translate():
+            return self.jobs.find_one({"uuid": uuid}, _HEAD_PROJECTION)
 
     def find_job(self, uuid: str) -> Document | None:
-        with self._translate(), self._indexed("jobs.uuid_unique"):
-            return self.jobs.find_one({"uuid": uuid}, {"_id": False}, hint="uuid_unique")
+        self._require_indexes("jobs.uuid_unique")
+        with self._translate():
+            return self.jobs.find_one({"uuid": uuid}, {"_id": False})
 
     def list_jobs(
         self,
@@ -484,24 +498,14 @@ class MongoJobStore:
         self._client.close()
 
     # -- watch: deadlines, heartbeats, retention (issue 10) ----------------------------------
-    # These reads name no index hint: the passes check once per store that the indexes exist
-    # (_require_indexes), and some MongoDB-wire servers (secantusd-py 0.7) scan the collection
-    # when given a hint, which would turn an index range into the full scan it is meant to avoid.
-    _watch_indexes_checked = False
-
-    def _require_indexes(self) -> None:
-        """CONFIGURATION unless the indexes the passes rely on exist (checked once per store object)."""
-        if self._watch_indexes_checked:
-            return
-        wanted = ("watch.uuid_unique", "watch.due_at", "jobs.uuid_unique", "jobs.state_updated", "jobs.hidden_updated")
-        missing = [name for name in self.missing_indexes() if name in wanted]
-        if missing:
-            raise PipelineJobsError(
-                ErrorKind.CONFIGURATION,
-                f"the catalog database has no index {', '.join(missing)}: run `pipelinejobs db init` once",
-                missing_index=missing[0],
-            )
-        self._watch_indexes_checked = True
+    # These reads name no index hint (see _require_indexes): the passes check once per store object.
+    _WATCH_INDEXES = (
+        "watch.uuid_unique",
+        "watch.due_at",
+        "jobs.uuid_unique",
+        "jobs.state_updated",
+        "jobs.hidden_updated",
+    )
 
     def watch_head(self, uuid: str) -> Document | None:
         with self._translate():
@@ -521,6 +525,17 @@ class MongoJobStore:
                 return False
         return written.matched_count == 1 or written.upserted_id is not None
 
+    def enter_state(self, uuid: str, *, state: str, revision: int, now: datetime, deadlines: tuple[str, ...]) -> bool:
+        # one pipeline update: due_at = now + the smallest of the record's effective deadlines that apply
+        due: Any = None
+        if deadlines:
+            smallest = {"$min": [f"$effective.{name}" for name in deadlines]}
+            due = {"$add": [now, {"$multiply": [smallest, 1000]}]}
+        changes = {"state": state, "revision": revision, "since": now, "last_seen": now, "due_at": due}
+        with self._translate():
+            written = self.watch.update_one({"uuid": uuid, "revision": {"$lt": revision}}, [{"$set": changes}])
+        return written.matched_count == 1
+
     def touch_watch(self, uuid: str, *, revision: int, changes: Document, logged_at: Any = ANY_LOGGED) -> bool:
         query: dict[str, Any] = {"uuid": uuid, "revision": revision}
         if logged_at is not ANY_LOGGED:
@@ -529,7 +544,7 @@ class MongoJobStore:
             return self.watch.update_one(query, {"$set": dict(changes)}).matched_count == 1
 
     def due_watches(self, now: datetime, *, limit: int) -> list[Document]:
-        self._require_indexes()
+        self._require_indexes(*self._WATCH_INDEXES)
         with self._translate():
             cursor = self.watch.find({"due_at": {"$lte": now}}, {"_id": False})
             return list(cursor.sort("due_at", pymongo.ASCENDING).limit(max(1, limit)))
@@ -543,7 +558,7 @@ class MongoJobStore:
     ) -> list[Document]:
         heads: dict[str, Document] = {}
         limit = max(1, limit)
-        self._require_indexes()
+        self._require_indexes(*self._WATCH_INDEXES)
         with self._translate():
             for state in states:  # one range of the (state, updated) index each
                 query = {"state": state, "updated": {"$lt": before}}

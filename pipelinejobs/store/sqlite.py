@@ -18,7 +18,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -591,6 +591,22 @@ class SqliteJobStore:
                 self._watch_row(record),
             ).rowcount
         return changed == 1
+
+    def enter_state(self, uuid: str, *, state: str, revision: int, now: datetime, deadlines: tuple[str, ...]) -> bool:
+        with self._transaction() as conn:
+            row = conn.execute("SELECT revision, doc FROM watch WHERE uuid = ?", (uuid,)).fetchone()
+            if row is None or row[0] >= revision:
+                return False
+            record = loads_document(row[1])
+            effective = record.get("effective") or {}
+            seconds = [effective[name] for name in deadlines if isinstance(effective.get(name), int)]
+            due = now + timedelta(seconds=min(seconds)) if seconds else None
+            record.update(state=state, revision=revision, since=now, last_seen=now, due_at=due)
+            conn.execute(
+                "UPDATE watch SET revision = ?, due_at = ?, doc = ? WHERE uuid = ?",
+                (revision, _timestamp(due), dumps_document(record), uuid),
+            )
+            return True
 
     def touch_watch(self, uuid: str, *, revision: int, changes: Document, logged_at: Any = ANY_LOGGED) -> bool:
         with self._transaction() as conn:
