@@ -399,6 +399,10 @@ def cmd_db_init(args: argparse.Namespace) -> int:
         finally:
             registry.close()
         missing = store.missing_indexes()
+        if not missing:
+            copied = store.log_unlogged_jobs()
+            if copied:
+                log.warning("%d job(s) of an earlier version now have their history in the event log", copied)
         where = store.describe()
     if missing:
         raise PipelineJobsError(ErrorKind.STORAGE_UNAVAILABLE, f"{where}: still missing {', '.join(missing)}")

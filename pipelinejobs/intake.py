@@ -13,7 +13,6 @@ and no ``ast`` in its worker threads. Other values still go through MSG.
 
 from __future__ import annotations
 
-import ast
 import json
 import threading
 from collections.abc import Mapping
@@ -101,6 +100,15 @@ def parse_message(raw: str | None, content_type: str, max_bytes: int, *, parsed:
     text = raw.strip()
     if not text:
         return None
+    # JSON first: a Python repr with True/None/single quotes/\x escapes is never valid JSON, and where both
+    # read a text, JSON's reading is the right one (it joins surrogate pairs, as a repr never needs);
+    # so the SDK's literal_eval-then-JSON order gives the same dicts, and `ast` is loaded only for reprs.
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        pass
+    import ast  # only Abaco's repr of a JSON message needs it
+
     try:
         with _AST_LOCK:
             value = ast.literal_eval(text)
@@ -108,13 +116,10 @@ def parse_message(raw: str | None, content_type: str, max_bytes: int, *, parsed:
             return to_plain_json(value)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
         pass
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        if nesting_depth(text) > MAX_DEPTH:  # e.g. Abaco's repr of a deep message, beyond literal_eval
-            why = f"the message nests objects and arrays deeper than the limit of {MAX_DEPTH} levels"
-            raise PipelineJobsError(ErrorKind.BAD_MESSAGE, why) from None
-        return raw  # plain text; classification will say why it fits no schema
+    if nesting_depth(text) > MAX_DEPTH:  # e.g. Abaco's repr of a deep message, beyond literal_eval
+        why = f"the message nests objects and arrays deeper than the limit of {MAX_DEPTH} levels"
+        raise PipelineJobsError(ErrorKind.BAD_MESSAGE, why)
+    return raw  # plain text; classification will say why it fits no schema
 
 
 def from_env(env: Mapping[str, str], max_bytes: int, *, parsed: dict[str, Any] | None = None) -> Intake:

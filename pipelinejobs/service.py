@@ -151,7 +151,8 @@ def apply_event(message: EventMessage, *, store: JobStore, settings: Settings, n
             event_id=event_id,
             digest=digest,
         )
-        result = store.append_event(record, expected_revision=revision)
+        source = (head.get("_properties") or {}).get("source")
+        result = store.append_event(record, expected_revision=revision, job_source=source)
         if result.status is Append.APPLIED:
             log.info(
                 "job %s: %s -> %s by '%s' (%s, via %s)",

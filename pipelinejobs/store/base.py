@@ -188,12 +188,20 @@ class JobStore(Protocol):
     def insert_job(self, job: Document, audit: Document) -> tuple[Document, bool]:
         """Insert ``job`` (and log its ``create``) unless its uuid exists; returns (stored, created)."""
 
-    def append_event(self, record: EventRecord, *, expected_revision: int) -> AppendResult:
+    def append_event(
+        self, record: EventRecord, *, expected_revision: int, job_source: str | None = None
+    ) -> AppendResult:
         """Log ``record`` (seq = expected_revision + 1) and apply it to the job, or say why not.
+
+        ``job_source`` is the job's ``_properties.source`` from its head: a job this manager created
+        has had a log from its start, so the store need not look for history to copy into it.
 
         Applying sets ``state``, ``last_event``, ``updated``, ``_properties.modified_date`` and
         ``_properties.revision`` = ``record.seq``, and appends the history entry to the window.
         """
+
+    def log_unlogged_jobs(self) -> int:
+        """Copy into the log the history of jobs created before there was one (`db init`); how many."""
 
     def record_stale(self, record: EventRecord) -> AppendResult:
         """Log a stale record (the job is not changed); REPLAYED if its delivery id is known."""

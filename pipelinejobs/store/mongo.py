@@ -29,6 +29,7 @@ from pymongo.errors import (
 )
 from pymongo.write_concern import WriteConcern
 
+from ..documents import RECORD_SOURCE
 from ..errors import ErrorKind, PipelineJobsError
 from ..logs import get_logger
 from .base import (
@@ -83,8 +84,8 @@ _RETENTION_HEAD = {
     "_id": False,
     **dict.fromkeys(("uuid", "state", "pipeline_uuid", "updated", "_visible", "_properties", "_admin"), True),
 }
-#: what the event path relies on: the job lookup and the log's two unique keys
-_EVENT_INDEXES = ("jobs.uuid_unique", "events.uuid_seq_unique", "events.uuid_event_id_unique")
+#: what the event path relies on: the log's two unique keys (one listIndexes; `db init` makes all at once)
+_EVENT_INDEXES = ("events.uuid_seq_unique", "events.uuid_event_id_unique")
 _KNOWN_LOGGED = 10000  # job uuids remembered as having a log (a bounded LRU)
 
 
@@ -245,7 +246,7 @@ class MongoJobStore:
         while len(self._logged) > _KNOWN_LOGGED:
             self._logged.popitem(last=False)
 
-    def _ensure_logged(self, uuid: str) -> None:
+    def _ensure_logged(self, uuid: str, source: Any = None) -> None:
         """Before the first logged event of a job written by python-datacatalog, copy its history to the log.
 
         The document's window will drop old entries; those must be in the log first. Jobs
@@ -254,6 +255,8 @@ class MongoJobStore:
         """
         if uuid in self._logged:
             self._logged.move_to_end(uuid)
+            return
+        if source == RECORD_SOURCE:  # created with a log (jobs of earlier versions: `db init` logs them)
             return
         if self.events.find_one({"uuid": uuid}, {"_id": True}) is None:
             doc = self.jobs.find_one({"uuid": uuid}, {"_id": False, "history": True})
@@ -386,10 +389,12 @@ class MongoJobStore:
         self._remember_logged(job["uuid"])
         return job, True
 
-    def append_event(self, record: EventRecord, *, expected_revision: int) -> AppendResult:
+    def append_event(
+        self, record: EventRecord, *, expected_revision: int, job_source: str | None = None
+    ) -> AppendResult:
         uuid = record.uuid
         with self._translate():
-            self._ensure_logged(uuid)
+            self._ensure_logged(uuid, job_source)
             try:
                 inserted_id = self._insert_record(record)
             except DuplicateKeyError as exc:
@@ -411,6 +416,17 @@ class MongoJobStore:
                 return AppendResult(Append.APPLIED)
             self.events.delete_one({"_id": inserted_id})
             return AppendResult(Append.MOVED)
+
+    def log_unlogged_jobs(self) -> int:
+        """Copy into the log the history of jobs this manager created before it had one (`db init`)."""
+        copied = 0
+        with self._translate():
+            for doc in self.jobs.find({"_properties.source": RECORD_SOURCE}, {"_id": False, "uuid": True}):
+                if self.events.find_one({"uuid": doc["uuid"]}, {"_id": True}) is None:
+                    self._logged.pop(doc["uuid"], None)
+                    self._ensure_logged(doc["uuid"])
+                    copied += 1
+        return copied
 
     def record_stale(self, record: EventRecord) -> AppendResult:
         with self._translate():
