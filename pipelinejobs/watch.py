@@ -401,6 +401,8 @@ def retention_settings(settings: Settings) -> Retention:
     section = settings.section("retention")
     states = section.get("states")
     valid = {s.value for s in fsm.TERMINAL_STATES}
+    if isinstance(states, str):  # config.yml's comma-separated form (and _REACTOR_RETENTION_STATES)
+        states = [word for word in states.replace(",", " ").split() if word]
     chosen = tuple(s for s in states if s in valid) if isinstance(states, list) else DEFAULT_RETENTION_STATES
     pipelines: dict[str, int | None] = {}
     for uuid, value in (section.get("pipelines") or {}).items():

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
@@ -41,6 +42,7 @@ from .base import (
     removed_key,
 )
 
+_IDLE_READERS = 8  # read connections kept open between reads
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for the file's lock before giving up
 SCHEMA_VERSION = 2
 _DATE = "$date"  # JSON tag of a datetime
@@ -213,8 +215,10 @@ class SqliteJobStore:
         self.path = Path(path)
         self.history_window = max(history_window, 1)
         self.inline_data_bytes = inline_data_bytes
-        self._lock = threading.Lock()  # one connection; threads sharing this object take turns
+        self._timeout = timeout
+        self._lock = threading.Lock()  # one write connection; writing threads take turns (no busy-wait sleeps)
         self._conn: sqlite3.Connection | None = None
+        self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()  # idle read connections
         with self._translate_errors():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
@@ -278,8 +282,20 @@ class SqliteJobStore:
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._translate_errors():
-            yield self._connection()
+        """A read connection of its own: under WAL, reads go on while another thread commits."""
+        with self._translate_errors():
+            self._connection()  # refuses once closed
+            try:
+                conn = self._readers.get_nowait()
+            except queue.Empty:
+                conn = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None, check_same_thread=False)
+            try:
+                yield conn
+            finally:
+                if self._conn is None or self._readers.qsize() >= _IDLE_READERS:
+                    conn.close()
+                else:
+                    self._readers.put(conn)
 
     def _create_schema(self) -> None:
         with self._transaction() as conn:
@@ -550,6 +566,9 @@ class SqliteJobStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+        with contextlib.suppress(queue.Empty):  # readers still out close theirs when they see _conn is None
+            while True:
+                self._readers.get_nowait().close()
 
     # -- watch: deadlines, heartbeats, retention (issue 10) ----------------------------------
     def watch_head(self, uuid: str) -> Document | None:
