@@ -8,6 +8,7 @@ from the jobs the test wrote, never from the code under test.
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
@@ -20,6 +21,9 @@ import pytest
 
 from pipelinejobs import documents, fsm
 from pipelinejobs.settings import Identity
+from pipelinejobs.store.base import JobFilter
+from pipelinejobs.store.mongo import MongoJobStore
+from pipelinejobs.store.sqlite import SqliteJobStore, list_sql
 from tests.conftest import EXAMPLE_PIPELINE_COMPONENTS, EXAMPLE_PIPELINE_ID, EXAMPLE_PIPELINE_UUID, ROOT
 from tests.server_fixtures import LiveServer
 
@@ -362,3 +366,41 @@ def test_read_access_needs_a_token_or_a_read_nonce(server: LiveServer) -> None:
     both = httpx.get(url, params={"x-nonce": execute}, headers={"Authorization": "Bearer nope"})
     assert both.status_code == 401
     assert "SD2E_notanonce" not in server.read_log() and execute not in server.read_log()
+
+
+# -- indexes -------------------------------------------------------------------------------------
+FILTERS = {
+    "state": JobFilter(states=("RUNNING",)),
+    "states": JobFilter(states=("RUNNING", "FAILED")),
+    "pipeline": JobFilter(pipeline_uuid=OTHER_PIPELINE),
+    "session": JobFilter(session="brave-otter"),
+    "child_of": JobFilter(child_of=PARENT),
+    "created": JobFilter(created_after=T0, created_before=T0 + timedelta(days=1)),
+    "updated": JobFilter(updated_after=T0, updated_before=T0 + timedelta(days=1)),
+}
+
+
+@pytest.mark.parametrize("name", list(FILTERS))
+def test_every_sqlite_list_filter_searches_an_index(tmp_path: Path, name: str) -> None:
+    """No list filter makes SQLite read the whole jobs table (EXPLAIN QUERY PLAN, with and without a cursor)."""
+    with SqliteJobStore(tmp_path / "plans.sqlite3") as store:
+        store.ensure_indexes()
+        conn = sqlite3.connect(store.path)
+        for position in (None, (T0, "b" * 36)):
+            sql, params = list_sql(FILTERS[name], position, 51)
+            plan = [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+            on_jobs = [step for step in plan if " jobs " in f"{step} "]
+            assert on_jobs and all(step.startswith("SEARCH") for step in on_jobs), plan
+        conn.close()
+    # the substring match on archive_path cannot use a B-tree: it walks the list order and stops at a full page
+
+
+def test_mongodb_creates_an_index_for_every_list_filter(mongodb_uri: str, database_name: str, db: Any) -> None:
+    with MongoJobStore(mongodb_uri, database_name) as store:
+        store.ensure_indexes()
+        assert store.missing_indexes() == []
+        keys = [[k for k, _ in spec["key"]] for spec in store.jobs.index_information().values()]
+    created = "_properties.created_date"
+    for field in ("state", "pipeline_uuid", "session", "child_of"):
+        assert [field, created, "uuid"] in keys  # the filter's equality, then the list's order
+    assert [created, "uuid"] in keys and ["updated"] in keys and ["archive_path"] in keys

@@ -572,19 +572,9 @@ class SqliteJobStore:
     )
 
     def query_jobs(self, where: JobFilter, *, after: str | None = None, limit: int = 50) -> JobPage:
-        clauses, params = _job_where(where)
-        position = parse_job_cursor(after)
-        if position is not None:
-            created, uuid = position
-            clauses.append(f"({_CREATED} < ? OR ({_CREATED} = ? AND uuid < ?))")
-            params += [_iso(created), _iso(created), uuid]
-        params.append(max(1, limit) + 1)
-        sql = (
-            f"SELECT {self._SUMMARY_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)}"
-            f" ORDER BY {_CREATED} DESC, uuid DESC LIMIT ?"
-        )
+        sql, params = list_sql(where, parse_job_cursor(after), max(1, limit) + 1)
         with self._reading() as conn:
-            rows = conn.execute(sql, tuple(params)).fetchall()
+            rows = conn.execute(sql, params).fetchall()
         return page_of_jobs([_summary(row) for row in rows], max(1, limit))
 
     def count_jobs(self, where: JobFilter) -> dict[str, int]:
@@ -603,6 +593,20 @@ class SqliteJobStore:
             raise PipelineJobsError(ErrorKind.STORAGE_UNAVAILABLE, f"the SQLite store {self.path} is gone")
         with self._reading() as conn:
             conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+
+
+def list_sql(where: JobFilter, position: tuple[datetime, str] | None, limit: int) -> tuple[str, tuple[Any, ...]]:
+    """The job list's query: summaries matching ``where`` after ``position``, by (created desc, uuid desc)."""
+    clauses, params = _job_where(where)
+    if position is not None:
+        created, uuid = position
+        clauses.append(f"({_CREATED} < ? OR ({_CREATED} = ? AND uuid < ?))")
+        params += [_iso(created), _iso(created), uuid]
+    sql = (
+        f"SELECT {SqliteJobStore._SUMMARY_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)}"
+        f" ORDER BY {_CREATED} DESC, uuid DESC LIMIT ?"
+    )
+    return sql, (*params, limit)
 
 
 def _iso(moment: datetime) -> str:
