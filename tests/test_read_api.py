@@ -275,6 +275,8 @@ def test_a_job_and_its_full_log_never_show_the_token_or_salt(server: LiveServer)
             break
     assert [(e["seq"], e["name"], e["event_uuid"]) for e in events] == logged
     assert [e["data"] for e in events[1:]] == [{"step": i} for i in range(len(names))]
+    bad = get(server, f"/jobs/{uuid}/events", after="garbage")
+    assert bad.status_code == 400 and "not a cursor" in bad.json()["message"]
 
     texts = [
         get(server, f"/jobs/{uuid}").text,
