@@ -487,7 +487,9 @@ class MongoJobStore:
         position = parse_job_cursor(after)
         if position is not None:
             created, uuid = position
-            query = {"$and": [query, {"$or": [{CREATED: {"$lt": created}}, {CREATED: created, "uuid": {"$lt": uuid}}]}]}
+            # the $lte bound lets the (filter, created, uuid) index start the scan at the cursor, not at the top
+            after_cursor = {"$or": [{CREATED: {"$lt": created}}, {CREATED: created, "uuid": {"$lt": uuid}}]}
+            query = {"$and": [query, {CREATED: {"$lte": created}}, after_cursor]}
         limit = max(1, limit)
         with self._translate():
             cursor = self.jobs.find(query, _SUMMARY_PROJECTION).sort([(CREATED, -1), ("uuid", -1)]).limit(limit + 1)
