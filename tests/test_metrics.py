@@ -12,7 +12,6 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +118,12 @@ def test_metrics_count_outcomes_jobs_and_requests(fast_server: LiveServer) -> No
     assert refused["status"] == "error"
     httpx.get(f"{server.url}/jobs/{uuid}", headers=server.auth)
 
-    families = scrape(server)
+    expected = {
+        ("RUNNING", EXAMPLE_PIPELINE_UUID): 3,
+        ("FAILED", OTHER_PIPELINE): 1,
+        ("FINISHED", EXAMPLE_PIPELINE_UUID): 1,
+    }
+    families = until_jobs(server, expected)  # the counts taken at start are refreshed within a second or so
     for name, samples in families.items():
         assert name.startswith("pipelinejobs_"), name
         assert all(s.name.startswith("pipelinejobs_") for s in samples)
@@ -130,34 +134,40 @@ def test_metrics_count_outcomes_jobs_and_requests(fast_server: LiveServer) -> No
     assert value(families, "pipelinejobs_stale_callbacks_total") == 1
     assert value(families, "pipelinejobs_refusals_total", kind=refused["kind"]) == 1
     assert value(families, "pipelinejobs_store_errors_total") == 0
-    jobs = {(s.labels["state"], s.labels["pipeline"]): s.value for s in families["pipelinejobs_jobs"]}
-    assert jobs == {
-        ("RUNNING", EXAMPLE_PIPELINE_UUID): 3,
-        ("FAILED", OTHER_PIPELINE): 1,
-        ("FINISHED", EXAMPLE_PIPELINE_UUID): 1,
-    }
     messages = "/actors/v2/{actor_id}/messages"
     assert value(families, "pipelinejobs_http_request_duration_seconds_count", method="POST", route=messages) == 5
     assert value(families, "pipelinejobs_http_requests_total", method="GET", route="/jobs/{uuid}", status="200") == 1
     assert not any(uuid in str(s.labels) for samples in families.values() for s in samples)  # no per-job series
 
-    # the job counts are a cached aggregate: a new job shows only after a refresh, never per scrape
+    assert value(families, "pipelinejobs_jobs_snapshot_age_seconds") < 5
+
+
+def jobs_of(families: dict[str, list[Any]]) -> dict[tuple[str, str], float]:
+    return {(s.labels["state"], s.labels["pipeline"]): s.value for s in families.get("pipelinejobs_jobs", [])}
+
+
+def until_jobs(server: LiveServer, expected: dict[tuple[str, str], float]) -> dict[str, list[Any]]:
+    deadline = time.monotonic() + 15
+    while True:
+        families = scrape(server)
+        if jobs_of(families) == expected or time.monotonic() > deadline:
+            assert jobs_of(families) == expected
+            return families
+        time.sleep(0.3)
+
+
+def test_a_scrape_shows_the_cached_job_counts_without_counting_again(live_server_sqlite: LiveServer) -> None:
+    """With the default 30 s refresh, jobs written after the counts were taken do not show on the next scrapes."""
+    server = live_server_sqlite
+    before = jobs_of(scrape(server))  # taken when serve started: no jobs
     store = server.open_store()
     try:
-        seed(store, 20, state="RUNNING", created=T0 + timedelta(hours=1))
+        seed(store, 1, state="RUNNING")
+        assert store.job_totals() == {("RUNNING", EXAMPLE_PIPELINE_UUID): 1}
     finally:
         store.close()
-    deadline = time.monotonic() + 15
-    counts = []
-    while time.monotonic() < deadline:
-        families = scrape(server)
-        running = value(families, "pipelinejobs_jobs", state="RUNNING", pipeline=EXAMPLE_PIPELINE_UUID)
-        counts.append(running)
-        if running == 4:
-            break
-        time.sleep(0.3)
-    assert counts[-1] == 4 and counts[0] == 3, counts
-    assert value(families, "pipelinejobs_jobs_snapshot_age_seconds") < 5
+    for _ in range(3):
+        assert jobs_of(scrape(server)) == before == {}
 
 
 # -- readiness -----------------------------------------------------------------------------------

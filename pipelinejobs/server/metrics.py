@@ -53,26 +53,37 @@ class JobTotals:
         self._totals: dict[tuple[str, str], int] | None = None
         self._taken = 0.0  # monotonic time of the snapshot
         self._duration = 0.0
+        self._first = threading.Event()  # set once the first refresh has ended, well or not
+
+    def warm(self) -> None:
+        """Start the first refresh in the background (at serve's start), so no scrape waits for it."""
+        with self._lock:
+            if self._totals is not None or self._refreshing:
+                return
+            self._refreshing = True
+        threading.Thread(target=self._refresh, name="pipelinejobs-metrics", daemon=True).start()
 
     def _refresh(self) -> None:
         start = time.monotonic()
+        totals = None
         try:
             totals = self.store.job_totals()
         except PipelineJobsError as exc:
             log.warning("job totals for /metrics not refreshed (%s): %s", exc.kind.value, exc.message)
             if self.on_error is not None:
                 self.on_error(exc)
-            totals = None
         finally:
-            with self._lock:
-                self._refreshing = False
-        if totals is not None:
             finish = time.monotonic()
             with self._lock:
-                self._totals, self._taken, self._duration = totals, finish, finish - start
+                if totals is not None:
+                    self._totals, self._taken, self._duration = totals, finish, finish - start
+                self._refreshing = False
+            self._first.set()
 
     def snapshot(self) -> tuple[dict[tuple[str, str], int] | None, float, float]:
         """(totals, age in seconds, last refresh duration); the first call waits for the first snapshot."""
+        if self._totals is None and self._refreshing:
+            self._first.wait(10.0)  # the warm-up is under way
         with self._lock:
             first = self._totals is None and not self._refreshing
             stale = self._totals is not None and time.monotonic() - self._taken >= self.interval
@@ -239,4 +250,5 @@ def install(app: Any, server: Any) -> Metrics:
     app.state.metrics = metrics
     server.observe = metrics.observe
     app.add_middleware(RequestMetrics, metrics=metrics, routes=app.routes)
+    metrics.totals.warm()
     return metrics
