@@ -136,6 +136,9 @@ def test_every_filter_selects_exactly_the_matching_jobs(server: LiveServer) -> N
     created = lambda j: j["_properties"]["created_date"]  # noqa: E731
     assert listed(server, created_after="2026-01-01T03:00:00Z") == expect(lambda j: created(j) >= cut)
     assert listed(server, created_before="2026-01-01T03:00:00+00:00") == expect(lambda j: created(j) < cut)
+    in_range = expect(lambda j: T0 + timedelta(hours=1) <= created(j) < T0 + timedelta(hours=6))
+    between = {"created_after": "2026-01-01T01:00:00Z", "created_before": "2026-01-01T06:00:00Z"}
+    assert listed(server, **between, limit=2) == in_range and len(in_range) == 5  # a range, paged by cursors
     low, high = T0 + timedelta(days=1, hours=5), T0 + timedelta(days=1, hours=7)
     assert listed(server, updated_after="2026-01-02T05:00:00Z", updated_before="2026-01-02T07:00:00Z") == expect(
         lambda j: low <= j["updated"] < high

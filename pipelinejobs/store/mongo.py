@@ -483,17 +483,24 @@ class MongoJobStore:
 
     # -- read side (issue 11: the read API and metrics) -----------------
     def query_jobs(self, where: JobFilter, *, after: str | None = None, limit: int = 50) -> JobPage:
+        """After a cursor (created c, uuid u): the jobs created at c with a smaller uuid, then those created before c.
+
+        Two plain index range scans rather than one ``$or``, which some planners cannot bound by the index.
+        """
         query = job_query(where)
         position = parse_job_cursor(after)
-        if position is not None:
-            created, uuid = position
-            # the $lte bound lets the (filter, created, uuid) index start the scan at the cursor, not at the top
-            after_cursor = {"$or": [{CREATED: {"$lt": created}}, {CREATED: created, "uuid": {"$lt": uuid}}]}
-            query = {"$and": [query, {CREATED: {"$lte": created}}, after_cursor]}
         limit = max(1, limit)
+        order = [(CREATED, -1), ("uuid", -1)]
         with self._translate():
-            cursor = self.jobs.find(query, _SUMMARY_PROJECTION).sort([(CREATED, -1), ("uuid", -1)]).limit(limit + 1)
-            rows = [job_summary(doc) for doc in cursor]
+            rows: list[Document] = []
+            if position is not None:
+                created, uuid = position
+                tied = {**_created_within(query, {"$gte": created, "$lte": created}), "uuid": {"$lt": uuid}}
+                rows = [job_summary(d) for d in self.jobs.find(tied, _SUMMARY_PROJECTION).sort(order).limit(limit + 1)]
+                query = _created_within(query, {"$lt": created})
+            if len(rows) <= limit:
+                cursor = self.jobs.find(query, _SUMMARY_PROJECTION).sort(order).limit(limit + 1 - len(rows))
+                rows += [job_summary(doc) for doc in cursor]
         return page_of_jobs(rows, limit)
 
     def count_jobs(self, where: JobFilter) -> dict[str, int]:
@@ -560,6 +567,17 @@ def job_query(where: JobFilter) -> dict[str, Any]:
     if not where.include_hidden:
         query["_visible"] = {"$ne": False}
     return query
+
+
+def _created_within(query: dict[str, Any], bounds: dict[str, Any]) -> dict[str, Any]:
+    """``query`` with its creation-time range narrowed by ``bounds``: one flat filter, so the index bounds it."""
+    merged = dict(query.get(CREATED) or {})
+    for op, moment in bounds.items():
+        if op not in merged:
+            merged[op] = moment
+        else:
+            merged[op] = max(merged[op], moment) if op in ("$gte", "$gt") else min(merged[op], moment)
+    return {**query, CREATED: merged}
 
 
 def job_summary(doc: Document) -> Document:
