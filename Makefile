@@ -23,11 +23,13 @@ lint: install
 demo: install
 	$(BIN)/python -m pipelinejobs.demo
 
+# Issue 8's ratios (serve latency and throughput on both stores, cold reactor.py): 3-7 min on 2 cores.
 bench: install
 	$(BIN)/python bench/run.py
 
+# Only the serve part of `make bench` (both stores).
 bench-serve: install
-	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/run.py --only latency,throughput
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

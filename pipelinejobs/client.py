@@ -190,7 +190,9 @@ class ManagedPipelineJob:
             "measurement_id": measurement_id,
         }
         self.child_of = _unique_sorted(child_of) if child_of is not None else _parents(parents, domain)
-        self.generated_by, self.acted_on, self.acted_using = [self.pipeline_uuid], [], []
+        self.generated_by: list[str] = [self.pipeline_uuid]
+        self.acted_on: list[str] = []
+        self.acted_using: list[str] = []
         self.archive_system = archive_system
         self.archive_path = archive_path or default_archive_path(
             self.pipeline_uuid,
@@ -269,7 +271,9 @@ class ManagedPipelineJob:
     def build_webhook(self) -> str:
         """The callback URL: events POSTed to it reach the manager (URL-encoded, no ``//``)."""
         self._require_setup()
-        query = [("x-nonce", self.config.job_manager_nonce)] if self.config.job_manager_nonce else []
+        query: list[tuple[str, str | None]] = []
+        if self.config.job_manager_nonce:
+            query.append(("x-nonce", self.config.job_manager_nonce))
         query += [("token", self.token), ("uuid", self.uuid), ("session", self.session)]
         return f"{self.config.messages_url}?{urlencode(query)}"
 

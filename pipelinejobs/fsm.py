@@ -53,6 +53,23 @@ ADMIN_EVENTS: frozenset[str] = frozenset({"reset", "ready"})
 MESSAGE_EVENTS: tuple[str, ...] = tuple(e for e in TRANSITIONS if e != "create")
 
 
+#: Signs of life: events that change nothing but the time a job was last heard from. They are not
+#: transitions (no state change, no history entry, no revision), so they are kept out of TRANSITIONS.
+SIGNALS: frozenset[str] = frozenset({"heartbeat"})
+#: States in which a job is at work and a heartbeat means something (as for ``update``).
+HEARTBEAT_STATES: frozenset[State] = frozenset({S.CREATED, S.RUNNING, S.VALIDATING, S.INDEXING})
+#: States a job stays in for good unless an admin resets it: what retention may purge.
+TERMINAL_STATES: frozenset[State] = frozenset({S.RETIRED, S.FAILED, S.REJECTED, S.FINALIZED})
+
+
+def is_signal(event: str) -> bool:
+    return event in SIGNALS
+
+
+def accepts_heartbeat(state: str) -> bool:
+    return state in {s.value for s in HEARTBEAT_STATES}
+
+
 def source_states(event: str) -> frozenset[State]:
     return TRANSITIONS[event][0]
 

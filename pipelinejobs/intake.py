@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ErrorKind, PipelineJobsError
+from .limits import MAX_DEPTH, nesting_depth
 
 #: URL parameters the manager reads (``event`` is the older name of ``name``).
-MESSAGE_PARAMS = ("uuid", "token", "name", "event", "status", "session")
+MESSAGE_PARAMS = ("uuid", "token", "name", "event", "status", "session", "event_id")
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,9 @@ def parse_message(raw: str | None, content_type: str, max_bytes: int, *, parsed:
     try:
         return json.loads(text, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
+        if nesting_depth(text) > MAX_DEPTH:  # e.g. Abaco's repr of a deep message, beyond literal_eval
+            why = f"the message nests objects and arrays deeper than the limit of {MAX_DEPTH} levels"
+            raise PipelineJobsError(ErrorKind.BAD_MESSAGE, why) from None
         return raw  # plain text; classification will say why it fits no schema
 
 

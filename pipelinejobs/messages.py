@@ -9,6 +9,12 @@ by URL parameters (``uuid`` and ``name``/``event`` parameters, the JSON body
 becomes ``data``). A message that fits none is rejected with, for each candidate,
 the reason it did not fit: keyword, field path and schema title, never the
 submitted value.
+
+Whether a message fits is decided by ``schemacheck`` (no jsonschema import on the
+hot path); jsonschema words the reasons only when every candidate is refused.
+An event's delivery id (``event_id``) comes from the body, else the ``event_id``
+URL parameter, else is derived from an Agave or Tapis callback (``agave.delivery_id``,
+``tapis.delivery_id``).
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from typing import Any
 from . import agave, tapis
 from .errors import ErrorKind, PipelineJobsError
 from .intake import Intake
+from .limits import check_json_value
+from .schemacheck import compile_schema
 
 SCHEMA_FILES = {
     "event": "PipelineJobEvent.json",
@@ -58,6 +66,7 @@ class CreateMessage:
     archive_system: str | None = None
     session: str | None = None
     child_of: tuple[str, ...] = ()
+    deadlines: Any = None  # __options.deadlines: this job's own deadlines (checked by watch.check_deadlines)
 
 
 Message = EventMessage | DeleteMessage | CreateMessage
@@ -73,13 +82,28 @@ def schema_dir() -> Path:
 
 
 @cache
+def schema(kind: str) -> dict[str, Any]:
+    """The bundled schema of ``kind``, read once per process."""
+    return json.loads((schema_dir() / SCHEMA_FILES[kind]).read_text(encoding="utf-8"))
+
+
+@cache
+def _checker(kind: str) -> Any:
+    return compile_schema(schema(kind), SCHEMA_FILES[kind])
+
+
+def fits(kind: str, instance: Any) -> bool:
+    """Whether ``instance`` is valid against the schema of ``kind``: the cheap check of the hot path."""
+    return bool(_checker(kind)(instance))
+
+
+@cache
 def validator(kind: str) -> Any:
-    """A draft-07 validator per schema, built once per process."""
+    """A draft-07 jsonschema validator, built once per process; imported only to explain a refusal."""
     from jsonschema import Draft7Validator
 
-    schema = json.loads((schema_dir() / SCHEMA_FILES[kind]).read_text(encoding="utf-8"))
-    Draft7Validator.check_schema(schema)
-    return Draft7Validator(schema)
+    Draft7Validator.check_schema(schema(kind))
+    return Draft7Validator(schema(kind))
 
 
 def _field_path(error: Any) -> str:
@@ -112,16 +136,41 @@ def _explain(error: Any) -> str:
 
 
 def schema_errors(kind: str, instance: Any) -> list[str]:
-    """Every reason ``instance`` does not fit the schema of ``kind`` (empty when it fits)."""
+    """Every reason ``instance`` does not fit the schema of ``kind`` (empty when it fits).
+
+    The cheap check decides; jsonschema is imported only to word the reasons of a refusal.
+    """
+    if fits(kind, instance):
+        return []
     from jsonschema.exceptions import relevance
 
-    check = validator(kind)
-    errors = sorted(check.iter_errors(instance), key=relevance, reverse=True)
-    return list(dict.fromkeys(_explain(e) for e in errors))  # one line per reason, in relevance order
+    errors = sorted(validator(kind).iter_errors(instance), key=relevance, reverse=True)
+    reasons = list(dict.fromkeys(_explain(e) for e in errors))  # one line per reason, in relevance order
+    return reasons or ["(message): does not fit the schema"]
 
 
 def _title(kind: str) -> str:
-    return validator(kind).schema.get("title", kind)
+    return str(schema(kind).get("title", kind))
+
+
+def _refusal(kind: str, what: str, instance: Any) -> PipelineJobsError:
+    reasons = schema_errors(kind, instance)
+    return PipelineJobsError(
+        ErrorKind.BAD_MESSAGE,
+        f"{what} does not make a valid {_title(kind)}: " + "; ".join(reasons),
+        schema=_title(kind),
+        reasons=reasons,
+    )
+
+
+def _check_received(intake: Intake) -> None:
+    """Everything received, body, URL parameters and Abaco's context, holds only what the stores keep."""
+    check_json_value(intake.body)
+    for name, value in intake.params.items():
+        check_json_value(value, f"URL parameter {name[:40]!r}")
+    for name, value in vars(intake.origin).items():
+        if value is not None:
+            check_json_value(value, f"Abaco's {name}")
 
 
 def _check_data(data: Any, max_bytes: int) -> None:
@@ -160,26 +209,42 @@ def _bad_key(value: Any, path: str) -> str | None:
     return None
 
 
-def _event(fields: dict[str, Any], via: str) -> EventMessage:
+def _event(fields: dict[str, Any], via: str, status: str | None = None) -> EventMessage:
     return EventMessage(
-        uuid=fields["uuid"], name=fields["name"], token=fields.get("token"), data=fields.get("data"), via=via
+        uuid=fields["uuid"],
+        name=fields["name"],
+        token=fields.get("token"),
+        data=fields.get("data"),
+        via=via,
+        event_id=fields.get("event_id"),
+        status=status,
     )
 
 
-def _validated_event(fields: dict[str, Any], via: str, what: str) -> EventMessage:
-    reasons = schema_errors("event", fields)
-    if reasons:
-        raise PipelineJobsError(
-            ErrorKind.BAD_MESSAGE,
-            f"{what} does not make a valid {_title('event')}: " + "; ".join(reasons),
-            schema=_title("event"),
-            reasons=reasons,
-        )
-    return _event(fields, via)
+def _validated_event(fields: dict[str, Any], via: str, what: str, status: str | None = None) -> EventMessage:
+    if not fits("event", fields):
+        raise _refusal("event", what, fields)
+    return _event(fields, via, status)
+
+
+def _with_params(fields: dict[str, Any], params: dict[str, str], derived_id: str | None = None) -> dict[str, Any]:
+    """Add the ``token`` URL parameter, and the delivery id: the ``event_id`` parameter, else ``derived_id``."""
+    if params.get("token"):
+        fields["token"] = params["token"]
+    event_id = params.get("event_id") or derived_id
+    if event_id:
+        fields["event_id"] = event_id
+    return fields
 
 
 def classify(intake: Intake, max_data_bytes: int = 262144) -> Message:
-    """Turn a received message into exactly one typed message, or say why it fits none."""
+    """Turn a received message into exactly one typed message, or say why it fits none.
+
+    Before any schema is consulted, everything received is checked for what no store
+    can keep (``limits``); a Tapis notification's ``event.data`` string is checked when
+    it is decoded.
+    """
+    _check_received(intake)
     message = _classify(intake)
     _check_data(getattr(message, "data", None), max_data_bytes)
     return message
@@ -187,37 +252,36 @@ def classify(intake: Intake, max_data_bytes: int = 262144) -> Message:
 
 def _classify(intake: Intake) -> Message:
     body, params = intake.body, intake.params
-    url_token = params.get("token")
-    why_not: dict[str, list[str]] = {}
+    # (title, kind, instance or a fixed reason): the candidates refused, explained only if all are
+    refused: list[tuple[str, str, Any]] = []
     if isinstance(body, dict):
         for kind in ("event", "delete", "create"):
-            reasons = schema_errors(kind, body)
-            if not reasons:
-                return _from_body(kind, body, url_token)
-            why_not[_title(kind)] = reasons[:3]
-        status = params.get("status")
-        if status:
-            reasons = schema_errors("agavejobs", body)
-            if not reasons:
+            if fits(kind, body):
+                return _from_body(kind, body, params)
+            refused.append((_title(kind), kind, body))
+        if params.get("status"):
+            if fits("agavejobs", body):
                 return _agave_callback(body, params)
-            why_not[_title("agavejobs") + " (callback with status parameter)"] = reasons[:3]
+            refused.append((_title("agavejobs") + " (callback with status parameter)", "agavejobs", body))
         if isinstance(body.get("event"), dict) and not (params.get("name") or params.get("event")):
-            reasons = schema_errors("tapisv3", body) or ([] if params.get("uuid") else ["needs the uuid URL parameter"])
-            if not reasons:
+            title = _title("tapisv3") + " (callback with uuid parameter)"
+            if not fits("tapisv3", body):
+                refused.append((title, "tapisv3", body))
+            elif not params.get("uuid"):
+                refused.append((title, "", "needs the uuid URL parameter"))
+            else:
                 return _tapis_notification(body, params)
-            why_not[_title("tapisv3") + " (callback with uuid parameter)"] = reasons[:3]
     name = params.get("name") or params.get("event")
     if params.get("uuid") and name:
         if body is None or isinstance(body, dict):
-            fields = {"uuid": params["uuid"], "name": name, "data": body}
-            if url_token:
-                fields["token"] = url_token
-            if body is None:
-                del fields["data"]
-            return _validated_event(fields, "url", "the URL parameters")
-        why_not["event by URL parameters"] = ["the body must be a JSON object (it becomes the event's data)"]
+            fields: dict[str, Any] = {"uuid": params["uuid"], "name": name}
+            if body is not None:
+                fields["data"] = body
+            return _validated_event(_with_params(fields, params), "url", "the URL parameters")
+        refused.append(("event by URL parameters", "", "the body must be a JSON object (it becomes the event's data)"))
     else:
-        why_not["event by URL parameters"] = ["needs the uuid and name (or event) URL parameters"]
+        refused.append(("event by URL parameters", "", "needs the uuid and name (or event) URL parameters"))
+    why_not = {title: schema_errors(kind, instance)[:3] if kind else [instance] for title, kind, instance in refused}
     if not isinstance(body, dict):
         shapes = {type(None): "empty", str: "not JSON", list: "a JSON array", bool: "a JSON boolean"}
         shape = shapes.get(type(body), "a JSON number")
@@ -231,17 +295,16 @@ def _classify(intake: Intake) -> Message:
     )
 
 
-def _from_body(kind: str, body: dict[str, Any], url_token: str | None) -> Message:
-    if kind in ("event", "delete") and "token" not in body and url_token:
-        body = {**body, "token": url_token}
-        reasons = schema_errors(kind, body)
-        if reasons:
-            raise PipelineJobsError(
-                ErrorKind.BAD_MESSAGE,
-                f"the token URL parameter does not fit {_title(kind)}: " + "; ".join(reasons),
-                schema=_title(kind),
-                reasons=reasons,
-            )
+def _from_body(kind: str, body: dict[str, Any], params: dict[str, str]) -> Message:
+    if kind in ("event", "delete"):
+        # URL parameters fill what the body leaves out (the body wins): token, and an event's delivery id
+        names = [name for name in ("token", "event_id") if name not in body and params.get(name)]
+        if kind == "delete" and "event_id" in names:
+            names.remove("event_id")
+        if names:
+            body = {**body, **{name: params[name] for name in names}}
+            if not fits(kind, body):
+                raise _refusal(kind, f"the {' and '.join(names)} URL parameter{'s' if len(names) > 1 else ''}", body)
     if kind == "event":
         return _event(body, "message")
     if kind == "delete":
@@ -253,6 +316,7 @@ def _from_body(kind: str, body: dict[str, Any], url_token: str | None) -> Messag
         archive_system=body.get("archive_system"),
         session=body.get("session"),
         child_of=tuple(body.get("child_of") or ()),
+        deadlines=(body.get("__options") or {}).get("deadlines"),
     )
 
 
@@ -265,17 +329,16 @@ def _agave_callback(record: dict[str, Any], params: dict[str, str]) -> EventMess
         "name": agave.event_for_status(status),
         "data": agave.event_data(record),
     }
-    if params.get("token"):
-        fields["token"] = params["token"]
-    return _validated_event(fields, "agave", "the Agave callback's URL parameters")
+    fields = _with_params(fields, params, agave.delivery_id(record, status))
+    return _validated_event(fields, "agave", "the Agave callback's URL parameters", status.strip().upper() or None)
 
 
 def _tapis_notification(notification: dict[str, Any], params: dict[str, str]) -> EventMessage:
+    status = tapis.job_status(notification)
     fields: dict[str, Any] = {
         "uuid": params["uuid"],
-        "name": tapis.event_for_status(tapis.job_status(notification)),
+        "name": tapis.event_for_status(status),
         "data": tapis.event_data(notification),
     }
-    if params.get("token"):
-        fields["token"] = params["token"]
-    return _validated_event(fields, "tapis", "the Tapis notification's URL parameters")
+    fields = _with_params(fields, params, tapis.delivery_id(notification))
+    return _validated_event(fields, "tapis", "the Tapis notification's URL parameters", status or None)

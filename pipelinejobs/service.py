@@ -12,7 +12,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from . import auth, documents, fsm, identifiers
+from . import auth, documents, fsm, identifiers, watch
 from .errors import ErrorKind, PipelineJobsError
 from .intake import Origin
 from .logs import add_secrets, get_logger
@@ -38,6 +38,8 @@ def handle(
     token = getattr(message, "token", None)
     if token:
         add_secrets([token])
+    if isinstance(message, EventMessage) and fsm.is_signal(message.name):
+        return apply_heartbeat(message, store=store, settings=settings, now=now)
     if isinstance(message, EventMessage):
         return apply_event(message, store=store, settings=settings, now=now)
     if isinstance(message, DeleteMessage):
@@ -160,6 +162,8 @@ def apply_event(message: EventMessage, *, store: JobStore, settings: Settings, n
                 grant.value,
                 message.via,
             )
+            if record.state != state:
+                watch.note_transition(store, settings, message.uuid, record.state, record.seq, now)
             return _event_outcome(record)
         if result.status is Append.REPLAYED and result.existing is not None:
             return _replay(message, result.existing, digest)
@@ -272,7 +276,23 @@ def create_job(
     entry = job["history"][0]  # the document's copy of the create entry keeps large data in the log only
     entry["data"] = documents.inline_data(entry["data"], settings.history_inline_data_bytes, 0)
     audit = documents.audit_record(uuid, "create", {"created": uuid}, job["_admin"], now)
+    own = watch.check_deadlines(message.deadlines) if message.deadlines is not None else None
     stored, created = store.insert_job(job, audit)
+    if created:
+        record = watch.new_record(
+            uuid=uuid,
+            pipeline_uuid=message.pipeline_uuid,
+            state=str(stored["state"]),
+            revision=0,
+            since=now,
+            last_seen=now,
+            own=own,
+            settings=settings,
+        )
+        try:
+            store.put_watch(record)
+        except PipelineJobsError as exc:  # the job exists; only its deadlines are not watched
+            log.warning("job %s: no watch record (%s); its deadlines are not watched", uuid, exc.kind.value)
     token = identifiers.job_token(stored["_salt"], uuid, stored["_admin"])
     add_secrets([token])
     log.info("job %s %s for pipeline %s", uuid, "created" if created else "already exists", message.pipeline_uuid)
@@ -285,3 +305,137 @@ def create_job(
         "archive_path": stored.get("archive_path"),
         "token": token,
     }
+
+
+# -- heartbeats and the watchdog (issue 10) ----------------------------------------------------
+def _heartbeat_outcome(uuid: str, state: str, last_seen: datetime | None, *, logged: bool, recorded: bool) -> Outcome:
+    outcome: Outcome = {
+        "status": "ok",
+        "action": "heartbeat",
+        "event": "heartbeat",
+        "uuid": uuid,
+        "state": state,
+        "recorded": recorded,
+        "logged": logged,
+    }
+    if last_seen is not None:
+        outcome["last_seen"] = last_seen.isoformat()
+    return outcome
+
+
+def apply_heartbeat(message: EventMessage, *, store: JobStore, settings: Settings, now: datetime) -> Outcome:
+    """Record a sign of life: the job's watch record's ``last_seen``, no history entry, no revision.
+
+    Same token rules as any event. A log record (outcome ``heartbeat``) is written at most once
+    per ``deadlines.heartbeat_log_interval_seconds``, decided by a compare-and-set on the watch
+    record's ``logged_at``, so a job beating every 10 s for a month costs a few hundred records.
+    """
+    precise = now
+    now = documents.utc_seconds(now)
+    head = store.watch_head(message.uuid)
+    if head is None:
+        head = _load_head(store, message.uuid)  # raises NOT_FOUND
+    auth.authorize(head, message.token, settings, now)
+    _require_visible(head)
+    state, revision = str(head.get("state", "")), _revision(head)
+    if not fsm.accepts_heartbeat(state):
+        if message.via in fsm.SCHEDULER_SOURCES:  # a late scheduler heartbeat: answered, nothing recorded
+            return _heartbeat_outcome(message.uuid, state, None, logged=False, recorded=False)
+        raise PipelineJobsError(
+            ErrorKind.INVALID_TRANSITION,
+            f"job {message.uuid} is {state}; a heartbeat is only accepted while it is at work"
+            f" ({', '.join(sorted(s.value for s in fsm.HEARTBEAT_STATES))})",
+            uuid=message.uuid,
+            state=state,
+            event=message.name,
+        )
+    interval = watch.heartbeat_log_interval(settings)
+    record = store.watch_record(message.uuid)
+    logged = False
+    if record is None or record.get("state") != state:
+        # not watched yet (an older job) or a transition the record missed: start it from what is known
+        updated = head.get("updated") if isinstance(head.get("updated"), datetime) else now
+        fresh = watch.new_record(
+            uuid=message.uuid,
+            pipeline_uuid=head.get("pipeline_uuid"),
+            state=state,
+            revision=revision,
+            since=min(updated, now),
+            last_seen=now,
+            own=(record or {}).get("deadlines"),
+            settings=settings,
+            logged_at=now,
+        )
+        logged = store.put_watch(fresh)
+        last_seen: datetime = now
+    else:
+        previous = record.get("last_seen")
+        last_seen = max(previous, now) if isinstance(previous, datetime) else now
+        deadlines = watch.effective_deadlines(settings, record.get("pipeline_uuid"), record.get("deadlines"))
+        since = record.get("since") if isinstance(record.get("since"), datetime) else now
+        changes: dict[str, Any] = {"last_seen": last_seen, "due_at": watch.due_at(state, since, last_seen, deadlines)}
+        logged_at = record.get("logged_at")
+        watch_revision = int(record.get("revision") or 0)
+        if not isinstance(logged_at, datetime) or (now - logged_at).total_seconds() >= interval:
+            logged = store.touch_watch(
+                message.uuid, revision=watch_revision, changes={**changes, "logged_at": now}, logged_at=logged_at
+            )
+        if not logged:
+            store.touch_watch(message.uuid, revision=watch_revision, changes=changes)
+    if logged:
+        event_uuid = identifiers.random_uuid("pipelinejob_event")
+        store.record_stale(
+            EventRecord(
+                uuid=message.uuid,
+                seq=revision,
+                slot=f"{precise.timestamp():017.6f}~{event_uuid}",
+                event_uuid=event_uuid,
+                name=message.name,
+                date=now,
+                data=message.data,
+                state=state,
+                outcome=RecordOutcome.HEARTBEAT,
+                via=message.via,
+            )
+        )
+        log.info("job %s: heartbeat (logged at most every %d s, via %s)", message.uuid, interval, message.via)
+    return _heartbeat_outcome(message.uuid, state, last_seen, logged=logged, recorded=True)
+
+
+def fail_overdue(
+    store: JobStore,
+    settings: Settings,
+    *,
+    uuid: str,
+    state: str,
+    expected_revision: int,
+    data: dict[str, Any],
+    now: datetime,
+) -> Outcome:
+    """The watchdog's ``fail``: one compare-and-set at the revision the job was judged at.
+
+    The watchdog is trusted code in this process (``Grant.SYSTEM``), so no token is made or
+    checked; no front end can reach this function. If anything changed the job after it
+    was judged (a real event, another watchdog), the append misses and CONFLICT is raised:
+    that event wins and the job is not failed, let alone twice.
+    """
+    now = documents.utc_seconds(now)
+    if not fsm.allows(state, "fail"):
+        raise PipelineJobsError(ErrorKind.INVALID_TRANSITION, f"job {uuid} is {state}; it cannot fail", uuid=uuid)
+    record = EventRecord(
+        uuid=uuid,
+        seq=expected_revision + 1,
+        event_uuid=identifiers.random_uuid("pipelinejob_event"),
+        name="fail",
+        date=now,
+        data=data,
+        state=fsm.State.FAILED.value,
+        via="watchdog",
+        digest=documents.payload_digest("fail", data),
+    )
+    result = store.append_event(record, expected_revision=expected_revision)
+    if result.status is not Append.APPLIED:
+        raise PipelineJobsError(ErrorKind.CONFLICT, f"job {uuid} changed after it was judged; not failed", uuid=uuid)
+    log.info("job %s: %s -> FAILED by 'fail' (%s, via watchdog)", uuid, state, auth.Grant.SYSTEM.value)
+    watch.note_transition(store, settings, uuid, record.state, record.seq, now)
+    return _event_outcome(record)

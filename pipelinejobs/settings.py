@@ -14,6 +14,7 @@ import binascii
 import copy
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,9 @@ PROTECTED_SECTIONS = frozenset({"admin", "legacy", "durability"})
 DEFAULT_ADMIN_KEY = "XB]6f^~T3)EDxB(3A6F@CE>JTU.T>whH"
 DEFAULT_ADMIN_LIFETIME = 3600
 ROOT_CONFIG = Path(__file__).resolve().parent.parent / "config.yml"
+#: The checkout's config.yml, shipped inside the wheel under this name (pyproject's force-include), so an
+#: installed package has every key and its default, and ``_REACTOR_*`` overrides find the keys they override.
+PACKAGED_DEFAULTS = Path(__file__).resolve().parent / "defaults.yml"
 
 
 class Secret:
@@ -163,20 +167,128 @@ def _decode_authn(authn: str) -> str:
 
 
 def read_config_file(path: Path | None) -> dict[str, Any]:
+    """config.yml as ``yaml.safe_load`` reads it (the reactors SDK's convention), as a mapping.
+
+    Importing PyYAML costs a cold ``reactor.py`` 10-15 ms, more than the rest of the
+    settings; a file in the plain two-level form of the shipped one is read without it
+    (``_read_plain_yaml``, which gives exactly what ``safe_load`` gives or declines).
+    Anything else goes to ``yaml.safe_load`` itself.
+    """
     path = path or ROOT_CONFIG
     if not path.exists():
         return {}
-    import yaml  # imported here: only the config file needs it
-
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise PipelineJobsError(ErrorKind.CONFIGURATION, f"{path.name} is not valid YAML") from exc
+    text = path.read_text(encoding="utf-8")
+    loaded = _read_plain_yaml(text)
+    if loaded is None:
+        loaded = _load_yaml(text, path.name)
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
         raise PipelineJobsError(ErrorKind.CONFIGURATION, f"{path.name} must hold a mapping")
     return loaded
+
+
+def _load_yaml(text: str, name: str) -> Any:
+    import yaml  # imported here: only a config file beyond the plain form needs it
+
+    try:
+        # Not libyaml's CSafeLoader: it accepts some text safe_load refuses (a tab inside a plain scalar).
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PipelineJobsError(ErrorKind.CONFIGURATION, f"{name} is not valid YAML") from exc
+
+
+#: Plain scalars that YAML 1.1 (PyYAML's resolver) reads as booleans or null, not as text.
+_YAML_WORDS = {
+    **dict.fromkeys(("~", "null", "Null", "NULL"), None),
+    **dict.fromkeys(("true", "True", "TRUE"), True),
+    **dict.fromkeys(("false", "False", "FALSE"), False),
+}
+_YAML_BOOL_1_1 = frozenset({"yes", "Yes", "YES", "no", "No", "NO", "on", "On", "ON", "off", "Off", "OFF"})
+_PLAIN_VALUE = (
+    r"'[ -&(-~]*'"  # single-quoted, no quote inside
+    r'|"[ !#-\[\]-~]*"'  # double-quoted, no quote or backslash inside
+    r"|~|[A-Za-z/][A-Za-z0-9_./,-]*"  # null, or a word
+    r"|0|[1-9][0-9]*|[0-9]+(?:\.[0-9]+){2,}"  # a decimal integer, or a dotted address
+)
+_PLAIN_ENTRY = re.compile(
+    rf"(?P<indent>(?:  )?)(?P<key>[A-Za-z_][A-Za-z0-9_]*):(?:[ ]+(?P<value>{_PLAIN_VALUE}))?(?:[ ]+#.*)?[ ]*"
+)
+_NOT_PLAIN = re.compile(r"[^\n\r -~]")
+
+
+def _read_plain_yaml(text: str) -> dict[str, Any] | None:
+    """The mapping ``yaml.safe_load(text)`` gives, for text in a plain form; None for anything else.
+
+    The plain form: comments, ``key: value`` entries at the left margin, and sections
+    (``key:`` alone) of such entries indented by two spaces; values are ``~``, a
+    boolean or null word, a decimal integer without sign or leading zero, a quoted
+    string without escapes, a word of ``[A-Za-z0-9_./,-]`` starting with a letter or
+    ``/``, or digits with two dots or more (``127.0.0.1``): words that no YAML 1.1
+    resolver reads as anything but text. Printable ASCII only.
+    tests/test_config_yaml.py checks it against PyYAML on generated files.
+    """
+    if _NOT_PLAIN.search(text):
+        return None
+    config: dict[str, Any] = {}
+    section: str | None = None
+    for line in text.split("\n"):
+        line = line.rstrip("\r")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        entry = _PLAIN_ENTRY.fullmatch(line)
+        if entry is None or entry["key"] in _YAML_WORDS or entry["key"] in _YAML_BOOL_1_1:
+            return None
+        raw = entry["value"]
+        if raw in _YAML_BOOL_1_1:
+            return None
+        value = None if raw is None else _plain_scalar(raw)
+        if not entry["indent"]:
+            if entry["key"] in config:
+                return None
+            config[entry["key"]] = value
+            section = entry["key"] if raw is None else None
+        else:
+            if section is None:
+                return None
+            block = config[section] if isinstance(config[section], dict) else {}
+            if entry["key"] in block:
+                return None
+            block[entry["key"]] = value
+            config[section] = block
+    return config
+
+
+def _plain_scalar(raw: str) -> Any:
+    if raw in _YAML_WORDS:
+        return _YAML_WORDS[raw]
+    if raw[0] in "'\"":
+        return raw[1:-1]
+    if raw.isdigit():
+        return int(raw)
+    return raw
+
+
+def defaults_path() -> Path:
+    """Where the shipped defaults are: inside the installed package, else the checkout's config.yml."""
+    return PACKAGED_DEFAULTS if PACKAGED_DEFAULTS.exists() else ROOT_CONFIG
+
+
+def default_config() -> dict[str, Any]:
+    """Every setting and its default, whatever is (or is not) beside the code."""
+    path = defaults_path()
+    return read_config_file(path) if path.exists() else {}
+
+
+def merge_config(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict[str, Any]:
+    """``chosen`` over ``defaults``, section by section (a section the file sets replaces only the keys it names)."""
+    merged = copy.deepcopy(defaults)
+    for key, value in chosen.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_config(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def apply_env_overrides(config: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
@@ -248,6 +360,8 @@ NOT_SECRET_ENV = frozenset(
         "_REACTOR_SERVE_API_SERVER",
         "_REACTOR_SERVE_USERNAME",
         "_REACTOR_SERVE_TENANT",
+        "_REACTOR_SERVE_TLS_CERT",
+        "_REACTOR_SERVE_TLS_KEY",
     }
 )
 
@@ -269,8 +383,11 @@ def collect_secrets(env: Mapping[str, str], config: dict[str, Any]) -> set[str]:
 
 
 def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Settings:
-    """Build the settings from config.yml and the environment mapping ``env``."""
-    config = apply_env_overrides(read_config_file(config_path), env)
+    """Build the settings from the shipped defaults, config.yml over them, and the environment mapping ``env``.
+
+    The ``_REACTOR_*`` overrides apply whether or not a config.yml was found: the defaults name every key.
+    """
+    config = apply_env_overrides(merge_config(default_config(), read_config_file(config_path)), env)
     secrets = set(collect_secrets(env, config))
     uri = mongodb_uri(config.get("mongodb") or {})
     if uri is not None:

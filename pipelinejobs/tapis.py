@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .errors import ErrorKind, PipelineJobsError
+from .limits import MAX_DEPTH, check_json_value, event_id_or_none
+
 EVENT_TYPE_PREFIX = "jobs.JOB_NEW_STATUS."
 
 _STATUS_EVENTS: dict[str, str] = {
@@ -46,14 +49,39 @@ def event_for_status(status: str) -> str:
     return _STATUS_EVENTS.get(status.strip().upper(), "update")
 
 
+class _NotJson(ValueError):
+    """NaN or Infinity: Python's json accepts them, JSON does not."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NotJson(name)
+
+
 def decode_data(raw: Any) -> Any:
-    """``event.data`` decoded when it is a JSON string; anything else (text, an object) as it is."""
-    if isinstance(raw, str | bytes):
-        try:
-            return json.loads(raw)
-        except ValueError:
-            return raw
-    return raw
+    """``event.data`` decoded when it is a JSON string; anything else (text, an object) as it is.
+
+    The decoded value gets the same rules as a whole message (no NaN or Infinity, no
+    lone surrogates, integers within 64 bits, at most ``MAX_DEPTH`` levels), so a
+    JSON string inside a notification is no way around them.
+    """
+    if not isinstance(raw, str | bytes):
+        return raw
+    try:
+        value = json.loads(raw, parse_constant=_refuse_constant)
+    except _NotJson:
+        raise PipelineJobsError(
+            ErrorKind.BAD_MESSAGE, "event.data: holds NaN or Infinity, which are not JSON", field="event.data"
+        ) from None
+    except RecursionError:
+        raise PipelineJobsError(
+            ErrorKind.BAD_MESSAGE,
+            f"event.data: objects and arrays are nested deeper than the limit of {MAX_DEPTH} levels",
+            field="event.data",
+        ) from None
+    except ValueError:
+        return raw
+    check_json_value(value, "event.data", depth=2)  # inside the notification (1) and its event (2)
+    return value
 
 
 def job_status(notification: dict[str, Any]) -> str:
@@ -72,3 +100,18 @@ def event_data(notification: dict[str, Any]) -> dict[str, Any]:
     if isinstance(event, dict) and "data" in event:
         kept["event"] = {**event, "data": decode_data(event["data"])}
     return kept
+
+
+def delivery_id(notification: dict[str, Any]) -> str | None:
+    """``tapis:<eventUuid>`` (else ``tapis:<uuid>``), or None when the notification has neither.
+
+    Sound because Tapis Notifications gives each event its own ``eventUuid`` and
+    redelivers a notification unchanged, ``uuid`` included, when a delivery fails;
+    so one id means one job status change, however often it arrives.
+    """
+    for name in ("eventUuid", "uuid"):
+        value = notification.get(name)
+        candidate = event_id_or_none("tapis:" + value) if isinstance(value, str) else None
+        if candidate:
+            return candidate
+    return None

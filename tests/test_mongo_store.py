@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -133,3 +133,67 @@ def test_without_transactions_a_stale_force_delete_leaves_no_tombstone(store: Mo
     assert store.remove_job(job["uuid"], expected_revision=1, tombstone=tombstone) is True
     assert db.jobs.count_documents({}) == 0 and db.updates.count_documents({"action": "delete"}) == 1
     assert db.events.count_documents({"uuid": UUID}) == 0 and db.events.count_documents({}) == 2
+
+
+def test_an_event_costs_three_commands_and_reads_no_whole_document(
+    mongodb_uri: str, database_name: str, db: Any
+) -> None:
+    """The hot path as serve runs it (one store, warm): head read, log insert, conditional update."""
+    from pymongo import monitoring
+
+    from pipelinejobs import service, watch
+    from pipelinejobs.messages import EventMessage
+    from pipelinejobs.settings import load_settings
+    from tests.conftest import ROOT
+
+    class Commands(monitoring.CommandListener):
+        def __init__(self) -> None:
+            self.seen: list[dict[str, Any]] = []
+
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            self.seen.append({"name": event.command_name, "command": dict(event.command)})
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    listener = Commands()
+    settings = load_settings({}, ROOT / "config.yml")
+    with MongoJobStore(mongodb_uri, database_name, client_options={"event_listeners": [listener]}) as store:
+        store.ensure_indexes()
+        job = _job()
+        store.insert_job(job, {"uuid": UUID, "action": "create"})
+        token = identifiers.job_token(job["_salt"], UUID, job["_admin"])
+        for i in range(3):
+            listener.seen.clear()
+            message = EventMessage(UUID, "update", token, {"i": i})
+            outcome = service.handle(message, store=store, settings=settings, now=NOW)
+            assert outcome["applied"] is True
+            assert [c["name"] for c in listener.seen] == ["find", "insert", "update"], listener.seen
+        head_read = listener.seen[0]["command"]
+        assert "history" not in head_read["projection"] and "data" not in head_read["projection"]
+        # a job with deadlines (issue 10) also has a watch record: a state change moves it in one more write
+        store.put_watch(
+            watch.new_record(
+                uuid=UUID,
+                pipeline_uuid=None,
+                state="CREATED",
+                revision=3,
+                since=NOW,
+                last_seen=NOW,
+                own=None,
+                settings=settings,
+            )
+        )
+        listener.seen.clear()
+        outcome = service.handle(EventMessage(UUID, "run", token), store=store, settings=settings, now=NOW)
+        assert outcome["state"] == "RUNNING"
+        assert [c["name"] for c in listener.seen] == ["find", "insert", "update", "update"], listener.seen
+        moved = store.watch_record(UUID)
+        assert moved is not None and moved["state"] == "RUNNING" and moved["revision"] == 4
+        expected = min(
+            v for v in (settings.section("deadlines").get(k) for k in ("silent_seconds", "running_seconds")) if v
+        )
+        assert moved["due_at"] == NOW + timedelta(seconds=expected)

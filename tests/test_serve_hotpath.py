@@ -26,8 +26,9 @@ from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.intake import from_env, parse_message
 from pipelinejobs.server.app import abaco_message
 from pipelinejobs.server.recorder import WriteBehind
-from pipelinejobs.server.registry import MongoRegistry, SqliteRegistry, open_registry
+from pipelinejobs.server.registry import MongoRegistry, SqliteRegistry
 from pipelinejobs.settings import load_settings
+from pipelinejobs.store.factory import open_registry
 from pipelinejobs.store.mongo import MongoJobStore
 from tests.conftest import EXAMPLE_PIPELINE_COMPONENTS, EXAMPLE_PIPELINE_ID, EXAMPLE_PIPELINE_UUID, stop_process
 from tests.server_fixtures import LiveServer

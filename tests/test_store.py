@@ -458,8 +458,8 @@ def test_sqlite_schema_has_the_unique_keys_and_indexes(tmp_path: Path) -> None:
         for table in ("jobs", "pipelines", "updates"):
             for _, name, unique, *_ in conn.execute(f"PRAGMA index_list({table})"):
                 columns = [row[2] for row in conn.execute(f"PRAGMA index_info({name})")]
-                if len(columns) == 1:  # the read API's compound indexes are checked in test_read_api.py
-                    indexed.setdefault(table, set()).add((columns[0], bool(unique)))
+                key = columns[0] if len(columns) == 1 else tuple(columns)  # compound: (state, updated)
+                indexed.setdefault(table, set()).add((key, bool(unique)))
     assert {("uuid", True), ("state", False), ("pipeline_uuid", False)} <= indexed["jobs"]
     assert {("uuid", True), ("id", True)} <= indexed["pipelines"]
     assert ("uuid", False) in indexed["updates"]

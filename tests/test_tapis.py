@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid as uuidlib
 from typing import Any
 
 import pytest
@@ -35,11 +36,13 @@ def tapis_notification(
     if status in TERMINAL:
         fields.update({"blockedCount": 0, "remoteJobId": "8675309", "remoteOutcome": None, "remoteQueue": "normal"})
     address = callback or f"https://api.example.org/actors/v2/pjmanager0001/messages?x-nonce={NONCE}&token={TOKEN}"
+    # each status change is its own Tapis event and notification, with its own uuids
+    event_uuid = str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"tapis-event/{TAPIS_JOB}/{status}"))
     return {
-        "uuid": "c664d438-218d-418b-bfe1-7a0b08918f84",
+        "uuid": str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, f"tapis-notification/{TAPIS_JOB}/{status}")),
         "tenant": "tacc",
         "subscriptionName": f"jobs~tester~tacc~{TAPIS_JOB}~TSZn",
-        "eventUuid": "8b57afe8-16ba-4eee-989c-bb71a8759cf7",
+        "eventUuid": event_uuid,
         "event": {
             "source": "https://tapis.io/jobs",
             "type": f"jobs.JOB_NEW_STATUS.{status}",
@@ -53,7 +56,7 @@ def tapis_notification(
             "tenant": "tacc",
             "user": "jobs",
             "received": "2024-06-12T14:03:21.615954424Z",
-            "uuid": "8b57afe8-16ba-4eee-989c-bb71a8759cf7",
+            "uuid": event_uuid,
         },
         "deliveryTarget": {"deliveryMethod": "WEBHOOK", "deliveryAddress": address},
         "created": "2024-06-12T14:03:21.635255381Z",

@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import __version__, logs
+from .. import __version__, logs, watch
 from ..errors import ErrorKind, PipelineJobsError
 from . import metrics
 from .execution import Server
@@ -476,9 +476,13 @@ def create_app(server: Server) -> Starlette:
     async def lifespan(app: Starlette) -> Any:
         package_logger = logging.getLogger(logs.LOGGER_NAME)
         package_logger.addHandler(server.capture)
+        every = watch.watch_every(server.settings)  # deadlines.watch_every_seconds: off unless set
+        stop_watchdog = watch.start_background(server.store, server.settings, server.clock, every) if every else None
         try:
             yield
         finally:
+            if stop_watchdog is not None:
+                stop_watchdog()
             package_logger.removeHandler(server.capture)
             server.close()
 

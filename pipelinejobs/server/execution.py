@@ -21,8 +21,9 @@ from ..errors import ErrorKind, PipelineJobsError
 from ..runtime import dumps, handle_env, open_store
 from ..settings import Settings, collect_secrets
 from ..store.base import JobStore
+from ..store.factory import open_registry
 from .recorder import WriteBehind
-from .registry import ApiTokens, Record, Registry, abaco_time, nonce_tenant, open_registry, words
+from .registry import ApiTokens, Record, Registry, abaco_time, nonce_tenant, words
 
 MAX_LOG_CHARS = 1_000_000  # Abaco caps execution logs at 1 MB
 

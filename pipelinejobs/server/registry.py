@@ -29,7 +29,6 @@ from typing import Any, Protocol
 
 from ..errors import ErrorKind, PipelineJobsError
 from ..settings import Settings
-from ..store.base import JobStore
 from ..store.sqlite import SqliteJobStore
 from .jsontext import surrogate_safe
 
@@ -622,18 +621,3 @@ def nonce_tenant(settings: Settings) -> str:
 def sqlite_path_for(store: SqliteJobStore) -> Path:
     """A file next to the embedded job store's (``<store>.abaco.sqlite``): serve and the CLI share it."""
     return store.path.with_name(store.path.stem + ".abaco.sqlite")
-
-
-def open_registry(settings: Settings, store: JobStore) -> Registry:
-    """The registry beside the job store: in its MongoDB database (sharing its client), else a SQLite file.
-
-    The only place a registry is constructed; it does not create MongoDB indexes (``ensure_indexes``).
-    """
-    if store.backend == "mongodb":
-        database = getattr(store, "database", None)
-        if database is None:  # stores that predate ``MongoJobStore.database``
-            database = store.jobs.database  # type: ignore[attr-defined]
-        return MongoRegistry(database)
-    if not isinstance(store, SqliteJobStore):
-        raise PipelineJobsError(ErrorKind.CONFIGURATION, "no MongoDB is configured and the job store is not a file")
-    return SqliteRegistry(sqlite_path_for(store))

@@ -37,6 +37,7 @@ class Outcome(str, enum.Enum):
     APPLIED = "applied"  # changed the job: state, history, revision
     STALE = "stale"  # a scheduler callback the job is already past: kept in the log, job unchanged
     IMPORTED = "imported"  # a history entry the job had before it had a log (python-datacatalog)
+    HEARTBEAT = "heartbeat"  # a sign of life, logged at most once per interval: job unchanged
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,10 @@ class HistoryPage:
     next: str | None = None
 
 
+#: "no condition" for :meth:`JobStore.touch_watch`'s ``logged_at``
+ANY_LOGGED: Any = object()
+
+
 class JobStore(Protocol):
     """The storage protocol shared by the MongoDB and the embedded backends (each a context manager)."""
 
@@ -212,6 +217,48 @@ class JobStore(Protocol):
         """The job's ``updates`` records (create, hide, tombstones), oldest first."""
 
     def close(self) -> None: ...
+
+    # -- watch: deadlines, heartbeats, retention (issue 10) ----------------------------------
+    # A job's watch record lives apart from its datacatalog document (collection/table
+    # ``watch``, one per job uuid): {uuid, pipeline_uuid, state, revision, since, last_seen,
+    # due_at, deadlines, logged_at}. ``due_at`` (indexed) is when the job next needs judging.
+    def watch_head(self, uuid: str) -> Document | None:
+        """The job's :data:`HEAD_FIELDS` plus ``pipeline_uuid`` and ``updated``: what judging it needs."""
+
+    def watch_record(self, uuid: str) -> Document | None:
+        """The job's watch record, or None."""
+
+    def put_watch(self, record: Document) -> bool:
+        """Insert or replace the record unless the stored one has a newer ``revision``; True if written."""
+
+    def enter_state(self, uuid: str, *, state: str, revision: int, now: datetime, deadlines: tuple[str, ...]) -> bool:
+        """Move an existing, older watch record to ``state`` entered at ``now``, in one write.
+
+        ``due_at`` becomes ``now`` plus the smallest of the record's ``effective`` deadlines named
+        in ``deadlines`` (None when none applies). False when there is no record or a newer one.
+        """
+
+    def touch_watch(self, uuid: str, *, revision: int, changes: Document, logged_at: Any = ANY_LOGGED) -> bool:
+        """Set ``changes`` on the record if it is still at ``revision`` (and, when given, still has
+        ``logged_at``): the compare-and-set heartbeats and the watchdog's rescheduling use."""
+
+    def due_watches(self, now: datetime, *, limit: int) -> list[Document]:
+        """Watch records whose ``due_at`` has come, earliest first (an index range, never a scan)."""
+
+    def forget_watch(self, uuid: str) -> None: ...
+
+    def retention_candidates(
+        self, *, states: list[str], before: datetime, hidden_before: datetime | None, limit: int
+    ) -> list[Document]:
+        """Heads (uuid, pipeline_uuid, state, updated, _visible, _properties.revision, _admin) of jobs in
+        ``states`` not updated since ``before``, and of hidden jobs not updated since ``hidden_before``."""
+
+    def purge_job(self, uuid: str, *, expected_revision: int, tombstone: Document) -> bool:
+        """Write ``tombstone``, delete the job, its log and its watch record, all or nothing;
+        False (nothing written) when the job changed or vanished."""
+
+    def expire_tombstones(self, now: datetime, *, dry_run: bool = False) -> int:
+        """Delete (or count) purge tombstones whose ``expires_at`` has passed."""
 
 
 def iter_history(store: JobStore, uuid: str, page_size: int = 500) -> Iterator[EventRecord]:

@@ -2,8 +2,9 @@
 
 MongoDB when one is configured, else the embedded SQLite file. Stores are
 context managers (``with open_job_store(settings) as store:``). Nothing else
-constructs a client or a connection; serve's registry is opened beside the job
-store (``pipelinejobs.server.registry.open_registry``) and shares its client.
+constructs a client or a connection; serve's registry (nonces and executions) is
+opened here too, beside the job store, sharing its MongoDB client or next to its
+SQLite file.
 Indexes are not created here: that is ``pipelinejobs db init`` (and serve's
 start), so a message never pays for it.
 """
@@ -12,10 +13,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..errors import ErrorKind, PipelineJobsError
 from ..settings import Settings
 from .base import JobStore
+
+if TYPE_CHECKING:
+    from ..server.registry import Registry
 
 
 def open_job_store(settings: Settings, env: Mapping[str, str] | None = None, *, embedded: bool = True) -> JobStore:
@@ -47,3 +52,19 @@ def open_job_store(settings: Settings, env: Mapping[str, str] | None = None, *, 
         history_window=settings.history_window,
         inline_data_bytes=settings.history_inline_data_bytes,
     )
+
+
+def open_registry(settings: Settings, store: JobStore) -> Registry:
+    """Serve's registry beside the job store: in its MongoDB database (sharing its client), else a SQLite file.
+
+    It creates no MongoDB indexes (``ensure_indexes``, which ``pipelinejobs db init`` and serve run).
+    """
+    from ..server.registry import MongoRegistry, SqliteRegistry, sqlite_path_for
+    from .mongo import MongoJobStore
+    from .sqlite import SqliteJobStore
+
+    if isinstance(store, MongoJobStore):
+        return MongoRegistry(store.database)
+    if isinstance(store, SqliteJobStore):
+        return SqliteRegistry(sqlite_path_for(store))
+    raise PipelineJobsError(ErrorKind.CONFIGURATION, f"no registry can be opened beside the {store.describe()}")

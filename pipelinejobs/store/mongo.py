@@ -32,6 +32,7 @@ from pymongo.write_concern import WriteConcern
 from ..errors import ErrorKind, PipelineJobsError
 from ..logs import get_logger
 from .base import (
+    ANY_LOGGED,
     DEFAULT_HISTORY_WINDOW,
     DEFAULT_INLINE_DATA_BYTES,
     HEAD_FIELDS,
@@ -82,7 +83,21 @@ INDEXES: dict[str, tuple[str, list[tuple[str, int]], dict[str, Any]]] = {
         [("uuid", 1), ("event_id", 1)],
         {"unique": True, "partialFilterExpression": {"event_id": {"$exists": True}}},
     ),
+    # -- watch: deadlines, heartbeats, retention (issue 10) --
+    "watch.uuid_unique": ("watch", [("uuid", 1)], {"unique": True}),
+    "watch.due_at": ("watch", [("due_at", 1)], {}),
+    "jobs.state_updated": ("jobs", [("state", 1), ("updated", 1)], {}),
+    "jobs.hidden_updated": ("jobs", [("updated", 1)], {"partialFilterExpression": {"_visible": False}}),
+    # purge tombstones carry expires_at; MongoDB's TTL monitor removes them then (other records lack the field)
+    "updates.expires_at_ttl": ("updates", [("expires_at", 1)], {"expireAfterSeconds": 0}),
 }
+_WATCH_HEAD = {**_HEAD_PROJECTION, "pipeline_uuid": True, "updated": True}
+_RETENTION_HEAD = {
+    "_id": False,
+    **dict.fromkeys(("uuid", "state", "pipeline_uuid", "updated", "_visible", "_properties", "_admin"), True),
+}
+#: what the event path relies on: the job lookup and the log's two unique keys
+_EVENT_INDEXES = ("jobs.uuid_unique", "events.uuid_seq_unique", "events.uuid_event_id_unique")
 _KNOWN_LOGGED = 10000  # job uuids remembered as having a log (a bounded LRU)
 
 
@@ -119,20 +134,6 @@ def translate_errors(where: str = "MongoDB") -> Iterator[None]:
         ) from exc
 
 
-@contextlib.contextmanager
-def _missing_index_is_configuration(index: str) -> Iterator[None]:
-    try:
-        yield
-    except OperationFailure as exc:
-        if exc.code == 2 and "hint" in str(exc):
-            raise PipelineJobsError(
-                ErrorKind.CONFIGURATION,
-                f"the catalog database has no index {index}: run `pipelinejobs db init` once; nothing was changed",
-                missing_index=index,
-            ) from exc
-        raise
-
-
 def _retry_once(write: Callable[[], T]) -> T:
     """Run an idempotent write, once more after a network error (the first may or may not have landed)."""
     try:
@@ -164,8 +165,9 @@ class MongoJobStore:
         write_concern: WriteConcern | None = None,
         history_window: int = DEFAULT_HISTORY_WINDOW,
         inline_data_bytes: int = DEFAULT_INLINE_DATA_BYTES,
+        client_options: dict[str, Any] | None = None,
     ) -> None:
-        options: dict[str, Any] = {"tz_aware": True, "appname": "pipelinejobs-manager"}
+        options: dict[str, Any] = {"tz_aware": True, "appname": "pipelinejobs-manager", **(client_options or {})}
         lowered = uri.lower()  # options given in the URI win over these defaults
         if "retrywrites" not in lowered:
             # the event path's writes are idempotent by construction and retried here (see _retry_once),
@@ -179,7 +181,7 @@ class MongoJobStore:
         self.database_name = database
         self._where = f"MongoDB at {self.hosts}"
         self._client: pymongo.MongoClient = pymongo.MongoClient(uri, **options)
-        codec = CodecOptions(tz_aware=True, tzinfo=timezone.utc)
+        codec: CodecOptions = CodecOptions(tz_aware=True, tzinfo=timezone.utc)
         concern = write_concern or WriteConcern(w="majority", j=True)
         #: the catalog database, shared with serve's registry (one MongoClient per process)
         self.database = self._client.get_database(database, codec_options=codec, write_concern=concern)
@@ -187,10 +189,12 @@ class MongoJobStore:
         self.pipelines = self.database["pipelines"]
         self.updates = self.database["updates"]
         self.events = self.database["events"]
+        self.watch = self.database["watch"]  # deadlines and heartbeats, apart from the datacatalog documents
         self.history_window = max(history_window, 1)
         self.inline_data_bytes = inline_data_bytes
         self._transactions: bool | None = None  # learnt on first use
         self._logged: OrderedDict[str, None] = OrderedDict()
+        self._indexes_ok: set[str] = set()  # required indexes seen to exist (see _require_indexes)
 
     def __enter__(self) -> MongoJobStore:
         return self
@@ -290,6 +294,7 @@ class MongoJobStore:
                 by_collection.setdefault(collection, []).append(index)
             for collection, models in by_collection.items():
                 self.database[collection].create_indexes(models)
+        self._indexes_ok.update(INDEXES)
 
     def missing_indexes(self) -> list[str]:
         with self._translate():
@@ -300,13 +305,35 @@ class MongoJobStore:
             name for name, (collection, _, _) in INDEXES.items() if name.split(".", 1)[1] not in present[collection]
         ]
 
-    def _indexed(self, index: str) -> contextlib.AbstractContextManager[None]:
-        """Report a missing index as what it is (run `pipelinejobs db init`) rather than run slow and unsafe."""
-        return _missing_index_is_configuration(index)
+    def _require_indexes(self, *names: str) -> None:
+        """CONFIGURATION unless the named indexes exist: a catalog `pipelinejobs db init` never prepared is
+        reported as that, rather than run unindexed and without the log's unique keys.
+
+        Checked once per store object (a round trip per collection), not with index hints on every read:
+        some MongoDB-wire servers (secantusd-py 0.7) scan the whole collection when a query names a hint.
+        """
+        unchecked = [name for name in names if name not in self._indexes_ok]
+        if not unchecked:
+            return
+        with self._translate():
+            present = {
+                collection: set(self.database[collection].index_information())
+                for collection in {INDEXES[name][0] for name in unchecked}
+            }
+        missing = [name for name in unchecked if name.split(".", 1)[1] not in present[INDEXES[name][0]]]
+        if missing:
+            raise PipelineJobsError(
+                ErrorKind.CONFIGURATION,
+                f"the catalog database has no index {', '.join(missing)}: run `pipelinejobs db init` once;"
+                " nothing was changed",
+                missing_index=missing[0],
+            )
+        self._indexes_ok.update(unchecked)
 
     def find_pipeline(self, uuid: str) -> Document | None:
-        with self._translate(), self._indexed("pipelines.uuid_unique"):
-            return self.pipelines.find_one({"uuid": uuid}, {"_id": False}, hint="uuid_unique")
+        self._require_indexes("pipelines.uuid_unique")
+        with self._translate():
+            return self.pipelines.find_one({"uuid": uuid}, {"_id": False})
 
     def save_pipeline(self, pipeline: Document) -> tuple[Document, bool]:
         with self._translate():
@@ -324,12 +351,14 @@ class MongoJobStore:
             return list(self.pipelines.find({}, {"_id": False}).sort("id", pymongo.ASCENDING))
 
     def find_head(self, uuid: str) -> Document | None:
-        with self._translate(), self._indexed("jobs.uuid_unique"):
-            return self.jobs.find_one({"uuid": uuid}, _HEAD_PROJECTION, hint="uuid_unique")
+        self._require_indexes(*_EVENT_INDEXES)
+        with self._translate():
+            return self.jobs.find_one({"uuid": uuid}, _HEAD_PROJECTION)
 
     def find_job(self, uuid: str) -> Document | None:
-        with self._translate(), self._indexed("jobs.uuid_unique"):
-            return self.jobs.find_one({"uuid": uuid}, {"_id": False}, hint="uuid_unique")
+        self._require_indexes("jobs.uuid_unique")
+        with self._translate():
+            return self.jobs.find_one({"uuid": uuid}, {"_id": False})
 
     def list_jobs(
         self,
@@ -480,6 +509,112 @@ class MongoJobStore:
 
     def close(self) -> None:
         self._client.close()
+
+    # -- watch: deadlines, heartbeats, retention (issue 10) ----------------------------------
+    # These reads name no index hint (see _require_indexes): the passes check once per store object.
+    _WATCH_INDEXES = (
+        "watch.uuid_unique",
+        "watch.due_at",
+        "jobs.uuid_unique",
+        "jobs.state_updated",
+        "jobs.hidden_updated",
+    )
+
+    def watch_head(self, uuid: str) -> Document | None:
+        with self._translate():
+            return self.jobs.find_one({"uuid": uuid}, _WATCH_HEAD)
+
+    def watch_record(self, uuid: str) -> Document | None:
+        with self._translate():
+            return self.watch.find_one({"uuid": uuid}, {"_id": False})
+
+    def put_watch(self, record: Document) -> bool:
+        revision = int(record.get("revision") or 0)
+        with self._translate():
+            try:  # the unique uuid index turns "a newer record exists" into a duplicate key: not written
+                older = {"uuid": record["uuid"], "revision": {"$lt": revision}}
+                written = self.watch.update_one(older, {"$set": dict(record)}, upsert=True)
+            except DuplicateKeyError:
+                return False
+        return written.matched_count == 1 or written.upserted_id is not None
+
+    def enter_state(self, uuid: str, *, state: str, revision: int, now: datetime, deadlines: tuple[str, ...]) -> bool:
+        # one pipeline update: due_at = now + the smallest of the record's effective deadlines that apply
+        due: Any = None
+        if deadlines:
+            smallest = {"$min": [f"$effective.{name}" for name in deadlines]}
+            due = {"$add": [now, {"$multiply": [smallest, 1000]}]}
+        changes = {"state": state, "revision": revision, "since": now, "last_seen": now, "due_at": due}
+        with self._translate():
+            written = self.watch.update_one({"uuid": uuid, "revision": {"$lt": revision}}, [{"$set": changes}])
+        return written.matched_count == 1
+
+    def touch_watch(self, uuid: str, *, revision: int, changes: Document, logged_at: Any = ANY_LOGGED) -> bool:
+        query: dict[str, Any] = {"uuid": uuid, "revision": revision}
+        if logged_at is not ANY_LOGGED:
+            query["logged_at"] = logged_at
+        with self._translate():
+            return self.watch.update_one(query, {"$set": dict(changes)}).matched_count == 1
+
+    def due_watches(self, now: datetime, *, limit: int) -> list[Document]:
+        self._require_indexes(*self._WATCH_INDEXES)
+        with self._translate():
+            cursor = self.watch.find({"due_at": {"$lte": now}}, {"_id": False})
+            return list(cursor.sort("due_at", pymongo.ASCENDING).limit(max(1, limit)))
+
+    def forget_watch(self, uuid: str) -> None:
+        with self._translate():
+            self.watch.delete_one({"uuid": uuid})
+
+    def retention_candidates(
+        self, *, states: list[str], before: datetime, hidden_before: datetime | None, limit: int
+    ) -> list[Document]:
+        heads: dict[str, Document] = {}
+        limit = max(1, limit)
+        self._require_indexes(*self._WATCH_INDEXES)
+        with self._translate():
+            for state in states:  # one range of the (state, updated) index each
+                query = {"state": state, "updated": {"$lt": before}}
+                for doc in self.jobs.find(query, _RETENTION_HEAD).limit(limit):
+                    heads[doc["uuid"]] = doc
+            if hidden_before is not None:
+                query = {"_visible": False, "updated": {"$lt": hidden_before}}
+                for doc in self.jobs.find(query, _RETENTION_HEAD).limit(limit):
+                    heads[doc["uuid"]] = doc
+        return list(heads.values())[:limit]
+
+    def purge_job(self, uuid: str, *, expected_revision: int, tombstone: Document) -> bool:
+        at = {"$in": [0, None]} if expected_revision == 0 else expected_revision
+        precondition = {"uuid": uuid, "_properties.revision": at}
+
+        def work(session: Any) -> bool:
+            written = self.updates.insert_one(dict(tombstone), session=session)
+            if self.jobs.delete_one(precondition, session=session).deleted_count != 1:
+                if session is not None:
+                    raise _Abort()
+                self.updates.delete_one({"_id": written.inserted_id})  # no transactions: undo by hand
+                return False
+            # after the job: a purge cut short leaves log records of a job that is gone, which the
+            # tombstone names; it never leaves a job without its log
+            self.events.delete_many({"uuid": uuid}, session=session)
+            self.watch.delete_one({"uuid": uuid}, session=session)
+            return True
+
+        try:
+            purged = self._atomically(work)
+        except _Abort:
+            return False
+        if purged:
+            self._logged.pop(uuid, None)
+        return purged
+
+    def expire_tombstones(self, now: datetime, *, dry_run: bool = False) -> int:
+        """The TTL index removes expired tombstones within a minute; the pass does the same so counts are exact."""
+        query = {"action": "purge", "expires_at": {"$lte": now}}
+        with self._translate():
+            if dry_run:
+                return self.updates.count_documents(query)
+            return self.updates.delete_many(query).deleted_count
 
     # -- read side (issue 11: the read API and metrics) -----------------
     def query_jobs(self, where: JobFilter, *, after: str | None = None, limit: int = 50) -> JobPage:

@@ -18,12 +18,13 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from ..errors import ErrorKind, PipelineJobsError
 from .base import (
+    ANY_LOGGED,
     DEFAULT_HISTORY_WINDOW,
     DEFAULT_INLINE_DATA_BYTES,
     Append,
@@ -91,6 +92,18 @@ _SCHEMA = (
         UNIQUE (uuid, seq, slot),
         UNIQUE (uuid, event_id)
     )""",
+    # -- watch: deadlines, heartbeats, retention (issue 10) --
+    """CREATE TABLE IF NOT EXISTS watch (
+        uuid TEXT NOT NULL UNIQUE,
+        revision INTEGER NOT NULL,
+        due_at REAL,
+        logged_at REAL,
+        doc TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS watch_due_at ON watch (due_at) WHERE due_at IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS jobs_state_updated ON jobs (state, updated)",
+    "CREATE INDEX IF NOT EXISTS jobs_hidden_updated ON jobs (updated) WHERE visible = 0",
+    "CREATE INDEX IF NOT EXISTS updates_action ON updates (action)",
     # -- the read API (issue 11): an index per list filter, each ending in the list's order --
     f"CREATE INDEX IF NOT EXISTS jobs_created ON jobs ({_CREATED} DESC, uuid DESC)",
     f"CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, {_CREATED} DESC, uuid DESC)",
@@ -424,7 +437,8 @@ class SqliteJobStore:
         include_hidden: bool = False,
         limit: int = 100,
     ) -> list[Document]:
-        where, params = ["1 = 1"], []
+        where: list[str] = ["1 = 1"]
+        params: list[Any] = []
         if state:
             where.append("state = ?")
             params.append(state)
@@ -563,6 +577,144 @@ class SqliteJobStore:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
+
+    # -- watch: deadlines, heartbeats, retention (issue 10) ----------------------------------
+    def watch_head(self, uuid: str) -> Document | None:
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT state, visible, revision, updated, pipeline_uuid, json_extract(doc, '$._admin'),"
+                " json_extract(doc, '$._salt') FROM jobs WHERE uuid = ?",
+                (uuid,),
+            ).fetchone()
+        if row is None:
+            return None
+        state, visible, revision, updated, pipeline_uuid, admin, salt = row
+        return {
+            "uuid": uuid,
+            "state": state,
+            "pipeline_uuid": pipeline_uuid,
+            "updated": _moment(updated),
+            "_visible": bool(visible),
+            "_properties": {"revision": revision},
+            "_admin": loads_document(admin) if admin else None,
+            "_salt": salt,
+        }
+
+    def watch_record(self, uuid: str) -> Document | None:
+        with self._reading() as conn:
+            row = conn.execute("SELECT doc FROM watch WHERE uuid = ?", (uuid,)).fetchone()
+        return loads_document(row[0]) if row else None
+
+    @staticmethod
+    def _watch_row(record: Document) -> tuple[Any, ...]:
+        return (
+            record["uuid"],
+            int(record.get("revision") or 0),
+            _timestamp(record.get("due_at")),
+            _timestamp(record.get("logged_at")),
+            dumps_document(record),
+        )
+
+    def put_watch(self, record: Document) -> bool:
+        with self._transaction() as conn:
+            changed = conn.execute(
+                "INSERT INTO watch (uuid, revision, due_at, logged_at, doc) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (uuid) DO UPDATE SET revision = excluded.revision, due_at = excluded.due_at,"
+                " logged_at = excluded.logged_at, doc = excluded.doc WHERE excluded.revision > watch.revision",
+                self._watch_row(record),
+            ).rowcount
+        return changed == 1
+
+    def enter_state(self, uuid: str, *, state: str, revision: int, now: datetime, deadlines: tuple[str, ...]) -> bool:
+        with self._transaction() as conn:
+            row = conn.execute("SELECT revision, doc FROM watch WHERE uuid = ?", (uuid,)).fetchone()
+            if row is None or row[0] >= revision:
+                return False
+            record = loads_document(row[1])
+            effective = record.get("effective") or {}
+            seconds = [effective[name] for name in deadlines if isinstance(effective.get(name), int)]
+            due = now + timedelta(seconds=min(seconds)) if seconds else None
+            record.update(state=state, revision=revision, since=now, last_seen=now, due_at=due)
+            conn.execute(
+                "UPDATE watch SET revision = ?, due_at = ?, doc = ? WHERE uuid = ?",
+                (revision, _timestamp(due), dumps_document(record), uuid),
+            )
+            return True
+
+    def touch_watch(self, uuid: str, *, revision: int, changes: Document, logged_at: Any = ANY_LOGGED) -> bool:
+        with self._transaction() as conn:
+            row = conn.execute("SELECT revision, logged_at, doc FROM watch WHERE uuid = ?", (uuid,)).fetchone()
+            if row is None or row[0] != revision:
+                return False
+            if logged_at is not ANY_LOGGED and row[1] != _timestamp(logged_at):
+                return False
+            record = {**loads_document(row[2]), **changes}
+            conn.execute(
+                "UPDATE watch SET due_at = ?, logged_at = ?, doc = ? WHERE uuid = ?",
+                (_timestamp(record.get("due_at")), _timestamp(record.get("logged_at")), dumps_document(record), uuid),
+            )
+            return True
+
+    def due_watches(self, now: datetime, *, limit: int) -> list[Document]:
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT doc FROM watch WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
+                (_timestamp(now), max(1, limit)),
+            ).fetchall()
+        return [loads_document(text) for (text,) in rows]
+
+    def forget_watch(self, uuid: str) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM watch WHERE uuid = ?", (uuid,))
+
+    def retention_candidates(
+        self, *, states: list[str], before: datetime, hidden_before: datetime | None, limit: int
+    ) -> list[Document]:
+        columns = "uuid, state, pipeline_uuid, updated, visible, revision, json_extract(doc, '$._admin')"
+        found: list[tuple[Any, ...]] = []
+        with self._reading() as conn:
+            for state in states:  # one range of the (state, updated) index each
+                found += conn.execute(
+                    f"SELECT {columns} FROM jobs WHERE state = ? AND updated < ? ORDER BY updated LIMIT ?",
+                    (state, _timestamp(before), max(1, limit)),
+                ).fetchall()
+            if hidden_before is not None:
+                found += conn.execute(
+                    f"SELECT {columns} FROM jobs WHERE visible = 0 AND updated < ? ORDER BY updated LIMIT ?",
+                    (_timestamp(hidden_before), max(1, limit)),
+                ).fetchall()
+        heads: dict[str, Document] = {}
+        for uuid, state, pipeline_uuid, updated, visible, revision, admin in found:
+            heads[uuid] = {
+                "uuid": uuid,
+                "state": state,
+                "pipeline_uuid": pipeline_uuid,
+                "updated": _moment(updated),
+                "_visible": bool(visible),
+                "_properties": {"revision": revision},
+                "_admin": loads_document(admin) if admin else None,
+            }
+        return list(heads.values())[:limit]
+
+    def purge_job(self, uuid: str, *, expected_revision: int, tombstone: Document) -> bool:
+        with self._transaction() as conn:
+            row = conn.execute("SELECT revision FROM jobs WHERE uuid = ?", (uuid,)).fetchone()
+            if row is None or row[0] != expected_revision:
+                return False
+            self._audit(conn, tombstone)
+            conn.execute("DELETE FROM events WHERE uuid = ?", (uuid,))
+            conn.execute("DELETE FROM watch WHERE uuid = ?", (uuid,))
+            conn.execute("DELETE FROM jobs WHERE uuid = ?", (uuid,))
+            return True
+
+    def expire_tombstones(self, now: datetime, *, dry_run: bool = False) -> int:
+        # the embedded store has no TTL monitor: the pass does its work, over the purge tombstones only
+        where = "action = 'purge' AND json_extract(doc, '$.expires_at.\"$date\"') <= ?"
+        stamp = _utc(now).replace(microsecond=0).isoformat()
+        with self._transaction() as conn:
+            if dry_run:
+                return int(conn.execute(f"SELECT COUNT(*) FROM updates WHERE {where}", (stamp,)).fetchone()[0])
+            return conn.execute(f"DELETE FROM updates WHERE {where}", (stamp,)).rowcount
 
     # -- read side (issue 11: the read API and metrics) -----------------
     _SUMMARY_COLUMNS = (
