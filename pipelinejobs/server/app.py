@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__, logs, watch
 from ..errors import ErrorKind, PipelineJobsError
+from . import metrics
 from .execution import Server
 from .jsontext import dumps_utf8
 from .registry import (
@@ -448,7 +449,12 @@ class AccessLog:
 
 
 def _routes() -> list[Route]:
+    from .metrics import metrics_endpoint, readyz
+    from .read import read_routes
+
     routes = [Route("/healthz", health, methods=["GET"])]
+    routes += [Route("/readyz", readyz, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
+    routes += read_routes()  # the read API (issue 11): /jobs, /pipelines, /schemas, /state-machine
     for prefix in ("/actors/v2/{actor_id}", "/v3/actors/{actor_id}"):
         routes += [
             Route(f"{prefix}/messages", post_message, methods=["POST"]),
@@ -491,5 +497,6 @@ def create_app(server: Server) -> Starlette:
         },
     )
     app.state.server = server
+    metrics.install(app, server)  # /metrics: request latency, message outcomes, job counts
     app.add_middleware(AccessLog)
     return app

@@ -76,6 +76,8 @@ class Server:
     secrets: tuple[str, ...] = ()  # settings secrets plus plain API tokens, for the log redactor
     clock: Callable[[], datetime] = utc_now
     capture: _Capture = field(default_factory=_Capture)
+    #: told every message's outcome (the metrics' counters); None: nobody listens
+    observe: Callable[[dict[str, Any]], None] | None = None
 
     def execute(
         self, env: dict[str, str], execution: Record, secrets: Iterable[str], parsed: dict[str, Any] | None = None
@@ -92,6 +94,8 @@ class Server:
                 env, settings=self.settings, get_store=lambda: self.store, now=self.clock(), parsed=parsed
             )
         finish = self.clock()
+        if self.observe is not None:
+            self.observe(result)
         hidden = [*self.secrets, *collect_secrets(env, {}), *secrets, *_tokens(result)]
         formatter = logs.RedactingFormatter(secrets=hidden)
         lines = [formatter.format(record) for record in records] + [formatter.redact(dumps(result))]

@@ -340,3 +340,112 @@ def page_of(rows: list[EventRecord], limit: int) -> HistoryPage:
     page = rows[:limit]
     more = len(rows) > limit
     return HistoryPage(page, page[-1].cursor if more and page else None)
+
+
+# -- read side (issue 11: the read API and metrics) ------------------------------------------
+#: What a job list shows of each job: never ``data``, ``history``, ``_admin`` or ``_salt``.
+JOB_SUMMARY_FIELDS = (
+    "uuid",
+    "state",
+    "pipeline_uuid",
+    "archive_path",
+    "archive_system",
+    "session",
+    "agent",
+    "task",
+    "child_of",
+    "last_event",
+    "created",
+    "updated",
+    "revision",
+    "visible",
+)
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a list or a count covers; every field narrows it, and each has an index.
+
+    Ranges are half open: ``*_after`` inclusive, ``*_before`` exclusive. ``archive_path``
+    matches a substring (case-sensitive) of the job's archive path.
+    """
+
+    states: tuple[str, ...] = ()
+    pipeline_uuid: str | None = None
+    session: str | None = None
+    child_of: str | None = None
+    archive_path: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+    include_hidden: bool = False
+
+    def without_states(self) -> JobFilter:
+        from dataclasses import replace
+
+        return replace(self, states=())
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """A page of job summaries, newest created first; ``next`` continues after the last (None at the end)."""
+
+    jobs: list[Document] = field(default_factory=list)
+    next: str | None = None
+
+
+def job_cursor(created: datetime | None, uuid: str) -> str:
+    """An opaque position in a job list ordered by (created desc, uuid desc).
+
+    The creation time never changes, so a job never moves in this order: jobs created
+    while someone pages land before the first page and never shift the later ones.
+    """
+    import base64
+    import json
+
+    stamp = created.astimezone(timezone.utc).isoformat() if isinstance(created, datetime) else ""
+    raw = json.dumps([stamp, uuid], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def parse_job_cursor(cursor: str | None) -> tuple[datetime, str] | None:
+    """A :func:`job_cursor` back as (created, uuid); None for the start; ValueError when malformed."""
+    import base64
+    import binascii
+    import json
+
+    if cursor is None or cursor == "":
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        stamp, uuid = value
+        created = datetime.fromisoformat(stamp)
+    except (ValueError, TypeError, binascii.Error, RecursionError) as exc:
+        raise ValueError("not a job list cursor") from exc
+    if not isinstance(uuid, str) or created.tzinfo is None:
+        raise ValueError("not a job list cursor")
+    return created.astimezone(timezone.utc), uuid
+
+
+def page_of_jobs(rows: list[Document], limit: int) -> JobPage:
+    """The first ``limit`` summaries; ``next`` points after the last when more follow."""
+    page = rows[:limit]
+    more = len(rows) > limit and bool(page)
+    return JobPage(page, job_cursor(page[-1]["created"], page[-1]["uuid"]) if more else None)
+
+
+class ReadStore(Protocol):
+    """The read side both stores add to :class:`JobStore` (serve's read API, metrics and readiness)."""
+
+    def query_jobs(self, where: JobFilter, *, after: str | None = None, limit: int = 50) -> JobPage:
+        """Job summaries (:data:`JOB_SUMMARY_FIELDS`) matching ``where``, by (created desc, uuid desc)."""
+
+    def count_jobs(self, where: JobFilter) -> dict[str, int]:
+        """How many jobs match ``where``, per state."""
+
+    def job_totals(self) -> dict[tuple[str, str], int]:
+        """Visible jobs per (state, pipeline uuid): the metrics gauge's one aggregate."""
+
+    def ping(self, timeout: float = 2.0) -> None:
+        """Raise ``STORAGE_UNAVAILABLE`` unless the store answers a trivial read within ``timeout``."""

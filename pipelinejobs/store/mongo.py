@@ -42,10 +42,14 @@ from .base import (
     Document,
     EventRecord,
     HistoryPage,
+    JobFilter,
+    JobPage,
     creation_record,
     imported_record,
     page_of,
+    page_of_jobs,
     parse_cursor,
+    parse_job_cursor,
     position_index,
     removed_key,
 )
@@ -56,12 +60,21 @@ T = TypeVar("T")
 _NO_TRANSACTIONS = {20, 263}  # IllegalOperation (standalone), OperationNotSupportedInTransaction
 _TOO_LARGE = {10334, 17419, 17420}  # BSONObjectTooLarge and friends
 _HEAD_PROJECTION = {"_id": False, **dict.fromkeys(HEAD_FIELDS, True)}
+CREATED = "_properties.created_date"  # the job list's order: (created desc, uuid desc)
 #: index name -> (collection, keys, options): what `pipelinejobs db init` creates
 INDEXES: dict[str, tuple[str, list[tuple[str, int]], dict[str, Any]]] = {
     "jobs.uuid_unique": ("jobs", [("uuid", 1)], {"unique": True}),
     "jobs.state": ("jobs", [("state", 1)], {}),
     "jobs.pipeline_uuid": ("jobs", [("pipeline_uuid", 1)], {}),
     "jobs.updated": ("jobs", [("updated", -1)], {}),
+    # the read API (issue 11): one index per list filter, each ending in the list's order
+    "jobs.created_uuid": ("jobs", [(CREATED, -1), ("uuid", -1)], {}),
+    "jobs.state_created": ("jobs", [("state", 1), (CREATED, -1), ("uuid", -1)], {}),
+    "jobs.pipeline_created": ("jobs", [("pipeline_uuid", 1), (CREATED, -1), ("uuid", -1)], {}),
+    "jobs.session_created": ("jobs", [("session", 1), (CREATED, -1), ("uuid", -1)], {}),
+    "jobs.child_of_created": ("jobs", [("child_of", 1), (CREATED, -1), ("uuid", -1)], {}),
+    "jobs.archive_path": ("jobs", [("archive_path", 1)], {}),
+    "jobs.state_pipeline": ("jobs", [("state", 1), ("pipeline_uuid", 1)], {}),
     "pipelines.uuid_unique": ("pipelines", [("uuid", 1)], {"unique": True}),
     "pipelines.id_unique": ("pipelines", [("id", 1)], {"unique": True}),
     "updates.uuid": ("updates", [("uuid", 1)], {}),
@@ -618,3 +631,122 @@ class MongoJobStore:
             if dry_run:
                 return self.updates.count_documents(query)
             return self.updates.delete_many(query).deleted_count
+
+    # -- read side (issue 11: the read API and metrics) -----------------
+    def query_jobs(self, where: JobFilter, *, after: str | None = None, limit: int = 50) -> JobPage:
+        """After a cursor (created c, uuid u): the jobs created at c with a smaller uuid, then those created before c.
+
+        Two plain index range scans rather than one ``$or``, which some planners cannot bound by the index.
+        """
+        query = job_query(where)
+        position = parse_job_cursor(after)
+        limit = max(1, limit)
+        order = [(CREATED, -1), ("uuid", -1)]
+        with self._translate():
+            rows: list[Document] = []
+            if position is not None:
+                created, uuid = position
+                tied = {**_created_within(query, {"$gte": created, "$lte": created}), "uuid": {"$lt": uuid}}
+                rows = [job_summary(d) for d in self.jobs.find(tied, _SUMMARY_PROJECTION).sort(order).limit(limit + 1)]
+                query = _created_within(query, {"$lt": created})
+            if len(rows) <= limit:
+                cursor = self.jobs.find(query, _SUMMARY_PROJECTION).sort(order).limit(limit + 1 - len(rows))
+                rows += [job_summary(doc) for doc in cursor]
+        return page_of_jobs(rows, limit)
+
+    def count_jobs(self, where: JobFilter) -> dict[str, int]:
+        pipeline = [{"$match": job_query(where)}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]
+        with self._translate():
+            return {str(row["_id"]): int(row["n"]) for row in self.jobs.aggregate(pipeline)}
+
+    def job_totals(self) -> dict[tuple[str, str], int]:
+        group = {"_id": {"s": "$state", "p": "$pipeline_uuid"}, "n": {"$sum": 1}}
+        pipeline = [{"$match": {"_visible": {"$ne": False}}}, {"$group": group}]
+        with self._translate():
+            rows = list(self.jobs.aggregate(pipeline))
+        return {(str(r["_id"].get("s")), str(r["_id"].get("p"))): int(r["n"]) for r in rows}
+
+    def ping(self, timeout: float = 2.0) -> None:
+        with self._translate(), pymongo.timeout(timeout):
+            self.database.command("ping")
+
+
+_SUMMARY_PROJECTION = {
+    "_id": False,
+    **dict.fromkeys(
+        (
+            "uuid",
+            "state",
+            "pipeline_uuid",
+            "archive_path",
+            "archive_system",
+            "session",
+            "agent",
+            "task",
+            "child_of",
+            "last_event",
+            "updated",
+            "_visible",
+            CREATED,
+            "_properties.revision",
+        ),
+        True,
+    ),
+}
+
+
+def job_query(where: JobFilter) -> dict[str, Any]:
+    """The MongoDB filter for ``where``; each field is the head of an index in :data:`INDEXES`."""
+    import re
+
+    query: dict[str, Any] = {}
+    if where.states:
+        query["state"] = where.states[0] if len(where.states) == 1 else {"$in": list(where.states)}
+    for name in ("pipeline_uuid", "session", "child_of"):
+        value = getattr(where, name)
+        if value is not None:
+            query[name] = value  # child_of is an array: equality means "contains"
+    if where.archive_path:
+        query["archive_path"] = {"$regex": re.escape(where.archive_path)}
+    for column, low, high in (
+        (CREATED, where.created_after, where.created_before),
+        ("updated", where.updated_after, where.updated_before),
+    ):
+        bounds = {op: v for op, v in (("$gte", low), ("$lt", high)) if v is not None}
+        if bounds:
+            query[column] = bounds
+    if not where.include_hidden:
+        query["_visible"] = {"$ne": False}
+    return query
+
+
+def _created_within(query: dict[str, Any], bounds: dict[str, Any]) -> dict[str, Any]:
+    """``query`` with its creation-time range narrowed by ``bounds``: one flat filter, so the index bounds it."""
+    merged = dict(query.get(CREATED) or {})
+    for op, moment in bounds.items():
+        if op not in merged:
+            merged[op] = moment
+        else:
+            merged[op] = max(merged[op], moment) if op in ("$gte", "$gt") else min(merged[op], moment)
+    return {**query, CREATED: merged}
+
+
+def job_summary(doc: Document) -> Document:
+    """A projected job document as the flat summary a list shows (:data:`~.base.JOB_SUMMARY_FIELDS`)."""
+    properties = doc.get("_properties") or {}
+    return {
+        "uuid": doc.get("uuid"),
+        "state": doc.get("state"),
+        "pipeline_uuid": doc.get("pipeline_uuid"),
+        "archive_path": doc.get("archive_path"),
+        "archive_system": doc.get("archive_system"),
+        "session": doc.get("session"),
+        "agent": doc.get("agent"),
+        "task": doc.get("task"),
+        "child_of": list(doc.get("child_of") or []),
+        "last_event": doc.get("last_event"),
+        "created": properties.get("created_date"),
+        "updated": doc.get("updated"),
+        "revision": properties.get("revision") or 0,
+        "visible": doc.get("_visible") is not False,
+    }

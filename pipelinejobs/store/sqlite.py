@@ -33,11 +33,15 @@ from .base import (
     Document,
     EventRecord,
     HistoryPage,
+    JobFilter,
+    JobPage,
     Outcome,
     creation_record,
     imported_record,
     page_of,
+    page_of_jobs,
     parse_cursor,
+    parse_job_cursor,
     position_index,
     removed_key,
 )
@@ -50,6 +54,11 @@ _LITERAL = "$literal"  # JSON tag of a stored dict that would otherwise look lik
 _TAGS = frozenset({_DATE, _LITERAL})
 #: log outcomes that are history entries (a stale callback is in the log, not in the job's history)
 _ENTRY_OUTCOMES = (Outcome.APPLIED.value, Outcome.IMPORTED.value)
+
+#: fields of the job document written once at creation that the read API filters and orders on
+_CREATED = """json_extract(doc, '$._properties.created_date."$date"')"""  # ISO 8601 UTC text: sorts as time
+_SESSION = "json_extract(doc, '$.session')"
+_ARCHIVE_PATH = "json_extract(doc, '$.archive_path')"
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS jobs (
@@ -97,6 +106,30 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_state_updated ON jobs (state, updated)",
     "CREATE INDEX IF NOT EXISTS jobs_hidden_updated ON jobs (updated) WHERE visible = 0",
     "CREATE INDEX IF NOT EXISTS updates_action ON updates (action)",
+    # -- the read API (issue 11): an index per list filter, each ending in the list's order --
+    f"CREATE INDEX IF NOT EXISTS jobs_created ON jobs ({_CREATED} DESC, uuid DESC)",
+    f"CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, {_CREATED} DESC, uuid DESC)",
+    f"CREATE INDEX IF NOT EXISTS jobs_pipeline_created ON jobs (pipeline_uuid, {_CREATED} DESC, uuid DESC)",
+    f"CREATE INDEX IF NOT EXISTS jobs_session_created ON jobs ({_SESSION}, {_CREATED} DESC, uuid DESC)",
+    f"CREATE INDEX IF NOT EXISTS jobs_archive_path ON jobs ({_ARCHIVE_PATH})",
+    "CREATE INDEX IF NOT EXISTS jobs_state_pipeline ON jobs (state, pipeline_uuid, visible)",
+    # a job's parents (its child_of array) as rows, kept by triggers, so "children of X" is an index lookup
+    """CREATE TABLE IF NOT EXISTS job_parents (
+        parent TEXT NOT NULL,
+        uuid TEXT NOT NULL,
+        PRIMARY KEY (parent, uuid)
+    ) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS jobs_parents_insert AFTER INSERT ON jobs BEGIN
+        INSERT OR IGNORE INTO job_parents (parent, uuid)
+            SELECT value, NEW.uuid FROM json_each(NEW.doc, '$.child_of') WHERE type = 'text';
+    END""",
+    """CREATE TRIGGER IF NOT EXISTS jobs_parents_delete AFTER DELETE ON jobs BEGIN
+        DELETE FROM job_parents WHERE uuid = OLD.uuid;
+    END""",
+    # jobs written before the table existed (runs once: afterwards the table is not empty)
+    """INSERT OR IGNORE INTO job_parents (parent, uuid)
+        SELECT p.value, jobs.uuid FROM jobs, json_each(jobs.doc, '$.child_of') AS p
+        WHERE p.type = 'text' AND NOT EXISTS (SELECT 1 FROM job_parents)""",
 )
 #: version 1 files kept each job's whole history in its document; these columns take over what changes
 _MIGRATE_TO_2 = (
@@ -707,3 +740,109 @@ class SqliteJobStore:
             if dry_run:
                 return int(conn.execute(f"SELECT COUNT(*) FROM updates WHERE {where}", (stamp,)).fetchone()[0])
             return conn.execute(f"DELETE FROM updates WHERE {where}", (stamp,)).rowcount
+
+    # -- read side (issue 11: the read API and metrics) -----------------
+    _SUMMARY_COLUMNS = (
+        "uuid, state, pipeline_uuid, visible, updated, last_event, revision,"
+        f" {_ARCHIVE_PATH}, json_extract(doc, '$.archive_system'), {_SESSION}, json_extract(doc, '$.agent'),"
+        f" json_extract(doc, '$.task'), json_extract(doc, '$.child_of'), {_CREATED}"
+    )
+
+    def query_jobs(self, where: JobFilter, *, after: str | None = None, limit: int = 50) -> JobPage:
+        sql, params = list_sql(where, parse_job_cursor(after), max(1, limit) + 1)
+        with self._reading() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return page_of_jobs([_summary(row) for row in rows], max(1, limit))
+
+    def count_jobs(self, where: JobFilter) -> dict[str, int]:
+        clauses, params = _job_where(where)
+        sql = f"SELECT state, COUNT(*) FROM jobs WHERE {' AND '.join(clauses)} GROUP BY state"
+        with self._reading() as conn:
+            return {str(state): int(n) for state, n in conn.execute(sql, tuple(params))}
+
+    def job_totals(self) -> dict[tuple[str, str], int]:
+        sql = "SELECT state, pipeline_uuid, COUNT(*) FROM jobs WHERE visible = 1 GROUP BY state, pipeline_uuid"
+        with self._reading() as conn:
+            return {(str(state), str(pipeline)): int(n) for state, pipeline, n in conn.execute(sql)}
+
+    def ping(self, timeout: float = 2.0) -> None:
+        if not self.path.exists():
+            raise PipelineJobsError(ErrorKind.STORAGE_UNAVAILABLE, f"the SQLite store {self.path} is gone")
+        with self._reading() as conn:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+
+
+def list_sql(where: JobFilter, position: tuple[datetime, str] | None, limit: int) -> tuple[str, tuple[Any, ...]]:
+    """The job list's query: summaries matching ``where`` after ``position``, by (created desc, uuid desc)."""
+    clauses, params = _job_where(where)
+    if position is not None:
+        created, uuid = position
+        clauses.append(f"({_CREATED} < ? OR ({_CREATED} = ? AND uuid < ?))")
+        params += [_iso(created), _iso(created), uuid]
+    sql = (
+        f"SELECT {SqliteJobStore._SUMMARY_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)}"
+        f" ORDER BY {_CREATED} DESC, uuid DESC LIMIT ?"
+    )
+    return sql, (*params, limit)
+
+
+def _iso(moment: datetime) -> str:
+    """A time as the ISO text the stored documents hold (UTC, ``+00:00``): compares as time does."""
+    return _utc(moment).isoformat()
+
+
+def _job_where(where: JobFilter) -> tuple[list[str], list[Any]]:
+    """SQL conditions for ``where``; each uses an index of the read API (see ``_SCHEMA``)."""
+    clauses: list[str] = ["1 = 1"]
+    params: list[Any] = []
+    if where.states:
+        clauses.append(f"state IN ({', '.join('?' * len(where.states))})")
+        params += list(where.states)
+    if where.pipeline_uuid is not None:
+        clauses.append("pipeline_uuid = ?")
+        params.append(where.pipeline_uuid)
+    if where.session is not None:
+        clauses.append(f"{_SESSION} = ?")
+        params.append(where.session)
+    if where.child_of is not None:
+        clauses.append("uuid IN (SELECT uuid FROM job_parents WHERE parent = ?)")
+        params.append(where.child_of)
+    if where.archive_path:
+        clauses.append(f"instr({_ARCHIVE_PATH}, ?) > 0")
+        params.append(where.archive_path)
+    if where.created_after is not None:
+        clauses.append(f"{_CREATED} >= ?")
+        params.append(_iso(where.created_after))
+    if where.created_before is not None:
+        clauses.append(f"{_CREATED} < ?")
+        params.append(_iso(where.created_before))
+    if where.updated_after is not None:
+        clauses.append("updated >= ?")
+        params.append(_timestamp(where.updated_after))
+    if where.updated_before is not None:
+        clauses.append("updated < ?")
+        params.append(_timestamp(where.updated_before))
+    if not where.include_hidden:
+        clauses.append("visible = 1")
+    return clauses, params
+
+
+def _summary(row: tuple[Any, ...]) -> Document:
+    uuid, state, pipeline, visible, updated, last_event, revision = row[:7]
+    archive_path, archive_system, session, agent, task, child_of, created = row[7:]
+    return {
+        "uuid": uuid,
+        "state": state,
+        "pipeline_uuid": pipeline,
+        "archive_path": archive_path,
+        "archive_system": archive_system,
+        "session": session,
+        "agent": agent,
+        "task": task,
+        "child_of": json.loads(child_of) if child_of else [],
+        "last_event": last_event,
+        "created": datetime.fromisoformat(created).astimezone(timezone.utc) if created else None,
+        "updated": _moment(updated),
+        "revision": revision,
+        "visible": bool(visible),
+    }

@@ -1,0 +1,344 @@
+"""What people can read about the jobs, as plain JSON-ready data: the read API's query layer.
+
+Serve's JSON routes (``server/read.py``) and any HTML view call these functions;
+nothing here knows about HTTP or authentication. Request parameters come in as
+a mapping of strings and are checked here (:class:`QueryError` says what is
+wrong, never echoing more than a short prefix of the input). A job is never shown
+with its ``_salt`` (the job token is derived from it) nor its storage id, and
+lists show summaries only (``JOB_SUMMARY_FIELDS``), never ``data`` or ``history``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime, timezone
+from html import escape
+from typing import Any
+
+from . import fsm
+from .messages import SCHEMA_FILES, schema_dir
+from .store.base import EventRecord, JobFilter, JobStore, ReadStore
+
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+#: parameters of a job list (also what the counts take)
+FILTER_PARAMS = (
+    "state",
+    "pipeline",
+    "session",
+    "child_of",
+    "archive_path",
+    "created_after",
+    "created_before",
+    "updated_after",
+    "updated_before",
+    "hidden",
+)
+TIME_PARAMS = ("created_after", "created_before", "updated_after", "updated_before")
+_STATES = {s.value for s in fsm.State}
+_HIDDEN_FIELDS = ("_salt", "_id")
+
+
+class QueryError(ValueError):
+    """A parameter that cannot be used; the message says which and why."""
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 64 else text[:64] + "..."
+
+
+# -- JSON -------------------------------------------------------------------------------------
+def jsonable(value: Any) -> Any:
+    """``value`` with datetimes as ISO 8601 UTC text (``Z``) and non-finite floats as null."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)  # ObjectId, Decimal128...: shown as text
+
+
+# -- parameters -------------------------------------------------------------------------------
+def parse_time(name: str, raw: str) -> datetime:
+    """An ISO 8601 time (``Z`` or an offset; a time without one is UTC)."""
+    text = raw.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise QueryError(f"{name} must be an ISO 8601 time, e.g. 2024-05-01T12:00:00Z; got {_short(raw)!r}") from None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def parse_limit(raw: str | None, default: int = DEFAULT_PAGE, maximum: int = MAX_PAGE) -> int:
+    """A page size: 1..``maximum`` (larger values are capped)."""
+    if raw is None or raw == "":
+        return default
+    text = raw.strip()
+    if not text.isdigit() or int(text[:7]) < 1:
+        raise QueryError(f"limit must be a positive integer; got {_short(raw)!r}")
+    return min(int(text[:7]), maximum)
+
+
+def _flag(name: str, raw: str | None) -> bool:
+    value = (raw or "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise QueryError(f"{name} must be true or false; got {_short(raw or '')!r}")
+
+
+def parse_job_filter(params: Mapping[str, str]) -> JobFilter:
+    """A :class:`JobFilter` from request parameters (:data:`FILTER_PARAMS`); unknown names are ignored.
+
+    ``state`` takes one state or several separated by commas.
+    """
+    states: list[str] = []
+    for word in (params.get("state") or "").split(","):
+        word = word.strip().upper()
+        if not word:
+            continue
+        if word not in _STATES:
+            raise QueryError(f"state must be one of {', '.join(sorted(_STATES))}; got {_short(word)!r}")
+        states.append(word)
+    text: dict[str, str | None] = {}
+    for name in ("pipeline", "session", "child_of", "archive_path"):
+        value = params.get(name)
+        if value is not None and len(value) > 1024:
+            raise QueryError(f"{name} is longer than 1024 characters")
+        text[name] = value.strip() if value and value.strip() else None
+    times = {name: parse_time(name, params[name]) for name in TIME_PARAMS if params.get(name)}
+    return JobFilter(
+        states=tuple(dict.fromkeys(states)),
+        pipeline_uuid=text["pipeline"],
+        session=text["session"],
+        child_of=text["child_of"],
+        archive_path=text["archive_path"],
+        created_after=times.get("created_after"),
+        created_before=times.get("created_before"),
+        updated_after=times.get("updated_after"),
+        updated_before=times.get("updated_before"),
+        include_hidden=_flag("hidden", params.get("hidden")),
+    )
+
+
+# -- jobs -------------------------------------------------------------------------------------
+def list_jobs(
+    store: ReadStore, where: JobFilter, *, after: str | None = None, limit: int = DEFAULT_PAGE, counts: bool = False
+) -> dict[str, Any]:
+    """A page of job summaries, newest created first, and the cursor of the next page.
+
+    The order is (created desc, uuid desc): a job's creation time never changes, so
+    paging is stable while jobs are created or change state (new jobs land before
+    the first page). With ``counts``, ``counts`` holds the jobs per state under every
+    filter but ``state`` (what choosing each state would list).
+    """
+    try:
+        page = store.query_jobs(where, after=after, limit=limit)
+    except ValueError:
+        raise QueryError("after is not a cursor this list gave out") from None
+    body: dict[str, Any] = {"jobs": jsonable(page.jobs), "next": page.next, "limit": limit}
+    if counts:
+        body["counts"] = count_jobs(store, where)
+    return body
+
+
+def count_jobs(store: ReadStore, where: JobFilter) -> dict[str, int]:
+    """Jobs per state under every filter but ``state``; states without jobs are 0."""
+    found = store.count_jobs(where.without_states())
+    return {state.value: found.get(state.value, 0) for state in fsm.State} | {
+        k: v for k, v in found.items() if k not in _STATES
+    }
+
+
+def public_job(job: Mapping[str, Any]) -> dict[str, Any]:
+    """A job document as shown: no salt (the job token derives from it), no storage id."""
+    return jsonable({k: v for k, v in job.items() if k not in _HIDDEN_FIELDS})
+
+
+def get_job(store: JobStore, uuid: str) -> dict[str, Any] | None:
+    """One job (hidden or not) with its recent ``history`` window; the full log is :func:`job_events`."""
+    job = store.find_job(uuid)
+    return None if job is None else public_job(job)
+
+
+def event_view(record: EventRecord) -> dict[str, Any]:
+    shown = {
+        "seq": record.seq,
+        "cursor": record.cursor,
+        "event_uuid": record.event_uuid,
+        "name": record.name,
+        "date": record.date,
+        "state": record.state or None,
+        "outcome": record.outcome.value,
+        "via": record.via,
+        "event_id": record.event_id,
+        "data": record.data,
+    }
+    return jsonable(shown)
+
+
+def job_events(
+    store: JobStore, uuid: str, *, after: str | None = None, limit: int = DEFAULT_PAGE
+) -> dict[str, Any] | None:
+    """A page of the job's full event log, oldest first; None when the job does not exist."""
+    if store.find_head(uuid) is None:
+        return None
+    try:
+        page = store.history(uuid, after=after, limit=limit)
+    except ValueError:
+        raise QueryError("after is not a cursor this log gave out") from None
+    return {"uuid": uuid, "events": [event_view(r) for r in page.records], "next": page.next, "limit": limit}
+
+
+# -- pipelines --------------------------------------------------------------------------------
+def list_pipelines(store: JobStore) -> list[dict[str, Any]]:
+    return [jsonable({k: v for k, v in p.items() if k != "_id"}) for p in store.list_pipelines()]
+
+
+def get_pipeline(store: JobStore, uuid: str) -> dict[str, Any] | None:
+    found = store.find_pipeline(uuid)
+    return None if found is None else jsonable({k: v for k, v in found.items() if k != "_id"})
+
+
+# -- schemas ----------------------------------------------------------------------------------
+def schema_names() -> dict[str, str]:
+    """Each bundled message schema: short name -> file name."""
+    return dict(SCHEMA_FILES)
+
+
+def get_schema(name: str) -> dict[str, Any] | None:
+    """A bundled schema by short name (``event``) or file name, with or without ``.json``; else None.
+
+    Only names from :data:`SCHEMA_FILES` are ever opened, so no path can be asked for.
+    """
+    stem = name[:-5] if name.endswith(".json") else name
+    for short, file_name in SCHEMA_FILES.items():
+        if stem in (short, file_name[:-5]):
+            return json.loads((schema_dir() / file_name).read_text(encoding="utf-8"))
+    return None
+
+
+# -- the state machine ------------------------------------------------------------------------
+def state_machine() -> dict[str, Any]:
+    """``fsm.TRANSITIONS`` as data: each event's source states and target (null: the state stays)."""
+    return {
+        "initial": fsm.State.CREATED.value,
+        "states": [s.value for s in fsm.State],
+        "events": [
+            {
+                "name": event,
+                "from": sorted(s.value for s in sources),
+                "to": target.value if target is not None else None,
+                "admin_only": event in fsm.ADMIN_EVENTS,
+            }
+            for event, (sources, target) in fsm.TRANSITIONS.items()
+        ],
+    }
+
+
+def _layers() -> dict[str, int]:
+    """Each state's column: its distance from CREATED along state-changing events (reset aside)."""
+    depth = {fsm.State.CREATED.value: 0}
+    frontier = [fsm.State.CREATED.value]
+    while frontier:
+        following = []
+        for state in frontier:
+            for event, (sources, target) in fsm.TRANSITIONS.items():
+                if event == "reset" or target is None or state not in {s.value for s in sources}:
+                    continue
+                if target.value not in depth:
+                    depth[target.value] = depth[state] + 1
+                    following.append(target.value)
+        frontier = following
+    for state in fsm.State:
+        depth.setdefault(state.value, max(depth.values()) + 1)
+    return depth
+
+
+def state_machine_svg(path: Sequence[str] = ()) -> str:
+    """The state graph as a standalone SVG: states in columns by distance from CREATED.
+
+    Edges carry ``data-event``/``data-from``/``data-to`` and states ``data-state`` so a
+    page can style them; ``path`` (states a job went through, in order) is highlighted.
+    ``reset`` (allowed in every state) is drawn once, from an "any state" box.
+    """
+    layers = _layers()
+    columns: dict[int, list[str]] = {}
+    for state in fsm.State:
+        columns.setdefault(layers[state.value], []).append(state.value)
+    box_w, box_h, gap_x, gap_y, margin = 120, 34, 90, 40, 30
+    any_state = "any state"
+    spots: dict[str, tuple[float, float]] = {}
+    for column, states in columns.items():
+        for row, state in enumerate(states):
+            spots[state] = (margin + column * (box_w + gap_x), margin + 30 + row * (box_h + gap_y))
+    tallest = max(len(s) for s in columns.values())
+    spots[any_state] = (margin + (layers["RESET"] - 1) * (box_w + gap_x), margin + 30 + tallest * (box_h + gap_y))
+    width = margin * 2 + (max(columns) + 1) * (box_w + gap_x)
+    height = margin * 2 + 30 + (tallest + 1) * (box_h + gap_y)
+    visited = set(path)
+    steps = set(itertools.pairwise(path))
+    edges: dict[tuple[str, str], list[str]] = {}
+    for event, (sources, target) in fsm.TRANSITIONS.items():
+        if target is None:
+            continue
+        if event == "reset":
+            edges.setdefault((any_state, target.value), []).append(event)
+            continue
+        for source in sorted(s.value for s in sources):
+            edges.setdefault((source, target.value), []).append(event)
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}"'
+        ' role="img" aria-labelledby="fsm-title" font-family="sans-serif" font-size="12">',
+        '<title id="fsm-title">PipelineJob state machine</title>',
+        "<defs><marker id='arrow' viewBox='0 0 10 10' refX='10' refY='5' markerWidth='7' markerHeight='7'"
+        " orient='auto-start-reverse'><path d='M0,0 L10,5 L0,10 z' fill='context-stroke'/></marker></defs>",
+        "<style>.edge{fill:none;stroke:#667;stroke-width:1.2}.edge.walked{stroke:#c40;stroke-width:2.5}"
+        ".state rect{fill:#f4f6fa;stroke:#334;stroke-width:1.2}.state.visited rect{fill:#fde2d0;stroke:#c40}"
+        ".label{fill:#334}</style>",
+    ]
+    for (source, target), names in edges.items():
+        x1, y1 = spots[source]
+        x2, y2 = spots[target]
+        walked = " walked" if (source, target) in steps else ""
+        label = escape(", ".join(names))
+        common = f'class="edge{walked}" data-event="{label}" data-from="{escape(source)}" data-to="{target}"'
+        if source == target:  # a loop above the box
+            cx, cy = x1 + box_w / 2, y1
+            d = f"M{cx - 15},{cy} C{cx - 30},{cy - 35} {cx + 30},{cy - 35} {cx + 15},{cy}"
+            out.append(f'<path {common} d="{d}" marker-end="url(#arrow)"/>')
+            out.append(f'<text class="label" x="{cx}" y="{cy - 30}" text-anchor="middle">{label}</text>')
+            continue
+        forward = x2 > x1
+        sx, sy = (x1 + box_w, y1 + box_h / 2) if forward else (x1 + box_w / 2, y1 + (box_h if y2 > y1 else 0))
+        ex, ey = (x2, y2 + box_h / 2) if forward else (x2 + box_w / 2, y2 + (0 if y2 > y1 else box_h))
+        if x2 == x1 and y2 == y1:
+            continue
+        mx, my = (sx + ex) / 2, (sy + ey) / 2
+        bend = 18 if forward else -40
+        d = f"M{sx:.0f},{sy:.0f} Q{mx:.0f},{my + bend:.0f} {ex:.0f},{ey:.0f}"
+        out.append(f'<path {common} d="{d}" marker-end="url(#arrow)"/>')
+        out.append(f'<text class="label" x="{mx:.0f}" y="{my + bend / 2 - 3:.0f}" text-anchor="middle">{label}</text>')
+    for state, (x, y) in spots.items():
+        seen = " visited" if state in visited else ""
+        out.append(
+            f'<g class="state{seen}" data-state="{escape(state)}"><rect x="{x}" y="{y}" width="{box_w}"'
+            f' height="{box_h}" rx="6"/><text x="{x + box_w / 2}" y="{y + box_h / 2 + 4}"'
+            f' text-anchor="middle">{escape(state)}</text></g>'
+        )
+    out.append("</svg>")
+    return "\n".join(out)

@@ -1,0 +1,181 @@
+"""The read API of `pipelinejobs serve`: jobs, their event logs, pipelines, schemas, the state machine.
+
+JSON in Abaco's envelope (``status``, ``message``, ``version``, ``result``); the same
+routes answer under ``/v3/`` with tapisservice's extra ``metadata``. Keys are snake case
+in both, so the v3 answer is the v2 one. The queries are in ``pipelinejobs/queries.py``,
+shared with any HTML view.
+
+Who may read: a holder of one of serve's API tokens (``Authorization: Bearer`` or
+``X-Tapis-Token``), or of a nonce of one of the served actors with level READ or higher
+(``?x-nonce=``; each request counts as one use, as Abaco counts them). A token serve does
+not accept is refused even alongside a nonce. The bundled schemas and the state machine
+describe the software, not the jobs, and need no credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .. import __version__, queries
+from ..errors import PipelineJobsError
+from .app import INVALID_JWT, NO_CREDENTIALS, JSONResponse, _bearer, _server
+from .registry import NONCE_MISSING, Level, Refused
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _answer(request: Request, result: Any, message: str = "The request was successful") -> Response:
+    body: dict[str, Any] = {"status": "success", "message": message, "version": __version__, "result": result}
+    if request.url.path.startswith("/v3/"):
+        body["metadata"] = {}
+    return JSONResponse(body)
+
+
+async def authorize_read(request: Request) -> str:
+    """The user a read acts as, or Refused (401) with Abaco's texts; a nonce use is counted."""
+    server = _server(request)
+    token = _bearer(request)
+    nonce = request.query_params.get("x-nonce") or None
+    if token:
+        if server.config.api_tokens.check(token):
+            return server.config.owner
+        raise Refused(INVALID_JWT, 401)
+    if not nonce:
+        raise Refused(NO_CREDENTIALS, 401)
+    registry = server.registry
+    for actor in server.config.actors:
+        if await run_in_threadpool(registry.get_nonce, actor, nonce) is not None:
+            used = await run_in_threadpool(registry.use_nonce, actor, nonce, Level.READ, server.clock())
+            return str(used.get("owner") or server.config.owner)
+    raise Refused(NONCE_MISSING, 401)
+
+
+def _reader(handler: Handler, *, public: bool = False) -> Handler:
+    """Authorize, turn bad parameters into 400s, and count store failures in the metrics."""
+
+    async def endpoint(request: Request) -> Response:
+        if not public:
+            await authorize_read(request)
+        try:
+            return await handler(request)
+        except queries.QueryError as exc:
+            raise Refused(str(exc), 400) from None
+        except PipelineJobsError as exc:
+            metrics = getattr(request.app.state, "metrics", None)
+            if metrics is not None:
+                metrics.store_error(exc)
+            raise
+
+    return endpoint
+
+
+def _not_found(what: str, name: str) -> Refused:
+    return Refused(f"No {what} found with identifier '{name[:64]}'.", 404)
+
+
+async def list_jobs(request: Request) -> Response:
+    """``GET /jobs``: job summaries, newest created first, ``?after=`` the previous page's ``next``.
+
+    Filters: ``state`` (one or comma-separated), ``pipeline``, ``session``, ``child_of``,
+    ``archive_path`` (substring), ``created_after``/``created_before``,
+    ``updated_after``/``updated_before`` (ISO 8601), ``hidden=true``; ``counts=true`` adds
+    the jobs per state under the other filters.
+    """
+    params = request.query_params
+    where = queries.parse_job_filter(params)
+    limit = queries.parse_limit(params.get("limit"))
+    counts = params.get("counts", "").strip().lower() in ("1", "true", "yes", "on")
+    store = _server(request).store
+    body = await run_in_threadpool(
+        lambda: queries.list_jobs(store, where, after=params.get("after") or None, limit=limit, counts=counts)
+    )
+    return _answer(request, body, "Jobs retrieved successfully.")
+
+
+async def count_jobs(request: Request) -> Response:
+    """``GET /jobs/counts``: jobs per state under the list's filters (``state`` aside)."""
+    where = queries.parse_job_filter(request.query_params)
+    store = _server(request).store
+    counts = await run_in_threadpool(queries.count_jobs, store, where)
+    return _answer(request, {"counts": counts, "total": sum(counts.values())}, "Job counts retrieved successfully.")
+
+
+async def get_job(request: Request) -> Response:
+    uuid = request.path_params["uuid"]
+    job = await run_in_threadpool(queries.get_job, _server(request).store, uuid)
+    if job is None:
+        raise _not_found("job", uuid)
+    return _answer(request, job, "Job retrieved successfully.")
+
+
+async def job_events(request: Request) -> Response:
+    """``GET /jobs/{uuid}/events``: the job's whole log, oldest first, ``?after=``/``limit`` to page it."""
+    uuid = request.path_params["uuid"]
+    params = request.query_params
+    limit = queries.parse_limit(params.get("limit"), default=100, maximum=1000)
+    store = _server(request).store
+    page = await run_in_threadpool(
+        lambda: queries.job_events(store, uuid, after=params.get("after") or None, limit=limit)
+    )
+    if page is None:
+        raise _not_found("job", uuid)
+    return _answer(request, page, "Job events retrieved successfully.")
+
+
+async def list_pipelines(request: Request) -> Response:
+    found = await run_in_threadpool(queries.list_pipelines, _server(request).store)
+    return _answer(request, found, "Pipelines retrieved successfully.")
+
+
+async def get_pipeline(request: Request) -> Response:
+    uuid = request.path_params["uuid"]
+    found = await run_in_threadpool(queries.get_pipeline, _server(request).store, uuid)
+    if found is None:
+        raise _not_found("pipeline", uuid)
+    return _answer(request, found, "Pipeline retrieved successfully.")
+
+
+async def list_schemas(request: Request) -> Response:
+    return _answer(request, queries.schema_names(), "Schemas retrieved successfully.")
+
+
+async def get_schema(request: Request) -> Response:
+    name = request.path_params["name"]
+    found = queries.get_schema(name)
+    if found is None:
+        raise _not_found("schema", name)
+    return JSONResponse(found, media_type="application/schema+json")
+
+
+async def state_machine(request: Request) -> Response:
+    """``GET /state-machine``: the transitions as JSON, or SVG with ``?format=svg`` (``path=A,B,..`` highlights)."""
+    if request.query_params.get("format", "").lower() == "svg" or request.url.path.endswith(".svg"):
+        path = [s.strip().upper() for s in request.query_params.get("path", "").split(",") if s.strip()]
+        return Response(queries.state_machine_svg(path[:100]), media_type="image/svg+xml")
+    return _answer(request, queries.state_machine(), "State machine retrieved successfully.")
+
+
+def read_routes() -> list[Route]:
+    routes: list[Route] = []
+    table: list[tuple[str, Handler, bool]] = [
+        ("/jobs", list_jobs, False),
+        ("/jobs/counts", count_jobs, False),
+        ("/jobs/{uuid}", get_job, False),
+        ("/jobs/{uuid}/events", job_events, False),
+        ("/pipelines", list_pipelines, False),
+        ("/pipelines/{uuid}", get_pipeline, False),
+        ("/schemas", list_schemas, True),
+        ("/schemas/{name}", get_schema, True),
+        ("/state-machine", state_machine, True),
+        ("/state-machine.svg", state_machine, True),
+    ]
+    for prefix in ("", "/v3"):
+        for path, handler, public in table:
+            routes.append(Route(prefix + path, _reader(handler, public=public), methods=["GET"]))
+    return routes
