@@ -14,6 +14,7 @@ install: $(BIN)/python
 
 test: install
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -96,7 +96,7 @@ def _read_json(text: str, what: str) -> Any:
         text = _read_file(Path(text[1:]), what)
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise PipelineJobsError(
             ErrorKind.BAD_MESSAGE, f"{what} is not valid JSON ({exc.msg}, line {exc.lineno})"
         ) from exc

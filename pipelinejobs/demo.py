@@ -279,7 +279,7 @@ class Demo:
         self.event_outcome(self.post(200, json=wrong), 1)
         self.show_job("VALIDATING")
 
-        delete = {"uuid": self.uuid, "action": "delete", "token": self.job_token}
+        delete: dict[str, Any] = {"uuid": self.uuid, "action": "delete", "token": self.job_token}
         self.step(
             "delete the job (a PipelineJobDeleteAction without force)",
             "Without force the job is hidden: it stays in the store, with its history, but accepts no events.",

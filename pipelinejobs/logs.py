@@ -73,9 +73,13 @@ def add_secrets(secrets: Iterable[str]) -> None:
             handler.formatter.add_secrets(secrets)
 
 
+#: the level names config.yml may use (logging.getLevelNamesMapping() is Python 3.11+)
+LEVEL_NAMES = frozenset({"CRITICAL", "FATAL", "ERROR", "WARN", "WARNING", "INFO", "DEBUG", "NOTSET"})
+
+
 def set_level(level: object) -> None:
     """Apply a level name from config.yml; anything else leaves the level alone."""
-    if isinstance(level, str) and level.upper() in logging.getLevelNamesMapping():
+    if isinstance(level, str) and level.upper() in LEVEL_NAMES:
         logging.getLogger(LOGGER_NAME).setLevel(level.upper())
 
 

@@ -278,8 +278,8 @@ def state_machine_svg(path: Sequence[str] = ()) -> str:
     """
     layers = _layers()
     columns: dict[int, list[str]] = {}
-    for state in fsm.State:
-        columns.setdefault(layers[state.value], []).append(state.value)
+    for member in fsm.State:
+        columns.setdefault(layers[member.value], []).append(member.value)
     box_w, box_h, gap_x, gap_y, margin = 120, 34, 90, 40, 30
     any_state = "any state"
     spots: dict[str, tuple[float, float]] = {}
@@ -293,14 +293,14 @@ def state_machine_svg(path: Sequence[str] = ()) -> str:
     visited = set(path)
     steps = set(itertools.pairwise(path))
     edges: dict[tuple[str, str], list[str]] = {}
-    for event, (sources, target) in fsm.TRANSITIONS.items():
-        if target is None:
+    for event, (sources, goal) in fsm.TRANSITIONS.items():
+        if goal is None:
             continue
         if event == "reset":
-            edges.setdefault((any_state, target.value), []).append(event)
+            edges.setdefault((any_state, goal.value), []).append(event)
             continue
         for source in sorted(s.value for s in sources):
-            edges.setdefault((source, target.value), []).append(event)
+            edges.setdefault((source, goal.value), []).append(event)
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}"'
         ' role="img" aria-labelledby="fsm-title" font-family="sans-serif" font-size="12">',

@@ -355,7 +355,7 @@ def apply_heartbeat(message: EventMessage, *, store: JobStore, settings: Setting
     logged = False
     if record is None or record.get("state") != state:
         # not watched yet (an older job) or a transition the record missed: start it from what is known
-        updated = head.get("updated") if isinstance(head.get("updated"), datetime) else now
+        updated: datetime = head["updated"] if isinstance(head.get("updated"), datetime) else now
         fresh = watch.new_record(
             uuid=message.uuid,
             pipeline_uuid=head.get("pipeline_uuid"),
@@ -373,7 +373,7 @@ def apply_heartbeat(message: EventMessage, *, store: JobStore, settings: Setting
         previous = record.get("last_seen")
         last_seen = max(previous, now) if isinstance(previous, datetime) else now
         deadlines = watch.effective_deadlines(settings, record.get("pipeline_uuid"), record.get("deadlines"))
-        since = record.get("since") if isinstance(record.get("since"), datetime) else now
+        since: datetime = record["since"] if isinstance(record.get("since"), datetime) else now
         changes: dict[str, Any] = {"last_seen": last_seen, "due_at": watch.due_at(state, since, last_seen, deadlines)}
         logged_at = record.get("logged_at")
         watch_revision = int(record.get("revision") or 0)

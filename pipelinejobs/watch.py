@@ -72,8 +72,8 @@ def effective_deadlines(
 ) -> dict[str, int | None]:
     """Config defaults, then the pipeline's section (``deadlines.pipelines.<uuid>``), then the job's own."""
     section = settings.section("deadlines")
-    pipelines = section.get("pipelines") if isinstance(section.get("pipelines"), dict) else {}
-    layers = [section, pipelines.get(pipeline_uuid) or {}, own or {}]
+    pipelines: dict[str, Any] = section["pipelines"] if isinstance(section.get("pipelines"), dict) else {}
+    layers = [section, pipelines.get(pipeline_uuid or "") or {}, own or {}]
     result: dict[str, int | None] = {}
     for name in DEADLINES:
         value: int | None = None
@@ -99,8 +99,9 @@ def watch_every(settings: Settings) -> float:
             value = float(value)
         except ValueError:
             return 0
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    return float(value) if ok else 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        return 0
+    return float(value)
 
 
 # -- pure decisions -------------------------------------------------------------------------

@@ -90,7 +90,7 @@ def abaco_message(query_message: str | None, content_type: str, body: bytes) -> 
     media = content_type.split(";")[0].strip().lower()
     value: Any = query_message
     if not value and media == "application/x-www-form-urlencoded":
-        value = (parse_qs(body.decode("utf-8", "replace")).get("message") or [None])[-1]
+        value = (parse_qs(body.decode("utf-8", "replace")).get("message") or [""])[-1] or None
     parsed: Any = None
     parsed_ok = False
     if media != "application/octet-stream":
@@ -213,7 +213,7 @@ async def _authorize(request: Request, level: Level, *, nonce_ok: bool = True) -
     if actor not in server.config.actors:
         raise Refused(f"Actor with identifier '{actor[:128]}' not found", 404)
     if not accepted:
-        used = await run_in_threadpool(server.registry.use_nonce, actor, nonce, level, server.clock())
+        used = await run_in_threadpool(server.registry.use_nonce, actor, str(nonce), level, server.clock())
         return str(used.get("owner") or server.config.owner)
     return server.config.owner
 

@@ -57,7 +57,7 @@ class _Capture(logging.Handler):
 
     @contextmanager
     def records(self) -> Iterator[list[logging.LogRecord]]:
-        ident, buffer = threading.get_ident(), []
+        ident, buffer = threading.get_ident(), list[logging.LogRecord]()
         self._buffers[ident] = buffer
         try:
             yield buffer

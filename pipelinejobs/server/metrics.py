@@ -153,7 +153,7 @@ class Metrics:
             registry=r,
         )
         self.totals = JobTotals(store, refresh_seconds, on_error=self.store_error)
-        r.register(_JobsCollector(self.totals))  # type: ignore[arg-type]
+        r.register(_JobsCollector(self.totals))
 
     def observe(self, result: Mapping[str, Any]) -> None:
         """Count one message's outcome (the dict ``handle_env`` returns)."""

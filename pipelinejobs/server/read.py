@@ -15,7 +15,7 @@ describe the software, not the jobs, and need no credentials.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from .. import __version__, queries
 from ..errors import PipelineJobsError
+from ..store.base import ReadStore
 from .app import INVALID_JWT, NO_CREDENTIALS, JSONResponse, _bearer, _server
 from .registry import NONCE_MISSING, Level, Refused
 
@@ -91,7 +92,7 @@ async def list_jobs(request: Request) -> Response:
     where = queries.parse_job_filter(params)
     limit = queries.parse_limit(params.get("limit"))
     counts = params.get("counts", "").strip().lower() in ("1", "true", "yes", "on")
-    store = _server(request).store
+    store = cast(ReadStore, _server(request).store)  # both stores implement the read side
     body = await run_in_threadpool(
         lambda: queries.list_jobs(store, where, after=params.get("after") or None, limit=limit, counts=counts)
     )
@@ -101,7 +102,7 @@ async def list_jobs(request: Request) -> Response:
 async def count_jobs(request: Request) -> Response:
     """``GET /jobs/counts``: jobs per state under the list's filters (``state`` aside)."""
     where = queries.parse_job_filter(request.query_params)
-    store = _server(request).store
+    store = cast(ReadStore, _server(request).store)  # both stores implement the read side
     counts = await run_in_threadpool(queries.count_jobs, store, where)
     return _answer(request, {"counts": counts, "total": sum(counts.values())}, "Job counts retrieved successfully.")
 

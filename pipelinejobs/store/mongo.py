@@ -590,7 +590,7 @@ class MongoJobStore:
         self._require_indexes(*self._WATCH_INDEXES)
         with self._translate():
             for state in states:  # one range of the (state, updated) index each
-                query = {"state": state, "updated": {"$lt": before}}
+                query: dict[str, Any] = {"state": state, "updated": {"$lt": before}}
                 for doc in self.jobs.find(query, _RETENTION_HEAD).limit(limit):
                     heads[doc["uuid"]] = doc
             if hidden_before is not None:
@@ -661,7 +661,7 @@ class MongoJobStore:
 
     def job_totals(self) -> dict[tuple[str, str], int]:
         group = {"_id": {"s": "$state", "p": "$pipeline_uuid"}, "n": {"$sum": 1}}
-        pipeline = [{"$match": {"_visible": {"$ne": False}}}, {"$group": group}]
+        pipeline: list[dict[str, Any]] = [{"$match": {"_visible": {"$ne": False}}}, {"$group": group}]
         with self._translate():
             rows = list(self.jobs.aggregate(pipeline))
         return {(str(r["_id"].get("s")), str(r["_id"].get("p"))): int(r["n"]) for r in rows}
