@@ -56,6 +56,7 @@ from harness import (  # bench/ is not a package: found through the path above
     ROOT,
     Backend,
     Job,
+    KeepAlive,
     Ratio,
     drop_databases,
     embedded_backend,
@@ -339,7 +340,7 @@ def measure_throughput(
     Each burst starts on fresh jobs (``job_sets[r]``; the first set warms up) and fresh raw documents,
     so a round's figures do not depend on how much earlier rounds wrote.
     """
-    clients = [httpx.Client(headers=HEADERS, timeout=300) for _ in range(CLIENTS)]
+    clients = [KeepAlive(url, HEADERS) for _ in range(CLIENTS)]
 
     def serve_ops(jobs: list[Job]) -> list[Callable[[int], None]]:
         return [
