@@ -333,7 +333,7 @@ def apply_heartbeat(message: EventMessage, *, store: JobStore, settings: Setting
     """
     precise = now
     now = documents.utc_seconds(now)
-    head = store.watch_head(message.uuid)
+    head = store.find_head(message.uuid)
     if head is None:
         head = _load_head(store, message.uuid)  # raises NOT_FOUND
     auth.authorize(head, message.token, settings, now)

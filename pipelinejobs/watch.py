@@ -284,7 +284,7 @@ def _judge_one(
     fail: Callable[..., dict[str, Any]],
 ) -> None:
     uuid = record["uuid"]
-    head = store.watch_head(uuid)
+    head = store.find_head(uuid)
     if head is None:
         store.forget_watch(uuid)
         return

@@ -260,7 +260,7 @@ def test_a_dry_run_lists_and_changes_nothing(store: JobStore) -> None:
 def test_an_event_after_the_judgement_wins(store: JobStore) -> None:
     settings = configured(created_seconds=60)
     uuid, token = create(store, settings)
-    head = store.watch_head(uuid)
+    head = store.find_head(uuid)
     send(store, settings, uuid, token, "run", T0 + timedelta(minutes=5))  # lands between judging and failing
     with pytest.raises(PipelineJobsError) as err:
         service.fail_overdue(

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 Document = dict[str, Any]
 
 #: Fields of a job that deciding an event needs: never its history or data.
-HEAD_FIELDS = ("uuid", "state", "_visible", "_properties", "_admin", "_salt")
+HEAD_FIELDS = ("uuid", "state", "pipeline_uuid", "updated", "_visible", "_properties", "_admin", "_salt")
 
 #: How many history entries a job document keeps, and how large an entry's data may be in it.
 DEFAULT_HISTORY_WINDOW = 100
@@ -230,9 +230,6 @@ class JobStore(Protocol):
     # A job's watch record lives apart from its datacatalog document (collection/table
     # ``watch``, one per job uuid): {uuid, pipeline_uuid, state, revision, since, last_seen,
     # due_at, deadlines, logged_at}. ``due_at`` (indexed) is when the job next needs judging.
-    def watch_head(self, uuid: str) -> Document | None:
-        """The job's :data:`HEAD_FIELDS` plus ``pipeline_uuid`` and ``updated``: what judging it needs."""
-
     def watch_record(self, uuid: str) -> Document | None:
         """The job's watch record, or None."""
 

@@ -92,7 +92,6 @@ INDEXES: dict[str, tuple[str, list[tuple[str, int]], dict[str, Any]]] = {
     # purge tombstones carry expires_at; MongoDB's TTL monitor removes them then (other records lack the field)
     "updates.expires_at_ttl": ("updates", [("expires_at", 1)], {"expireAfterSeconds": 0}),
 }
-_WATCH_HEAD = {**_HEAD_PROJECTION, "pipeline_uuid": True, "updated": True}
 _RETENTION_HEAD = {
     "_id": False,
     **dict.fromkeys(("uuid", "state", "pipeline_uuid", "updated", "_visible", "_properties", "_admin"), True),
@@ -535,10 +534,6 @@ class MongoJobStore:
         "jobs.state_updated",
         "jobs.hidden_updated",
     )
-
-    def watch_head(self, uuid: str) -> Document | None:
-        with self._translate():
-            return self.jobs.find_one({"uuid": uuid}, _WATCH_HEAD)
 
     def watch_record(self, uuid: str) -> Document | None:
         with self._translate():

@@ -424,16 +424,18 @@ class SqliteJobStore:
     def find_head(self, uuid: str) -> Document | None:
         with self._reading() as conn:
             row = conn.execute(
-                "SELECT state, visible, revision, json_extract(doc, '$._admin'), json_extract(doc, '$._salt')"
-                " FROM jobs WHERE uuid = ?",
+                "SELECT state, visible, revision, updated, pipeline_uuid, json_extract(doc, '$._admin'),"
+                " json_extract(doc, '$._salt') FROM jobs WHERE uuid = ?",
                 (uuid,),
             ).fetchone()
         if row is None:
             return None
-        state, visible, revision, admin, salt = row
+        state, visible, revision, updated, pipeline_uuid, admin, salt = row
         return {
             "uuid": uuid,
             "state": state,
+            "pipeline_uuid": pipeline_uuid,
+            "updated": _moment(updated),
             "_visible": bool(visible),
             "_properties": {"revision": revision},
             "_admin": loads_document(admin) if admin else None,
@@ -604,27 +606,6 @@ class SqliteJobStore:
                 self._readers.get_nowait().close()
 
     # -- watch: deadlines, heartbeats, retention (issue 10) ----------------------------------
-    def watch_head(self, uuid: str) -> Document | None:
-        with self._reading() as conn:
-            row = conn.execute(
-                "SELECT state, visible, revision, updated, pipeline_uuid, json_extract(doc, '$._admin'),"
-                " json_extract(doc, '$._salt') FROM jobs WHERE uuid = ?",
-                (uuid,),
-            ).fetchone()
-        if row is None:
-            return None
-        state, visible, revision, updated, pipeline_uuid, admin, salt = row
-        return {
-            "uuid": uuid,
-            "state": state,
-            "pipeline_uuid": pipeline_uuid,
-            "updated": _moment(updated),
-            "_visible": bool(visible),
-            "_properties": {"revision": revision},
-            "_admin": loads_document(admin) if admin else None,
-            "_salt": salt,
-        }
-
     def watch_record(self, uuid: str) -> Document | None:
         with self._reading() as conn:
             row = conn.execute("SELECT doc FROM watch WHERE uuid = ?", (uuid,)).fetchone()
