@@ -212,6 +212,10 @@ class Hostile:
     body: Any  # a generated value (to_json / to_python), or bytes sent as they are
     content_type: str = "application/json"
     params: list[tuple[str, str]] = field(default_factory=list)
+    #: serve only: "bearer" (the API token), "nonce" (the fixture's nonce as x-nonce), or a hostile
+    #: (header, value) pair, e.g. a bad bearer token or X-Tapis-Token, or ("x-nonce", junk)
+    auth: Any = "bearer"
+    v3: bool = False  # POST to /v3/actors/... instead of /actors/v2/...
 
     def body_bytes(self) -> bytes:
         if isinstance(self.body, bytes):
@@ -343,8 +347,74 @@ def _param_pairs(draw: Any, target: Target, names: list[str]) -> list[tuple[str,
     return [(name, draw(values[name])) for name in names]
 
 
+# Storable but unusual: any text but lone surrogates (NUL, RTL marks, U+2028, emoji), keys without $ . NUL.
+plain_key = st.text(max_size=10).filter(lambda k: not k.startswith("$") and "." not in k and "\x00" not in k)
+plain_data = st.dictionaries(plain_key, plain_value, max_size=4)
+event_id = st.from_regex(r"[!-~]{1,128}", fullmatch=True)
+parent_uuid = st.from_regex(r"1[0-9a-f]{7}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", fullmatch=True)
+
+
+@st.composite
+def tame_message(draw: Any, target: Target) -> Hostile:
+    """A message that passes classification and reaches the token, state machine and store paths."""
+    kind = draw(st.sampled_from(["event", "event", "url", "agave", "tapis", "create", "delete"]))
+    real = [("uuid", target.uuid), ("token", target.token)]
+    optional = [("event_id", draw(event_id)), ("session", draw(st.text(max_size=40)))]
+    extra = [pair for pair in optional if draw(st.booleans())]
+    if kind == "event":
+        body: Any = {"uuid": target.uuid, "name": draw(st.sampled_from(MESSAGE_EVENTS)), "token": target.token}
+        body.update({name: value for name, value in extra if name == "event_id"})
+        if draw(st.booleans()):
+            body["data"] = draw(plain_data)
+        return Hostile(body, "application/json", [pair for pair in extra if pair[0] == "session"])
+    if kind == "url":
+        name = draw(st.sampled_from([("name", e) for e in MESSAGE_EVENTS] + [("event", "run")]))
+        return Hostile(draw(plain_data | st.none()), "application/json", [*real, name, *extra])
+    if kind == "agave":
+        status = draw(st.sampled_from(["PENDING", "RUNNING", "ARCHIVING", "FINISHED", "FAILED", "${JOB_STATUS}"]))
+        record = {
+            "id": draw(st.text(max_size=40)),
+            "appId": draw(st.text(max_size=20)),
+            "executionSystem": "hpc-tacc-maverick",
+            "owner": draw(st.text(max_size=20)),
+            "archivePath": draw(st.none() | st.text(max_size=40)),
+            "archiveSystem": None,
+            "status": draw(st.sampled_from(["RUNNING", "FINISHED"]) | st.text(max_size=12)),
+            "inputs": draw(plain_data),
+            "parameters": draw(plain_data),
+            "_links": {"self": {"href": draw(st.text(max_size=40))}},
+            "lastUpdated": draw(st.text(max_size=30)),
+        }
+        return Hostile(record, "application/json", [*real, ("status", status), *extra])
+    if kind == "tapis":
+        status = draw(st.sampled_from(["STAGING_INPUTS", "RUNNING", "ARCHIVING", "FINISHED", "FAILED", "CANCELLED"]))
+        fields = {"newJobStatus": status, "oldJobStatus": "QUEUED", "x": draw(plain_value)}
+        event = {
+            "type": f"jobs.JOB_NEW_STATUS.{status}",
+            "subject": draw(st.text(min_size=1, max_size=40)),
+            "data": draw(st.just(json.dumps(fields)) | st.text(max_size=30) | st.just(fields) | st.none()),
+            "timestamp": draw(st.text(max_size=30)),
+        }
+        return Hostile({"uuid": str(uuidlib.uuid4()), "event": event}, "application/json", [*real, *extra])
+    if kind == "create":
+        body = {
+            "pipeline_uuid": EXAMPLE_PIPELINE_UUID,
+            "archive_path": draw(st.text(min_size=1, max_size=60)),
+            "data": draw(plain_data),
+            "session": draw(st.text(max_size=256)),
+            "child_of": draw(st.lists(parent_uuid | st.just(target.uuid), max_size=3)),
+            "archive_system": draw(st.text(min_size=1, max_size=30)),
+        }
+        return Hostile(body, "application/json")
+    body = {"uuid": target.uuid, "action": "delete", "force": draw(st.booleans()), "token": target.token}
+    return Hostile(body, "application/json")
+
+
 @st.composite
 def hostile_message(draw: Any, target: Target) -> Hostile:
+    """Two in five messages are tame (they reach the deeper paths), the rest hostile in one way or more."""
+    if draw(st.integers(0, 4)) < 2:
+        return draw(tame_message(target))
     kind = draw(
         st.sampled_from(
             ["event", "delete", "create", "url", "agave", "tapis", "wrapped", "bytes", "text", "deep", "oversized"]
@@ -352,7 +422,10 @@ def hostile_message(draw: Any, target: Target) -> Hostile:
     )
     params: list[tuple[str, str]] = []
     content_type = draw(
-        st.sampled_from(["application/json"] * 6 + ["text/plain", "", "application/json; charset=latin-1"])
+        st.sampled_from(
+            ["application/json"] * 6
+            + ["text/plain", "", "application/json; charset=latin-1", "application/x-www-form-urlencoded"]
+        )
     )
     if kind == "event":
         body: Any = draw(event_body(target))
@@ -393,7 +466,14 @@ def hostile_message(draw: Any, target: Target) -> Hostile:
         body = {"uuid": target.uuid, "name": "update", "token": target.token, "data": {"pad": "x" * size}}
     if draw(st.integers(0, 5)) == 0:
         params += _param_pairs(draw, target, [draw(st.sampled_from(["session", "event_id", "status", "token"]))])
-    return Hostile(body, content_type, params)
+    if draw(st.integers(0, 7)) == 0:  # Abaco's message attribute in the query string wins over the body
+        params.append(("message", draw(hostile_text | st.builds(to_json, event_body(target)))))
+    auth = draw(st.sampled_from(["bearer"] * 6 + ["nonce", "hostile"]))
+    if auth == "hostile":
+        header = draw(st.sampled_from(["Authorization", "X-Tapis-Token", "x-nonce"]))
+        junk = draw(st.sampled_from(["Bearer ", "Bearer x", "a.b.c", "e30.e30.e30", "TACC_nonexistent"]) | hostile_text)
+        auth = (header, junk)
+    return Hostile(body, content_type, params, auth, draw(st.integers(0, 5)) == 0)
 
 
 # -- the stores, seen from outside ---------------------------------------------------------------
@@ -435,8 +515,9 @@ def assert_only_job_changed(before: Snapshot, after: Snapshot, uuid: str, what: 
         old, new = before.get(name, {}), after.get(name, {})
         for key in set(old) | set(new):
             if old.get(key) != new.get(key):
-                owner = (new.get(key) or old.get(key) or (None, b""))[0]
-                assert name != "pipelines" and owner == uuid, (name, key, owner, uuid, what)
+                owner = str((new.get(key) or old.get(key) or (None, b""))[0])
+                # a removed job's log is set aside under "<uuid>~deleted~<when>"
+                assert name != "pipelines" and owner.split("~deleted~")[0] == uuid, (name, key, owner, uuid, what)
 
 
 def check_result(result: Any, target: Target, what: Any) -> bool:
@@ -469,6 +550,7 @@ class Served:
     server: LiveServer
     snapshot: Any  # () -> Snapshot
     target: Target
+    nonce: str = ""
     counter: int = 0
 
     def new_target(self) -> None:
@@ -508,11 +590,19 @@ def served(
             store.close()
         served = Served(server, snapshot, Target("", ""))
         served.new_target()
+        nonce = httpx.post(f"{server.actor_url()}/nonces", headers=server.auth, json={"maxUses": -1})
+        assert nonce.status_code == 200, nonce.text
+        served.nonce = nonce.json()["result"]["id"]
         yield served
     finally:
         servers.close()  # stops the server
         if request.param == "mongodb":
             mongo_client.drop_database(name)
+
+
+def _wire(text: str) -> bytes:
+    """A header or query value as a client puts it on the wire: UTF-8, a lone surrogate's bytes included."""
+    return text.replace("\r", "").replace("\n", "").encode("utf-8", "surrogatepass")
 
 
 def post_hostile(served: Served, message: Hostile, synchronous: bool) -> None:
@@ -523,10 +613,20 @@ def post_hostile(served: Served, message: Hostile, synchronous: bool) -> None:
     query = message.query()
     if synchronous:
         query = "&".join(filter(None, [query, "_abaco_synchronous=true"]))
-    headers = dict(server.auth)
+    headers: dict[str, Any] = {}
+    if message.auth == "bearer":
+        headers.update(server.auth)
+    elif message.auth == "nonce":
+        query = "&".join(filter(None, [query, f"x-nonce={served.nonce}"]))
+    elif message.auth[0] == "x-nonce":
+        query = "&".join(filter(None, [query, "x-nonce=" + quote_from_bytes(_wire(message.auth[1]), safe="")]))
+    else:
+        # what an HTTP client can send at all: no control characters, no surrounding whitespace
+        value = bytes(b for b in _wire(message.auth[1])[:200] if b >= 0x20 and b != 0x7F).strip()
+        headers[message.auth[0]] = value or b"x"
     if message.content_type:
         headers["Content-Type"] = message.content_type
-    url = server.messages_url + ("?" + query if query else "")
+    url = f"{server.actor_url(v3=message.v3)}/messages" + ("?" + query if query else "")
     response = httpx.post(url, content=message.body_bytes(), headers=headers, timeout=60)
     what = (message, response.status_code, response.text[:2000])
     assert response.status_code in (200, 400, 413), what
@@ -538,7 +638,8 @@ def post_hostile(served: Served, message: Hostile, synchronous: bool) -> None:
     elif synchronous:
         result = answer
     else:
-        execution_id = answer["result"]["executionId"]
+        shown_id = answer["result"]
+        execution_id = shown_id["execution_id" if message.v3 else "executionId"]  # v3 spells it in snake case
         shown = httpx.get(f"{server.actor_url()}/executions/{execution_id}", headers=server.auth, timeout=60)
         assert shown.status_code == 200, (shown.text, what)
         result = shown.json()["result"]["result"]
