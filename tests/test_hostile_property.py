@@ -114,6 +114,29 @@ def to_python(value: Any) -> Any:
     return value
 
 
+TEXTS = ["{'uuid': 1", '{"a": ', "NaN", '{"a": NaN}', "[1, 2", '{"\\ud800": 1}', "\ufeff{}", "{} {}", "'str'"]
+#: Python literals a repr-parsing manager could meet: bytes, sets, complex, tuples and non-string keys
+LITERALS = [
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{'b': b'x'}}}}",
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{'s': {{1, 2}}}}}}",
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{'c': 1j}}}}",
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{(1, 2): 'x'}}}}",
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{1: 'x', None: 'y', True: 'z'}}}}",
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{'e': ...}}}}",
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{'t': (1, (2, 3))}}}}",
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{'n': 1_000}}}}",
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{'x': 0x7fffffffffffffff1}}}}",
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{'f': float('nan')}}}}",
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{'f': -1e400}}}}",
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{'k': '\\ud800'}}}}",
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{'k': '\\x00'}}}}",
+    "{{'uuid': b'{u}', 'name': 'update', 'token': '{t}'}}",
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{'d': {{'a': 1}}, 'd': 2}}}}",
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{'big': 9999999999999999999999}}}}",
+    "{{'uuid': '{u}', 'name': 'update', 'token': '{t}', 'data': {{'digits': " + "9" * 5000 + "}}}}",
+]
+
+
 # -- strategies -------------------------------------------------------------------------------
 def _spliced(base: st.SearchStrategy[str], extras: list[str]) -> st.SearchStrategy[str]:
     """``base`` with one of ``extras`` put somewhere in it."""
@@ -137,6 +160,7 @@ hostile_number = st.one_of(
     st.sampled_from([10**30, -(10**30), 2**64, 0, -0.0, 1e308, 5e-324]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([Raw("1e400"), Raw("-1e400"), Raw("NaN"), Raw("Infinity"), Raw("-Infinity"), Raw("1" + "0" * 40)]),
+    st.sampled_from([Raw("9" * 5000), Raw("1e-400"), Raw("-0"), Raw("1E+2"), Raw("0.1e1")]),
 )
 hostile_key = st.one_of(
     st.text(max_size=10),
@@ -350,6 +374,15 @@ def _param_pairs(draw: Any, target: Target, names: list[str]) -> list[tuple[str,
 # Storable but unusual: any text but lone surrogates (NUL, RTL marks, U+2028, emoji), keys without $ . NUL.
 plain_key = st.text(max_size=10).filter(lambda k: not k.startswith("$") and "." not in k and "\x00" not in k)
 plain_data = st.dictionaries(plain_key, plain_value, max_size=4)
+#: exactly one value no store may keep (or one just inside a limit), to put into otherwise tame data
+hostile_leaf = st.one_of(
+    _spliced(st.text(max_size=8), SURROGATES),
+    st.sampled_from([2**63, -(2**63) - 1, 10**30, 2**63 - 1, -(2**63)]),
+    st.sampled_from([Raw("NaN"), Raw("-Infinity"), Raw("1e400"), Raw("9" * 30), Raw("9" * 5000)]),
+    st.builds(Deep, st.integers(61, 66), st.booleans()),
+    st.builds(lambda k: {k: 1}, st.sampled_from(["$set", "a.b", "a\x00b", "\ud800"])),
+)
+one_bad = st.builds(lambda d, k, v: {**d, k: v}, plain_data, plain_key, hostile_leaf)
 event_id = st.from_regex(r"[!-~]{1,128}", fullmatch=True)
 parent_uuid = st.from_regex(r"1[0-9a-f]{7}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", fullmatch=True)
 
@@ -364,12 +397,12 @@ def tame_message(draw: Any, target: Target) -> Hostile:
     if kind == "event":
         body: Any = {"uuid": target.uuid, "name": draw(st.sampled_from(MESSAGE_EVENTS)), "token": target.token}
         body.update({name: value for name, value in extra if name == "event_id"})
-        if draw(st.booleans()):
-            body["data"] = draw(plain_data)
+        if draw(st.booleans()):  # storable data, or one hostile value in otherwise tame data
+            body["data"] = draw(plain_data | one_bad)
         return Hostile(body, "application/json", [pair for pair in extra if pair[0] == "session"])
     if kind == "url":
         name = draw(st.sampled_from([("name", e) for e in MESSAGE_EVENTS] + [("event", "run")]))
-        return Hostile(draw(plain_data | st.none()), "application/json", [*real, name, *extra])
+        return Hostile(draw(plain_data | one_bad | st.none()), "application/json", [*real, name, *extra])
     if kind == "agave":
         status = draw(st.sampled_from(["PENDING", "RUNNING", "ARCHIVING", "FINISHED", "FAILED", "${JOB_STATUS}"]))
         record = {
@@ -380,7 +413,7 @@ def tame_message(draw: Any, target: Target) -> Hostile:
             "archivePath": draw(st.none() | st.text(max_size=40)),
             "archiveSystem": None,
             "status": draw(st.sampled_from(["RUNNING", "FINISHED"]) | st.text(max_size=12)),
-            "inputs": draw(plain_data),
+            "inputs": draw(plain_data | one_bad),
             "parameters": draw(plain_data),
             "_links": {"self": {"href": draw(st.text(max_size=40))}},
             "lastUpdated": draw(st.text(max_size=30)),
@@ -388,11 +421,11 @@ def tame_message(draw: Any, target: Target) -> Hostile:
         return Hostile(record, "application/json", [*real, ("status", status), *extra])
     if kind == "tapis":
         status = draw(st.sampled_from(["STAGING_INPUTS", "RUNNING", "ARCHIVING", "FINISHED", "FAILED", "CANCELLED"]))
-        fields = {"newJobStatus": status, "oldJobStatus": "QUEUED", "x": draw(plain_value)}
+        fields = {"newJobStatus": status, "oldJobStatus": "QUEUED", "x": draw(plain_value | hostile_leaf)}
         event = {
             "type": f"jobs.JOB_NEW_STATUS.{status}",
             "subject": draw(st.text(min_size=1, max_size=40)),
-            "data": draw(st.just(json.dumps(fields)) | st.text(max_size=30) | st.just(fields) | st.none()),
+            "data": draw(st.just(to_json(fields)) | st.text(max_size=30) | st.just(fields) | st.none()),
             "timestamp": draw(st.text(max_size=30)),
         }
         return Hostile({"uuid": str(uuidlib.uuid4()), "event": event}, "application/json", [*real, *extra])
@@ -400,7 +433,7 @@ def tame_message(draw: Any, target: Target) -> Hostile:
         body = {
             "pipeline_uuid": EXAMPLE_PIPELINE_UUID,
             "archive_path": draw(st.text(min_size=1, max_size=60)),
-            "data": draw(plain_data),
+            "data": draw(plain_data | one_bad),
             "session": draw(st.text(max_size=256)),
             "child_of": draw(st.lists(parent_uuid | st.just(target.uuid), max_size=3)),
             "archive_system": draw(st.text(min_size=1, max_size=30)),
@@ -452,8 +485,11 @@ def hostile_message(draw: Any, target: Target) -> Hostile:
     elif kind == "bytes":
         body = draw(st.binary(max_size=200))
         content_type = draw(st.sampled_from(["application/json", "application/octet-stream", "text/plain", ""]))
-    elif kind == "text":
-        body = Raw(draw(st.sampled_from(["{'uuid': 1", '{"a": ', "NaN", '{"a": NaN}', "[1, 2", '{"\\ud800": 1}'])))
+    elif kind == "text":  # not JSON, or Python literals (Abaco hands the manager a repr)
+        literal = st.builds(lambda t: t.format(u=target.uuid, t=target.token), st.sampled_from(LITERALS))
+        body = Raw(draw(st.sampled_from(TEXTS) | literal))
+        # serve parses a JSON body itself, but hands a form's message attribute over as text (literal_eval'd)
+        content_type = draw(st.sampled_from(["application/x-www-form-urlencoded", "application/json", "text/plain"]))
     elif kind == "deep":
         body = {
             "uuid": target.uuid,
@@ -518,6 +554,22 @@ def assert_only_job_changed(before: Snapshot, after: Snapshot, uuid: str, what: 
                 owner = str((new.get(key) or old.get(key) or (None, b""))[0])
                 # a removed job's log is set aside under "<uuid>~deleted~<when>"
                 assert name != "pipelines" and owner.split("~deleted~")[0] == uuid, (name, key, owner, uuid, what)
+
+
+def assert_mongodb_could_keep(store: Any, uuid: str, what: Any) -> None:
+    """What the embedded store accepted, MongoDB could keep too (the stores agree): job and log encode as BSON."""
+    import bson
+
+    job = store.find_job(uuid)
+    if job is None:  # removed by a forced delete
+        return
+    job.pop("_id", None)
+    try:
+        bson.encode(job)
+        for entry in store.history(uuid, limit=1000).records:
+            bson.encode({"data": entry.data})
+    except (OverflowError, UnicodeError, bson.errors.InvalidDocument) as exc:
+        raise AssertionError(("the embedded store kept what MongoDB cannot", type(exc).__name__, what)) from exc
 
 
 def check_result(result: Any, target: Target, what: Any) -> bool:
@@ -657,6 +709,9 @@ def post_hostile(served: Served, message: Hostile, synchronous: bool) -> None:
         assert after == before, ("store changed after a refusal", what, result)
         return
     assert_only_job_changed(before, after, result["uuid"], (what, result))
+    if server.backend == "sqlite":
+        with server.open_store() as store:
+            assert_mongodb_could_keep(store, result["uuid"], what)
     if result["uuid"] == target.uuid:  # aim the next messages at a job nothing has moved yet
         served.new_target()
 
@@ -763,6 +818,11 @@ def test_reactor_answers_every_hostile_message_and_changes_nothing_it_refuses(
             assert after == before, ("store changed after a refusal", what, result)
             return
         assert_only_job_changed(before, after, result["uuid"], (what, result))
+        if reacting.sqlite_path is not None:
+            from pipelinejobs.store.sqlite import SqliteJobStore
+
+            with SqliteJobStore(reacting.sqlite_path) as store:
+                assert_mongodb_could_keep(store, result["uuid"], what)
         if result["uuid"] == target.uuid:
             reacting.new_target()
 
