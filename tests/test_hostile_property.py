@@ -11,7 +11,7 @@ hostile ``event.data`` string, and oversized bodies.
 
 Counts: through serve, 300 examples synchronous and 300 asynchronous per store
 (1,200 messages); through reactor.py as Abaco runs it (a process per message),
-50 per store (100 messages).
+60 per store (120 messages).
 
 Every answer is 200 or 400 (413 for a body over serve's cap), never 5xx; the
 result is ``ok`` or an ``error`` whose kind is not ``internal`` and which never
@@ -53,7 +53,7 @@ from tests.conftest import (
 from tests.server_fixtures import LiveServer, start_server
 
 SERVE_EXAMPLES = 300  # per store and per mode (synchronous, asynchronous)
-REACTOR_EXAMPLES = 50  # per store: a process per message
+REACTOR_EXAMPLES = 60  # per store (30 as a repr, 30 as JSON text): a process per message
 MAX_MESSAGE_BYTES = 1048576  # config.yml's limits.max_message_bytes; serve reads at most 4x that
 SURROGATES = ["\ud800", "\udbff", "\udc00", "\udfff", "\udc80", "\udcff"]
 UNICODE_DIGITS = ["\u0663", "\uff11", "\u09e7", "\u00b2", "\U0001d7ce"]  # Arabic-Indic 3, fullwidth 1, ...
