@@ -22,6 +22,13 @@ from typing import Any
 
 import pymongo
 import pytest
+from hypothesis import settings as hypothesis_settings
+
+# CI (CI=true) draws a fixed, reproducible set of examples for every property test, so a failure there
+# repeats on a rerun with the same message; local runs draw new ones and remember no failures on disk.
+hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+hypothesis_settings.register_profile("local", database=None)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "local")
 
 pytest_plugins = ["tests.server_fixtures"]  # live `pipelinejobs serve` processes (live_server, live_server_sqlite)
 ROOT = Path(__file__).resolve().parent.parent
