@@ -387,7 +387,12 @@ def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Se
 
     The ``_REACTOR_*`` overrides apply whether or not a config.yml was found: the defaults name every key.
     """
-    config = apply_env_overrides(merge_config(default_config(), read_config_file(config_path)), env)
+    chosen = config_path or ROOT_CONFIG
+    if chosen.exists() and defaults_path().exists() and chosen.samefile(defaults_path()):
+        config = default_config()  # a checkout's config.yml is also its defaults: read it once, not twice
+    else:
+        config = merge_config(default_config(), read_config_file(config_path))
+    config = apply_env_overrides(config, env)
     secrets = set(collect_secrets(env, config))
     uri = mongodb_uri(config.get("mongodb") or {})
     if uri is not None:

@@ -299,13 +299,16 @@ class MongoJobStore:
         self._indexes_ok.update(INDEXES)
 
     def missing_indexes(self) -> list[str]:
+        return self._absent(list(INDEXES))
+
+    def _absent(self, names: list[str]) -> list[str]:
+        """Which of the named indexes (``collection.index``) do not exist: one listIndexes per collection."""
         with self._translate():
-            present: dict[str, set[str]] = {}
-            for collection in {spec[0] for spec in INDEXES.values()}:
-                present[collection] = set(self.database[collection].index_information())
-        return [
-            name for name, (collection, _, _) in INDEXES.items() if name.split(".", 1)[1] not in present[collection]
-        ]
+            present = {
+                collection: set(self.database[collection].index_information())
+                for collection in {INDEXES[name][0] for name in names}
+            }
+        return [name for name in names if name.split(".", 1)[1] not in present[INDEXES[name][0]]]
 
     def _require_indexes(self, *names: str) -> None:
         """CONFIGURATION unless the named indexes exist: a catalog `pipelinejobs db init` never prepared is
@@ -317,12 +320,7 @@ class MongoJobStore:
         unchecked = [name for name in names if name not in self._indexes_ok]
         if not unchecked:
             return
-        with self._translate():
-            present = {
-                collection: set(self.database[collection].index_information())
-                for collection in {INDEXES[name][0] for name in unchecked}
-            }
-        missing = [name for name in unchecked if name.split(".", 1)[1] not in present[INDEXES[name][0]]]
+        missing = self._absent(unchecked)
         if missing:
             raise PipelineJobsError(
                 ErrorKind.CONFIGURATION,

@@ -227,6 +227,31 @@ def _record_row(record: EventRecord) -> tuple[Any, ...]:
     )
 
 
+#: a job's head (store.base.HEAD_FIELDS but the salt) as columns, in the order _head takes them
+_HEAD_COLUMNS = "state, pipeline_uuid, updated, visible, revision, json_extract(doc, '$._admin')"
+
+
+def _head(uuid: str, state: Any, pipeline_uuid: Any, updated: Any, visible: Any, revision: Any, admin: Any) -> Document:
+    return {
+        "uuid": uuid,
+        "state": state,
+        "pipeline_uuid": pipeline_uuid,
+        "updated": _moment(updated),
+        "_visible": bool(visible),
+        "_properties": {"revision": revision},
+        "_admin": loads_document(admin) if admin else None,
+    }
+
+
+def _log(conn: sqlite3.Connection, *records: EventRecord, ignore_taken: bool = False) -> None:
+    """Append log rows; a taken (uuid, seq, slot) or delivery id raises IntegrityError unless ``ignore_taken``."""
+    verb = "INSERT OR IGNORE" if ignore_taken else "INSERT"
+    conn.executemany(
+        f"{verb} INTO events (uuid, seq, slot, event_id, outcome, record) VALUES (?, ?, ?, ?, ?, ?)",
+        [_record_row(record) for record in records],
+    )
+
+
 def _record(text: str) -> EventRecord:
     return EventRecord.from_document(loads_document(text))
 
@@ -380,10 +405,7 @@ class SqliteJobStore:
             return
         doc = loads_document(row[0])
         records = [imported_record(uuid, i, entry) for i, entry in enumerate(doc.get("history") or [])]
-        conn.executemany(
-            "INSERT OR IGNORE INTO events (uuid, seq, slot, event_id, outcome, record) VALUES (?, ?, ?, ?, ?, ?)",
-            [_record_row(r) for r in records],
-        )
+        _log(conn, *records, ignore_taken=True)
         doc["history"] = []
         conn.execute("UPDATE jobs SET logged = 1, doc = ? WHERE uuid = ?", (dumps_document(doc), uuid))
 
@@ -424,23 +446,13 @@ class SqliteJobStore:
     def find_head(self, uuid: str) -> Document | None:
         with self._reading() as conn:
             row = conn.execute(
-                "SELECT state, visible, revision, updated, pipeline_uuid, json_extract(doc, '$._admin'),"
-                " json_extract(doc, '$._salt') FROM jobs WHERE uuid = ?",
+                f"SELECT {_HEAD_COLUMNS}, json_extract(doc, '$._salt') FROM jobs WHERE uuid = ?",
                 (uuid,),
             ).fetchone()
         if row is None:
             return None
-        state, visible, revision, updated, pipeline_uuid, admin, salt = row
-        return {
-            "uuid": uuid,
-            "state": state,
-            "pipeline_uuid": pipeline_uuid,
-            "updated": _moment(updated),
-            "_visible": bool(visible),
-            "_properties": {"revision": revision},
-            "_admin": loads_document(admin) if admin else None,
-            "_salt": salt,
-        }
+        *head, salt = row
+        return {**_head(uuid, *head), "_salt": salt}
 
     def find_job(self, uuid: str) -> Document | None:
         with self._reading() as conn:
@@ -492,10 +504,7 @@ class SqliteJobStore:
                 ),
             )
             created = creation_record(job)
-            conn.execute(
-                "INSERT INTO events (uuid, seq, slot, event_id, outcome, record) VALUES (?, ?, ?, ?, ?, ?)",
-                _record_row(created),
-            )
+            _log(conn, created)
             self._audit(conn, audit)
             return job, True
 
@@ -517,10 +526,7 @@ class SqliteJobStore:
                 if conn.execute(change, values).rowcount == 0:
                     return AppendResult(Append.MOVED)
             try:
-                conn.execute(
-                    "INSERT INTO events (uuid, seq, slot, event_id, outcome, record) VALUES (?, ?, ?, ?, ?, ?)",
-                    _record_row(record),
-                )
+                _log(conn, record)
             except sqlite3.IntegrityError:
                 existing = self._delivery(conn, record.uuid, record.event_id)
                 conn.execute("ROLLBACK")  # the job's update goes too
@@ -530,10 +536,7 @@ class SqliteJobStore:
     def record_stale(self, record: EventRecord) -> AppendResult:
         with self._transaction() as conn:
             try:
-                conn.execute(
-                    "INSERT INTO events (uuid, seq, slot, event_id, outcome, record) VALUES (?, ?, ?, ?, ?, ?)",
-                    _record_row(record),
-                )
+                _log(conn, record)
             except sqlite3.IntegrityError:
                 existing = self._delivery(conn, record.uuid, record.event_id)
                 if existing is None:
@@ -676,7 +679,7 @@ class SqliteJobStore:
     def retention_candidates(
         self, *, states: list[str], before: datetime, hidden_before: datetime | None, limit: int
     ) -> list[Document]:
-        columns = "uuid, state, pipeline_uuid, updated, visible, revision, json_extract(doc, '$._admin')"
+        columns = f"uuid, {_HEAD_COLUMNS}"
         found: list[tuple[Any, ...]] = []
         with self._reading() as conn:
             for state in states:  # one range of the (state, updated) index each
@@ -690,16 +693,8 @@ class SqliteJobStore:
                     (_timestamp(hidden_before), max(1, limit)),
                 ).fetchall()
         heads: dict[str, Document] = {}
-        for uuid, state, pipeline_uuid, updated, visible, revision, admin in found:
-            heads[uuid] = {
-                "uuid": uuid,
-                "state": state,
-                "pipeline_uuid": pipeline_uuid,
-                "updated": _moment(updated),
-                "_visible": bool(visible),
-                "_properties": {"revision": revision},
-                "_admin": loads_document(admin) if admin else None,
-            }
+        for uuid, *head in found:
+            heads[uuid] = _head(uuid, *head)
         return list(heads.values())[:limit]
 
     def purge_job(self, uuid: str, *, expected_revision: int, tombstone: Document) -> bool:
