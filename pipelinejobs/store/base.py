@@ -61,6 +61,8 @@ class EventRecord:
     via: str = "message"
     event_id: str | None = None
     digest: str | None = None  # of (name, data): tells a retried delivery from a different one
+    #: subscriptions to notify of this record (issue 10): written with it, atomically (the outbox)
+    notify: tuple[str, ...] = ()
 
     @property
     def cursor(self) -> str:
@@ -446,3 +448,79 @@ class ReadStore(Protocol):
 
     def ping(self, timeout: float = 2.0) -> None:
         """Raise ``STORAGE_UNAVAILABLE`` unless the store answers a trivial read within ``timeout``."""
+
+
+# -- notifications: the outbox, subscriptions and delivery records (issue 10) -------------------
+@dataclass(frozen=True)
+class OutboxItem:
+    """A logged event some subscriptions are still to be told of.
+
+    Written with the event's log record in the same atomic step (MongoDB: fields of the
+    record itself; SQLite: an ``outbox`` row in the event's transaction), so an item exists
+    exactly when its event was logged. ``pending`` are the subscription ids not yet served;
+    they are tried together, so one ``attempts`` count covers them.
+    """
+
+    uuid: str
+    seq: int
+    slot: str
+    pending: tuple[str, ...]
+    attempts: int
+    due: datetime
+    record: EventRecord | None  # None: the event is gone (its job was removed or purged)
+    stamp: Any = None  # ``due`` as the backend stores it: what a claim is conditional on
+
+
+class EventFate(str, enum.Enum):
+    """What became of an outbox item's event, as the dispatcher must know before telling anyone."""
+
+    APPLIED = "applied"  # the job shows it: notify
+    PENDING = "pending"  # logged, not applied yet (a writer is between its two statements): later
+    GONE = "gone"  # it will never be applied (the job moved on without it, or was removed): drop
+
+
+def outbox_fields(record: EventRecord) -> Document:
+    """The outbox fields a log record carries on MongoDB while subscriptions wait for it (due now)."""
+    return {"notify": list(record.notify), "notify_due": record.date, "notify_attempts": 0}
+
+
+class NotifyStore(Protocol):
+    """What both stores add to :class:`JobStore` for notifications (``pipelinejobs.notify`` uses it)."""
+
+    def save_subscription(self, subscription: Document) -> None: ...
+
+    def list_subscriptions(self) -> list[Document]: ...
+
+    def find_subscription(self, subscription_id: str) -> Document | None: ...
+
+    def delete_subscription(self, subscription_id: str) -> bool: ...
+
+    def due_notifications(self, now: datetime, *, limit: int) -> list[OutboxItem]:
+        """Outbox items whose ``due`` has come and whose lease (if any) has run out, earliest first."""
+
+    def claim_notification(self, item: OutboxItem, *, until: datetime, owner: str) -> bool:
+        """Lease ``item`` to ``owner``: move its ``due`` to ``until`` if it is still what was read.
+
+        A leased item is not due, so no other dispatcher sees it until the lease runs out
+        (its holder crashed); the one that moved ``due`` first wins, the others get False.
+        """
+
+    def settle_notification(
+        self, item: OutboxItem, *, owner: str, pending: list[str], attempts: int, due: datetime
+    ) -> bool:
+        """Release ``owner``'s lease, leaving ``pending`` (none: the item is done) due at ``due``."""
+
+    def event_fate(self, item: OutboxItem, *, now: datetime, grace_seconds: float) -> EventFate:
+        """Whether the item's event is applied; after ``grace_seconds`` a logged but unapplied one is
+        rolled forward (its writer died between its two statements), as the next writer would."""
+
+    def record_delivery(self, delivery: Document) -> None:
+        """Keep one delivery attempt; ``delivery["expires_at"]`` is when it may be forgotten."""
+
+    def expire_deliveries(self, now: datetime) -> int:
+        """Forget delivery records whose ``expires_at`` has passed (MongoDB's TTL index does it too)."""
+
+    def list_deliveries(
+        self, *, job_uuid: str | None = None, subscription: str | None = None, limit: int = 100
+    ) -> list[Document]:
+        """Delivery attempts, newest first."""

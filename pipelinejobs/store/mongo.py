@@ -40,12 +40,15 @@ from .base import (
     Append,
     AppendResult,
     Document,
+    EventFate,
     EventRecord,
     HistoryPage,
     JobFilter,
     JobPage,
+    OutboxItem,
     creation_record,
     imported_record,
+    outbox_fields,
     page_of,
     page_of_jobs,
     parse_cursor,
@@ -91,6 +94,17 @@ INDEXES: dict[str, tuple[str, list[tuple[str, int]], dict[str, Any]]] = {
     "jobs.hidden_updated": ("jobs", [("updated", 1)], {"partialFilterExpression": {"_visible": False}}),
     # purge tombstones carry expires_at; MongoDB's TTL monitor removes them then (other records lack the field)
     "updates.expires_at_ttl": ("updates", [("expires_at", 1)], {"expireAfterSeconds": 0}),
+    # -- notifications (issue 10): the outbox is fields of the log records still to be told of --
+    "events.notify_due": (
+        "events",
+        [("notify_due", 1)],
+        {"partialFilterExpression": {"notify_due": {"$exists": True}}},
+    ),
+    "subscriptions.id_unique": ("subscriptions", [("id", 1)], {"unique": True}),
+    "deliveries.at": ("deliveries", [("at", -1)], {}),
+    "deliveries.job_at": ("deliveries", [("job_uuid", 1), ("at", -1)], {}),
+    "deliveries.subscription_at": ("deliveries", [("subscription", 1), ("at", -1)], {}),
+    "deliveries.expires_at_ttl": ("deliveries", [("expires_at", 1)], {"expireAfterSeconds": 0}),
 }
 _RETENTION_HEAD = {
     "_id": False,
@@ -190,6 +204,8 @@ class MongoJobStore:
         self.updates = self.database["updates"]
         self.events = self.database["events"]
         self.watch = self.database["watch"]  # deadlines and heartbeats, apart from the datacatalog documents
+        self.subscriptions = self.database["subscriptions"]  # notifications (issue 10)
+        self.deliveries = self.database["deliveries"]
         self.history_window = max(history_window, 1)
         self.inline_data_bytes = inline_data_bytes
         self._transactions: bool | None = None  # learnt on first use
@@ -240,6 +256,8 @@ class MongoJobStore:
     def _insert_record(self, record: EventRecord) -> Any:
         """Insert a log record, retrying once after a network error; a retry that finds its own record succeeds."""
         doc = record.to_document()
+        if record.notify:  # the outbox rides on the record: logged, and so due, in the same insert
+            doc.update(outbox_fields(record))
         try:
             return self.events.insert_one(dict(doc)).inserted_id
         except ConnectionFailure:
@@ -624,6 +642,108 @@ class MongoJobStore:
             if dry_run:
                 return self.updates.count_documents(query)
             return self.updates.delete_many(query).deleted_count
+
+    # -- notifications: subscriptions, the outbox, delivery records (issue 10) ----------------
+    def save_subscription(self, subscription: Document) -> None:
+        with self._translate():
+            self.subscriptions.insert_one(dict(subscription))
+
+    def list_subscriptions(self) -> list[Document]:
+        with self._translate():
+            return list(self.subscriptions.find({}, {"_id": False}).sort("created", pymongo.ASCENDING))
+
+    def find_subscription(self, subscription_id: str) -> Document | None:
+        with self._translate():
+            return self.subscriptions.find_one({"id": subscription_id}, {"_id": False})
+
+    def delete_subscription(self, subscription_id: str) -> bool:
+        with self._translate():
+            return self.subscriptions.delete_one({"id": subscription_id}).deleted_count == 1
+
+    def due_notifications(self, now: datetime, *, limit: int) -> list[OutboxItem]:
+        self._require_indexes("events.notify_due")
+        with self._translate():
+            cursor = self.events.find({"notify_due": {"$lte": now}}, {"_id": False})
+            docs = list(cursor.sort("notify_due", pymongo.ASCENDING).limit(max(1, limit)))
+        return [
+            OutboxItem(
+                uuid=doc["uuid"],
+                seq=int(doc["seq"]),
+                slot=str(doc.get("slot") or ""),
+                pending=tuple(doc.get("notify") or ()),
+                attempts=int(doc.get("notify_attempts") or 0),
+                due=doc["notify_due"],
+                record=EventRecord.from_document(doc),
+                stamp=doc["notify_due"],
+            )
+            for doc in docs
+        ]
+
+    @staticmethod
+    def _outbox_key(item: OutboxItem) -> dict[str, Any]:
+        return {"uuid": item.uuid, "seq": item.seq, "slot": item.slot}
+
+    def claim_notification(self, item: OutboxItem, *, until: datetime, owner: str) -> bool:
+        query = {**self._outbox_key(item), "notify_due": item.stamp}
+        with self._translate():
+            claimed = self.events.update_one(query, {"$set": {"notify_due": until, "notify_lease": owner}})
+        return claimed.matched_count == 1
+
+    def settle_notification(
+        self, item: OutboxItem, *, owner: str, pending: list[str], attempts: int, due: datetime
+    ) -> bool:
+        query = {**self._outbox_key(item), "notify_lease": owner}
+        if pending:
+            update: dict[str, Any] = {
+                "$set": {"notify": pending, "notify_attempts": attempts, "notify_due": due},
+                "$unset": {"notify_lease": ""},
+            }
+        else:  # done: without notify_due the record leaves the outbox index
+            update = {"$unset": dict.fromkeys(("notify", "notify_attempts", "notify_due", "notify_lease"), "")}
+        with self._translate():
+            return self.events.update_one(query, update).matched_count == 1
+
+    def event_fate(self, item: OutboxItem, *, now: datetime, grace_seconds: float) -> EventFate:
+        record = item.record
+        if record is None:
+            return EventFate.GONE
+        with self._translate():
+            for attempt in range(2):
+                shown = self.jobs.find_one({"uuid": item.uuid, "history.uuid": record.event_uuid}, {"_id": True})
+                if shown is not None:
+                    return EventFate.APPLIED
+                head = self.jobs.find_one({"uuid": item.uuid}, {"_id": False, "_properties.revision": True})
+                if head is None:
+                    return EventFate.GONE
+                revision = (head.get("_properties") or {}).get("revision") or 0
+                if revision >= item.seq + self.history_window:  # applied long ago: out of the window
+                    return EventFate.APPLIED
+                if revision >= item.seq:  # the job moved on without it; its writer removes the record
+                    return EventFate.GONE
+                if attempt or (now - record.date).total_seconds() < grace_seconds:
+                    return EventFate.PENDING
+                self._roll_forward(item.uuid, item.seq - 1)  # its writer died after logging it
+        return EventFate.PENDING
+
+    def record_delivery(self, delivery: Document) -> None:
+        with self._translate():
+            self.deliveries.insert_one(dict(delivery))
+
+    def list_deliveries(
+        self, *, job_uuid: str | None = None, subscription: str | None = None, limit: int = 100
+    ) -> list[Document]:
+        query: dict[str, Any] = {}
+        if job_uuid is not None:
+            query["job_uuid"] = job_uuid
+        if subscription is not None:
+            query["subscription"] = subscription
+        with self._translate():
+            cursor = self.deliveries.find(query, {"_id": False}).sort("at", pymongo.DESCENDING)
+            return list(cursor.limit(max(1, limit)))
+
+    def expire_deliveries(self, now: datetime) -> int:
+        with self._translate():
+            return self.deliveries.delete_many({"expires_at": {"$lte": now}}).deleted_count
 
     # -- read side (issue 11: the read API and metrics) -----------------
     def query_jobs(self, where: JobFilter, *, after: str | None = None, limit: int = 50) -> JobPage:

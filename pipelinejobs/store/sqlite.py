@@ -31,10 +31,12 @@ from .base import (
     Append,
     AppendResult,
     Document,
+    EventFate,
     EventRecord,
     HistoryPage,
     JobFilter,
     JobPage,
+    OutboxItem,
     Outcome,
     creation_record,
     imported_record,
@@ -48,7 +50,7 @@ from .base import (
 
 _IDLE_READERS = 8  # read connections kept open between reads
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for the file's lock before giving up
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: notifications (outbox, subscriptions, deliveries)
 _DATE = "$date"  # JSON tag of a datetime
 _LITERAL = "$literal"  # JSON tag of a stored dict that would otherwise look like a tag
 _TAGS = frozenset({_DATE, _LITERAL})
@@ -126,6 +128,33 @@ _SCHEMA = (
     """CREATE TRIGGER IF NOT EXISTS jobs_parents_delete AFTER DELETE ON jobs BEGIN
         DELETE FROM job_parents WHERE uuid = OLD.uuid;
     END""",
+    # -- notifications (issue 10): an outbox row is written in its event's transaction --
+    """CREATE TABLE IF NOT EXISTS outbox (
+        uuid TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        slot TEXT NOT NULL,
+        pending TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        due REAL NOT NULL,
+        lease TEXT,
+        PRIMARY KEY (uuid, seq, slot)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS outbox_due ON outbox (due)",
+    """CREATE TABLE IF NOT EXISTS subscriptions (
+        id TEXT PRIMARY KEY,
+        created REAL,
+        doc TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_uuid TEXT,
+        subscription TEXT,
+        expires_at REAL,
+        doc TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS deliveries_job ON deliveries (job_uuid, seq)",
+    "CREATE INDEX IF NOT EXISTS deliveries_subscription ON deliveries (subscription, seq)",
+    "CREATE INDEX IF NOT EXISTS deliveries_expires ON deliveries (expires_at) WHERE expires_at IS NOT NULL",
     # jobs written before the table existed (runs once: afterwards the table is not empty)
     """INSERT OR IGNORE INTO job_parents (parent, uuid)
         SELECT p.value, jobs.uuid FROM jobs, json_each(jobs.doc, '$.child_of') AS p
@@ -531,6 +560,11 @@ class SqliteJobStore:
                 existing = self._delivery(conn, record.uuid, record.event_id)
                 conn.execute("ROLLBACK")  # the job's update goes too
                 return AppendResult(Append.REPLAYED, existing) if existing else AppendResult(Append.MOVED)
+            if record.notify:  # the outbox row commits with the event, or neither does
+                conn.execute(
+                    "INSERT INTO outbox (uuid, seq, slot, pending, attempts, due) VALUES (?, ?, ?, ?, 0, ?)",
+                    (record.uuid, record.seq, record.slot, json.dumps(list(record.notify)), _timestamp(record.date)),
+                )
             return AppendResult(Append.APPLIED)
 
     def record_stale(self, record: EventRecord) -> AppendResult:
@@ -716,6 +750,107 @@ class SqliteJobStore:
             if dry_run:
                 return int(conn.execute(f"SELECT COUNT(*) FROM updates WHERE {where}", (stamp,)).fetchone()[0])
             return conn.execute(f"DELETE FROM updates WHERE {where}", (stamp,)).rowcount
+
+    # -- notifications: subscriptions, the outbox, delivery records (issue 10) ----------------
+    def save_subscription(self, subscription: Document) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO subscriptions (id, created, doc) VALUES (?, ?, ?)",
+                (subscription["id"], _timestamp(subscription.get("created")), dumps_document(subscription)),
+            )
+
+    def list_subscriptions(self) -> list[Document]:
+        with self._reading() as conn:
+            rows = conn.execute("SELECT doc FROM subscriptions ORDER BY created, id").fetchall()
+        return [loads_document(text) for (text,) in rows]
+
+    def find_subscription(self, subscription_id: str) -> Document | None:
+        with self._reading() as conn:
+            row = conn.execute("SELECT doc FROM subscriptions WHERE id = ?", (subscription_id,)).fetchone()
+        return loads_document(row[0]) if row else None
+
+    def delete_subscription(self, subscription_id: str) -> bool:
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,)).rowcount == 1
+
+    def due_notifications(self, now: datetime, *, limit: int) -> list[OutboxItem]:
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT o.uuid, o.seq, o.slot, o.pending, o.attempts, o.due, e.record FROM outbox AS o"
+                " LEFT JOIN events AS e ON e.uuid = o.uuid AND e.seq = o.seq AND e.slot = o.slot"
+                " WHERE o.due <= ? ORDER BY o.due LIMIT ?",
+                (_timestamp(now), max(1, limit)),
+            ).fetchall()
+        return [
+            OutboxItem(
+                uuid=uuid,
+                seq=seq,
+                slot=slot,
+                pending=tuple(json.loads(pending)),
+                attempts=attempts,
+                due=datetime.fromtimestamp(due, timezone.utc),
+                record=_record(record) if record else None,  # None: the job was removed or purged
+                stamp=due,
+            )
+            for uuid, seq, slot, pending, attempts, due, record in rows
+        ]
+
+    def claim_notification(self, item: OutboxItem, *, until: datetime, owner: str) -> bool:
+        with self._transaction() as conn:
+            return (
+                conn.execute(
+                    "UPDATE outbox SET due = ?, lease = ? WHERE uuid = ? AND seq = ? AND slot = ? AND due = ?",
+                    (_timestamp(until), owner, item.uuid, item.seq, item.slot, item.stamp),
+                ).rowcount
+                == 1
+            )
+
+    def settle_notification(
+        self, item: OutboxItem, *, owner: str, pending: list[str], attempts: int, due: datetime
+    ) -> bool:
+        key = (item.uuid, item.seq, item.slot, owner)
+        with self._transaction() as conn:
+            if not pending:
+                sql = "DELETE FROM outbox WHERE uuid = ? AND seq = ? AND slot = ? AND lease = ?"
+                return conn.execute(sql, key).rowcount == 1
+            sql = (
+                "UPDATE outbox SET pending = ?, attempts = ?, due = ?, lease = NULL"
+                " WHERE uuid = ? AND seq = ? AND slot = ? AND lease = ?"
+            )
+            return conn.execute(sql, (json.dumps(pending), attempts, _timestamp(due), *key)).rowcount == 1
+
+    def event_fate(self, item: OutboxItem, *, now: datetime, grace_seconds: float) -> EventFate:
+        """One transaction wrote the event, the job's change and the outbox row: a row's event is applied."""
+        return EventFate.GONE if item.record is None else EventFate.APPLIED
+
+    def record_delivery(self, delivery: Document) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO deliveries (job_uuid, subscription, expires_at, doc) VALUES (?, ?, ?, ?)",
+                (
+                    _column(delivery.get("job_uuid")),
+                    _column(delivery.get("subscription")),
+                    _timestamp(delivery.get("expires_at")),
+                    dumps_document(delivery),
+                ),
+            )
+
+    def list_deliveries(
+        self, *, job_uuid: str | None = None, subscription: str | None = None, limit: int = 100
+    ) -> list[Document]:
+        clauses, params = ["1 = 1"], []
+        for column, value in (("job_uuid", job_uuid), ("subscription", subscription)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        sql = f"SELECT doc FROM deliveries WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ?"
+        with self._reading() as conn:
+            rows = conn.execute(sql, (*params, max(1, limit))).fetchall()
+        return [loads_document(text) for (text,) in rows]
+
+    def expire_deliveries(self, now: datetime) -> int:
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM deliveries WHERE expires_at <= ?", (_timestamp(now),)).rowcount
 
     # -- read side (issue 11: the read API and metrics) -----------------
     _SUMMARY_COLUMNS = (
