@@ -12,7 +12,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from . import auth, documents, fsm, identifiers, watch
+from . import auth, documents, fsm, identifiers, notify, watch
 from .errors import ErrorKind, PipelineJobsError
 from .intake import Origin
 from .logs import add_secrets, get_logger
@@ -139,6 +139,7 @@ def apply_event(message: EventMessage, *, store: JobStore, settings: Settings, n
                 event=name,
                 allowed=allowed,
             )
+        target = fsm.target_state(name, fsm.State(state)).value
         record = EventRecord(
             uuid=message.uuid,
             seq=revision + 1,
@@ -146,10 +147,11 @@ def apply_event(message: EventMessage, *, store: JobStore, settings: Settings, n
             name=name,
             date=now,
             data=message.data,
-            state=fsm.target_state(name, fsm.State(state)).value,
+            state=target,
             via=message.via,
             event_id=event_id,
             digest=digest,
+            notify=notify.matching(store, settings, head, name, target),  # the outbox, written with the record
         )
         source = (head.get("_properties") or {}).get("source")
         result = store.append_event(record, expected_revision=revision, job_source=source)
@@ -165,6 +167,8 @@ def apply_event(message: EventMessage, *, store: JobStore, settings: Settings, n
             )
             if record.state != state:
                 watch.note_transition(store, settings, message.uuid, record.state, record.seq, now)
+            if record.notify:
+                notify.wake(store)
             return _event_outcome(record)
         if result.status is Append.REPLAYED and result.existing is not None:
             return _replay(message, result.existing, digest)
@@ -423,6 +427,8 @@ def fail_overdue(
     now = documents.utc_seconds(now)
     if not fsm.allows(state, "fail"):
         raise PipelineJobsError(ErrorKind.INVALID_TRANSITION, f"job {uuid} is {state}; it cannot fail", uuid=uuid)
+    # which subscriptions hear of it needs the job's pipeline: read only when there are subscriptions
+    head = (store.find_head(uuid) if notify.subscriptions(store, settings).by_id else None) or {"uuid": uuid}
     record = EventRecord(
         uuid=uuid,
         seq=expected_revision + 1,
@@ -433,10 +439,13 @@ def fail_overdue(
         state=fsm.State.FAILED.value,
         via="watchdog",
         digest=documents.payload_digest("fail", data),
+        notify=notify.matching(store, settings, head, "fail", fsm.State.FAILED.value),
     )
     result = store.append_event(record, expected_revision=expected_revision)
     if result.status is not Append.APPLIED:
         raise PipelineJobsError(ErrorKind.CONFLICT, f"job {uuid} changed after it was judged; not failed", uuid=uuid)
     log.info("job %s: %s -> FAILED by 'fail' (%s, via watchdog)", uuid, state, auth.Grant.SYSTEM.value)
     watch.note_transition(store, settings, uuid, record.state, record.seq, now)
+    if record.notify:
+        notify.wake(store)
     return _event_outcome(record)

@@ -468,7 +468,6 @@ class OutboxItem:
     attempts: int
     due: datetime
     record: EventRecord | None  # None: the event is gone (its job was removed or purged)
-    stamp: Any = None  # ``due`` as the backend stores it: what a claim is conditional on
 
 
 class EventFate(str, enum.Enum):
@@ -477,6 +476,16 @@ class EventFate(str, enum.Enum):
     APPLIED = "applied"  # the job shows it: notify
     PENDING = "pending"  # logged, not applied yet (a writer is between its two statements): later
     GONE = "gone"  # it will never be applied (the job moved on without it, or was removed): drop
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What a dispatcher leaves of an item it held: the subscriptions still pending (none: done)."""
+
+    item: OutboxItem
+    pending: tuple[str, ...]
+    attempts: int
+    due: datetime
 
 
 def outbox_fields(record: EventRecord) -> Document:
@@ -495,27 +504,26 @@ class NotifyStore(Protocol):
 
     def delete_subscription(self, subscription_id: str) -> bool: ...
 
-    def due_notifications(self, now: datetime, *, limit: int) -> list[OutboxItem]:
-        """Outbox items whose ``due`` has come and whose lease (if any) has run out, earliest first."""
+    def claim_notifications(self, now: datetime, *, until: datetime, owner: str, limit: int) -> list[OutboxItem]:
+        """Lease up to ``limit`` due outbox items to ``owner`` (moving their ``due`` to ``until``) and return them.
 
-    def claim_notification(self, item: OutboxItem, *, until: datetime, owner: str) -> bool:
-        """Lease ``item`` to ``owner``: move its ``due`` to ``until`` if it is still what was read.
-
-        A leased item is not due, so no other dispatcher sees it until the lease runs out
-        (its holder crashed); the one that moved ``due`` first wins, the others get False.
+        A leased item is not due, so no other dispatcher takes it until the lease runs out (its
+        holder crashed); the claim is one conditional write on ``due <= now``, so of two racing
+        dispatchers each item goes to one.
         """
 
-    def settle_notification(
-        self, item: OutboxItem, *, owner: str, pending: list[str], attempts: int, due: datetime
-    ) -> bool:
-        """Release ``owner``'s lease, leaving ``pending`` (none: the item is done) due at ``due``."""
+    def settle_notifications(self, owner: str, settled: list[Settled], deliveries: list[Document]) -> int:
+        """Record ``deliveries`` and, for each item ``owner`` still holds, leave its ``pending``
+        (none: the item is done) due at ``due``; how many items were settled."""
 
-    def event_fate(self, item: OutboxItem, *, now: datetime, grace_seconds: float) -> EventFate:
-        """Whether the item's event is applied; after ``grace_seconds`` a logged but unapplied one is
-        rolled forward (its writer died between its two statements), as the next writer would."""
+    def event_fates(
+        self, items: list[OutboxItem], *, now: datetime, grace_seconds: float
+    ) -> list[tuple[EventFate, str | None]]:
+        """For each item: whether its event is applied, and its job's pipeline uuid.
 
-    def record_delivery(self, delivery: Document) -> None:
-        """Keep one delivery attempt; ``delivery["expires_at"]`` is when it may be forgotten."""
+        On MongoDB a record logged but not applied after ``grace_seconds`` is rolled forward (its
+        writer died between its two statements), as the job's next writer would.
+        """
 
     def expire_deliveries(self, now: datetime) -> int:
         """Forget delivery records whose ``expires_at`` has passed (MongoDB's TTL index does it too)."""

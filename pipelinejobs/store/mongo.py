@@ -46,6 +46,7 @@ from .base import (
     JobFilter,
     JobPage,
     OutboxItem,
+    Settled,
     creation_record,
     imported_record,
     outbox_fields,
@@ -660,11 +661,19 @@ class MongoJobStore:
         with self._translate():
             return self.subscriptions.delete_one({"id": subscription_id}).deleted_count == 1
 
-    def due_notifications(self, now: datetime, *, limit: int) -> list[OutboxItem]:
+    def claim_notifications(self, now: datetime, *, until: datetime, owner: str, limit: int) -> list[OutboxItem]:
         self._require_indexes("events.notify_due")
         with self._translate():
-            cursor = self.events.find({"notify_due": {"$lte": now}}, {"_id": False})
-            docs = list(cursor.sort("notify_due", pymongo.ASCENDING).limit(max(1, limit)))
+            due = self.events.find({"notify_due": {"$lte": now}}, {"_id": False, "uuid": True})
+            uuids = sorted({doc["uuid"] for doc in due.sort("notify_due", pymongo.ASCENDING).limit(max(1, limit))})
+            if not uuids:
+                return []
+            # one conditional write: a record another dispatcher leased is no longer due
+            self.events.update_many(
+                {"uuid": {"$in": uuids}, "notify_due": {"$lte": now}},
+                {"$set": {"notify_due": until, "notify_lease": owner}},
+            )
+            docs = list(self.events.find({"uuid": {"$in": uuids}, "notify_lease": owner}, {"_id": False}))
         return [
             OutboxItem(
                 uuid=doc["uuid"],
@@ -674,60 +683,65 @@ class MongoJobStore:
                 attempts=int(doc.get("notify_attempts") or 0),
                 due=doc["notify_due"],
                 record=EventRecord.from_document(doc),
-                stamp=doc["notify_due"],
             )
             for doc in docs
         ]
 
-    @staticmethod
-    def _outbox_key(item: OutboxItem) -> dict[str, Any]:
-        return {"uuid": item.uuid, "seq": item.seq, "slot": item.slot}
-
-    def claim_notification(self, item: OutboxItem, *, until: datetime, owner: str) -> bool:
-        query = {**self._outbox_key(item), "notify_due": item.stamp}
+    def settle_notifications(self, owner: str, settled: list[Settled], deliveries: list[Document]) -> int:
+        done = ("notify", "notify_attempts", "notify_due", "notify_lease")
+        writes = []
+        for one in settled:
+            item = one.item
+            query = {"uuid": item.uuid, "seq": item.seq, "slot": item.slot, "notify_lease": owner}
+            if one.pending:
+                changes = {"notify": list(one.pending), "notify_attempts": one.attempts, "notify_due": one.due}
+                writes.append(pymongo.UpdateOne(query, {"$set": changes, "$unset": {"notify_lease": ""}}))
+            else:  # done: without notify_due the record leaves the outbox index
+                writes.append(pymongo.UpdateOne(query, {"$unset": dict.fromkeys(done, "")}))
         with self._translate():
-            claimed = self.events.update_one(query, {"$set": {"notify_due": until, "notify_lease": owner}})
-        return claimed.matched_count == 1
+            if deliveries:
+                self.deliveries.insert_many([dict(d) for d in deliveries], ordered=False)
+            if not writes:
+                return 0
+            return self.events.bulk_write(writes, ordered=False).matched_count
 
-    def settle_notification(
-        self, item: OutboxItem, *, owner: str, pending: list[str], attempts: int, due: datetime
-    ) -> bool:
-        query = {**self._outbox_key(item), "notify_lease": owner}
-        if pending:
-            update: dict[str, Any] = {
-                "$set": {"notify": pending, "notify_attempts": attempts, "notify_due": due},
-                "$unset": {"notify_lease": ""},
-            }
-        else:  # done: without notify_due the record leaves the outbox index
-            update = {"$unset": dict.fromkeys(("notify", "notify_attempts", "notify_due", "notify_lease"), "")}
+    def event_fates(
+        self, items: list[OutboxItem], *, now: datetime, grace_seconds: float
+    ) -> list[tuple[EventFate, str | None]]:
+        if not items:
+            return []
+        projection = {"_id": False, "uuid": True, "pipeline_uuid": True, "_properties.revision": True}
         with self._translate():
-            return self.events.update_one(query, update).matched_count == 1
+            found = self.jobs.find(
+                {"uuid": {"$in": sorted({i.uuid for i in items})}}, {**projection, "history.uuid": True}
+            )
+            jobs = {doc["uuid"]: doc for doc in found}
+            fates = [self._fate(item, jobs.get(item.uuid), now, grace_seconds) for item in items]
+            late = [i for i, fate in enumerate(fates) if fate is None]
+            for i in late:  # logged long ago and still not applied: its writer died; roll it forward
+                self._roll_forward(items[i].uuid, items[i].seq - 1)
+                job = self.jobs.find_one({"uuid": items[i].uuid}, {**projection, "history.uuid": True})
+                fates[i] = self._fate(items[i], job, now, None) or EventFate.PENDING
+        return [
+            (fate or EventFate.PENDING, (jobs.get(i.uuid) or {}).get("pipeline_uuid"))
+            for fate, i in zip(fates, items, strict=True)
+        ]
 
-    def event_fate(self, item: OutboxItem, *, now: datetime, grace_seconds: float) -> EventFate:
+    def _fate(self, item: OutboxItem, job: Document | None, now: datetime, grace: float | None) -> EventFate | None:
+        """The item's fate from its job's revision and history window; None: roll it forward and look again."""
         record = item.record
-        if record is None:
+        if record is None or job is None:
             return EventFate.GONE
-        with self._translate():
-            for attempt in range(2):
-                shown = self.jobs.find_one({"uuid": item.uuid, "history.uuid": record.event_uuid}, {"_id": True})
-                if shown is not None:
-                    return EventFate.APPLIED
-                head = self.jobs.find_one({"uuid": item.uuid}, {"_id": False, "_properties.revision": True})
-                if head is None:
-                    return EventFate.GONE
-                revision = (head.get("_properties") or {}).get("revision") or 0
-                if revision >= item.seq + self.history_window:  # applied long ago: out of the window
-                    return EventFate.APPLIED
-                if revision >= item.seq:  # the job moved on without it; its writer removes the record
-                    return EventFate.GONE
-                if attempt or (now - record.date).total_seconds() < grace_seconds:
-                    return EventFate.PENDING
-                self._roll_forward(item.uuid, item.seq - 1)  # its writer died after logging it
+        if any(entry.get("uuid") == record.event_uuid for entry in job.get("history") or []):
+            return EventFate.APPLIED
+        revision = (job.get("_properties") or {}).get("revision") or 0
+        if revision >= item.seq + self.history_window:  # applied long ago: out of the window
+            return EventFate.APPLIED
+        if revision >= item.seq:  # the job moved on without it: its writer removes the record
+            return EventFate.GONE
+        if grace is not None and (now - record.date).total_seconds() >= grace:
+            return None
         return EventFate.PENDING
-
-    def record_delivery(self, delivery: Document) -> None:
-        with self._translate():
-            self.deliveries.insert_one(dict(delivery))
 
     def list_deliveries(
         self, *, job_uuid: str | None = None, subscription: str | None = None, limit: int = 100

@@ -38,6 +38,7 @@ from .base import (
     JobPage,
     OutboxItem,
     Outcome,
+    Settled,
     creation_record,
     imported_record,
     page_of,
@@ -773,13 +774,18 @@ class SqliteJobStore:
         with self._transaction() as conn:
             return conn.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,)).rowcount == 1
 
-    def due_notifications(self, now: datetime, *, limit: int) -> list[OutboxItem]:
-        with self._reading() as conn:
+    def claim_notifications(self, now: datetime, *, until: datetime, owner: str, limit: int) -> list[OutboxItem]:
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE outbox SET due = ?, lease = ? WHERE (uuid, seq, slot) IN"
+                " (SELECT uuid, seq, slot FROM outbox WHERE due <= ? ORDER BY due LIMIT ?)",
+                (_timestamp(until), owner, _timestamp(now), max(1, limit)),
+            )
             rows = conn.execute(
                 "SELECT o.uuid, o.seq, o.slot, o.pending, o.attempts, o.due, e.record FROM outbox AS o"
                 " LEFT JOIN events AS e ON e.uuid = o.uuid AND e.seq = o.seq AND e.slot = o.slot"
-                " WHERE o.due <= ? ORDER BY o.due LIMIT ?",
-                (_timestamp(now), max(1, limit)),
+                " WHERE o.lease = ? AND o.due = ?",
+                (owner, _timestamp(until)),
             ).fetchall()
         return [
             OutboxItem(
@@ -790,50 +796,50 @@ class SqliteJobStore:
                 attempts=attempts,
                 due=datetime.fromtimestamp(due, timezone.utc),
                 record=_record(record) if record else None,  # None: the job was removed or purged
-                stamp=due,
             )
             for uuid, seq, slot, pending, attempts, due, record in rows
         ]
 
-    def claim_notification(self, item: OutboxItem, *, until: datetime, owner: str) -> bool:
+    def settle_notifications(self, owner: str, settled: list[Settled], deliveries: list[Document]) -> int:
+        count = 0
         with self._transaction() as conn:
-            return (
-                conn.execute(
-                    "UPDATE outbox SET due = ?, lease = ? WHERE uuid = ? AND seq = ? AND slot = ? AND due = ?",
-                    (_timestamp(until), owner, item.uuid, item.seq, item.slot, item.stamp),
-                ).rowcount
-                == 1
-            )
-
-    def settle_notification(
-        self, item: OutboxItem, *, owner: str, pending: list[str], attempts: int, due: datetime
-    ) -> bool:
-        key = (item.uuid, item.seq, item.slot, owner)
-        with self._transaction() as conn:
-            if not pending:
-                sql = "DELETE FROM outbox WHERE uuid = ? AND seq = ? AND slot = ? AND lease = ?"
-                return conn.execute(sql, key).rowcount == 1
-            sql = (
-                "UPDATE outbox SET pending = ?, attempts = ?, due = ?, lease = NULL"
-                " WHERE uuid = ? AND seq = ? AND slot = ? AND lease = ?"
-            )
-            return conn.execute(sql, (json.dumps(pending), attempts, _timestamp(due), *key)).rowcount == 1
-
-    def event_fate(self, item: OutboxItem, *, now: datetime, grace_seconds: float) -> EventFate:
-        """One transaction wrote the event, the job's change and the outbox row: a row's event is applied."""
-        return EventFate.GONE if item.record is None else EventFate.APPLIED
-
-    def record_delivery(self, delivery: Document) -> None:
-        with self._transaction() as conn:
-            conn.execute(
+            conn.executemany(
                 "INSERT INTO deliveries (job_uuid, subscription, expires_at, doc) VALUES (?, ?, ?, ?)",
-                (
-                    _column(delivery.get("job_uuid")),
-                    _column(delivery.get("subscription")),
-                    _timestamp(delivery.get("expires_at")),
-                    dumps_document(delivery),
-                ),
+                [
+                    (
+                        _column(d.get("job_uuid")),
+                        _column(d.get("subscription")),
+                        _timestamp(d.get("expires_at")),
+                        dumps_document(d),
+                    )
+                    for d in deliveries
+                ],
             )
+            for one in settled:
+                key = (one.item.uuid, one.item.seq, one.item.slot, owner)
+                if one.pending:
+                    count += conn.execute(
+                        "UPDATE outbox SET pending = ?, attempts = ?, due = ?, lease = NULL"
+                        " WHERE uuid = ? AND seq = ? AND slot = ? AND lease = ?",
+                        (json.dumps(list(one.pending)), one.attempts, _timestamp(one.due), *key),
+                    ).rowcount
+                else:
+                    sql = "DELETE FROM outbox WHERE uuid = ? AND seq = ? AND slot = ? AND lease = ?"
+                    count += conn.execute(sql, key).rowcount
+        return count
+
+    def event_fates(
+        self, items: list[OutboxItem], *, now: datetime, grace_seconds: float
+    ) -> list[tuple[EventFate, str | None]]:
+        """One transaction wrote the event, the job's change and the outbox row: a row's event is applied."""
+        uuids = sorted({item.uuid for item in items})
+        with self._reading() as conn:
+            marks = ", ".join("?" * len(uuids))
+            rows = conn.execute(f"SELECT uuid, pipeline_uuid FROM jobs WHERE uuid IN ({marks})", uuids).fetchall()
+        pipelines = dict(rows)
+        return [
+            (EventFate.GONE if item.record is None else EventFate.APPLIED, pipelines.get(item.uuid)) for item in items
+        ]
 
     def list_deliveries(
         self, *, job_uuid: str | None = None, subscription: str | None = None, limit: int = 100

@@ -1,0 +1,499 @@
+"""Outbound notifications on both stores: the outbox written with the event, the dispatcher, signatures.
+
+Events go through ``service.handle`` in-process; deliveries go over real HTTP to a
+stdlib receiver (tests/notify_fixtures.py) whose requests the tests verify with the
+Standard Webhooks reference library and with HMAC written out by hand.
+tests/test_notify_e2e.py runs the same through `pipelinejobs serve` processes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipelinejobs import documents, identifiers, notify, service
+from pipelinejobs.errors import ErrorKind, PipelineJobsError
+from pipelinejobs.messages import EventMessage
+from pipelinejobs.settings import Identity, Settings, load_settings
+from pipelinejobs.store.base import EventRecord, JobStore
+from pipelinejobs.store.mongo import MongoJobStore
+from pipelinejobs.store.sqlite import SqliteJobStore
+from tests.conftest import EXAMPLE_PIPELINE_UUID, ROOT
+from tests.notify_fixtures import Receiver, verify_by_hand, verify_with_library
+
+IDENTITY = Identity("tester", "SD2E-Community", "sd2e", "sd2e.org")
+OTHER_PIPELINE = "10650844-1baa-55c5-a481-000000000000"
+FAST = {
+    "_REACTOR_NOTIFICATIONS_BACKOFF_BASE_SECONDS": "0.01",
+    "_REACTOR_NOTIFICATIONS_BACKOFF_CAP_SECONDS": "0.02",
+    "_REACTOR_NOTIFICATIONS_TIMEOUT_SECONDS": "5",
+    "_REACTOR_NOTIFICATIONS_MAX_ATTEMPTS": "4",
+    "_REACTOR_NOTIFICATIONS_LEASE_SECONDS": "1",
+    "_REACTOR_NOTIFICATIONS_GRACE_SECONDS": "1",
+}
+Factory = Callable[..., JobStore]
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@pytest.fixture(scope="module")
+def settings() -> Settings:
+    return load_settings(FAST, ROOT / "config.yml")
+
+
+@pytest.fixture(params=["mongodb", "sqlite"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
+    opened: list[JobStore] = []
+    if request.param == "mongodb":
+        uri, name = request.getfixturevalue("mongodb_uri"), request.getfixturevalue("database_name")
+        request.getfixturevalue("db")
+
+        def factory() -> JobStore:
+            opened.append(MongoJobStore(uri, name))
+            return opened[-1]
+    else:
+
+        def factory() -> JobStore:
+            opened.append(SqliteJobStore(tmp_path / "jobs.sqlite3"))
+            return opened[-1]
+
+    factory().ensure_indexes()
+    yield factory
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: Factory) -> JobStore:
+    return open_store()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    started = Receiver().start()
+    yield started
+    started.stop()
+
+
+def new_job(
+    store: JobStore, data: dict[str, Any] | None = None, pipeline: str = EXAMPLE_PIPELINE_UUID
+) -> tuple[str, str]:
+    data = {"n": 1} if data is None else data
+    at = documents.utc_seconds(now())
+    job = documents.new_job(
+        uuid=identifiers.job_uuid(pipeline, [], data),
+        pipeline_uuid=pipeline,
+        archive_path="/products/x",
+        archive_system=None,
+        data=data,
+        session=None,
+        child_of=[],
+        identity=IDENTITY,
+        now=at,
+    )
+    stored, _ = store.insert_job(job, documents.audit_record(job["uuid"], "create", {}, job["_admin"], at))
+    return job["uuid"], identifiers.job_token(stored["_salt"], job["uuid"], stored["_admin"])
+
+
+def send(store: JobStore, settings: Settings, uuid: str, token: str, name: str, **fields: Any) -> dict[str, Any]:
+    message = EventMessage(uuid=uuid, name=name, token=token, **fields)
+    return service.handle(message, store=store, settings=settings, now=now())
+
+
+def subscribe(store: JobStore, settings: Settings, **fields: Any) -> dict[str, Any]:
+    fields.setdefault("pipeline_uuid", EXAMPLE_PIPELINE_UUID) if "job_uuid" not in fields else None
+    return notify.add_subscription(store, settings, notify.new_subscription(now=now(), **fields))
+
+
+@dataclass(frozen=True)
+class Pending:
+    uuid: str
+    seq: int
+    pending: tuple[str, ...]
+    name: str
+    data: Any
+
+
+def outbox(store: JobStore) -> list[Pending]:
+    """Every outbox item, due or leased, read straight from the backend (oldest event first)."""
+    if isinstance(store, MongoJobStore):
+        docs = store.events.find({"notify_due": {"$exists": True}}, {"_id": False}).sort([("uuid", 1), ("seq", 1)])
+        return [Pending(d["uuid"], d["seq"], tuple(d["notify"]), d["name"], d.get("data")) for d in docs]
+    assert isinstance(store, SqliteJobStore)
+    with store._reading() as conn:
+        rows = conn.execute(
+            "SELECT o.uuid, o.seq, o.pending, e.record FROM outbox o JOIN events e USING (uuid, seq, slot)"
+            " ORDER BY o.uuid, o.seq"
+        ).fetchall()
+    found = []
+    for uuid, seq, pending, record in rows:
+        doc = json.loads(record)
+        found.append(Pending(uuid, seq, tuple(json.loads(pending)), doc["name"], doc.get("data")))
+    return found
+
+
+def drain(store: JobStore, settings: Settings, passes: int = 1) -> notify.DrainReport:
+    dispatcher = notify.Dispatcher(store, settings)
+    try:
+        total = notify.DrainReport()
+        for _ in range(passes):
+            total.add(dispatcher.drain())
+        return total
+    finally:
+        dispatcher.close()
+
+
+# -- signing ---------------------------------------------------------------------------------------
+def test_signatures_verify_with_the_reference_library_and_by_hand() -> None:
+    from tests.notify_fixtures import Received
+
+    secret = notify.new_secret()
+    assert secret.startswith("whsec_") and len(notify.secret_key(secret)) == 24
+    body = json.dumps({"job_uuid": "x", "data": {"t": "caf\u00e9"}}, ensure_ascii=False).encode()
+    stamp = int(now().timestamp())
+    headers = notify.webhook_headers(secret, "msg_1", stamp, body)
+    received = Received("/hook", headers, body)
+    assert verify_with_library(secret, received) == json.loads(body)
+    verify_by_hand(secret, received)
+    tampered = Received("/hook", headers, body.replace(b"x", b"y"))
+    with pytest.raises(Exception, match="signature"):
+        verify_with_library(secret, tampered)
+    with pytest.raises(Exception, match="signature"):
+        verify_with_library(notify.new_secret(), received)
+
+
+def test_backoff_is_full_jitter_under_a_capped_exponential() -> None:
+    plan = notify.Budget(backoff_base_seconds=60, backoff_cap_seconds=1800)
+    ceilings = [notify.backoff(n, plan, draw=lambda low, high: high) for n in range(1, 9)]
+    assert ceilings == [60, 120, 240, 480, 960, 1800, 1800, 1800]
+    assert all(notify.backoff(n, plan, draw=lambda low, high: low) == 0 for n in range(1, 9))
+    default = notify.budget(load_settings({}, ROOT / "config.yml"))
+    assert (default.max_attempts, default.backoff_base_seconds, default.backoff_cap_seconds) == (8, 60, 1800)
+
+
+# -- subscriptions ---------------------------------------------------------------------------------
+def test_a_subscription_is_checked_and_its_secrets_are_masked(store: JobStore, settings: Settings) -> None:
+    for fields, words in (
+        ({"url": "http://x/h"}, "exactly one"),
+        ({"pipeline_uuid": "p"}, "exactly one"),
+        ({"pipeline_uuid": "p", "url": "ftp://x/h"}, "http"),
+        ({"pipeline_uuid": "p", "url": "http://u:pw@x/h"}, "credentials"),
+        ({"pipeline_uuid": "p", "url": "http://x/h", "states": ["DONE"]}, "unknown state"),
+        ({"pipeline_uuid": "p", "url": "http://x/h", "events": ["explode"]}, "unknown event"),
+        ({"pipeline_uuid": "p", "actor": "abc"}, "api_server"),
+        ({"pipeline_uuid": "p", "actor": "http://x/actors/v2/a/messages"}, "nonce"),
+    ):
+        with pytest.raises(PipelineJobsError) as err:
+            notify.new_subscription(now=now(), **fields)
+        assert err.value.kind is ErrorKind.BAD_MESSAGE and words in err.value.message
+        assert "pw" not in err.value.message
+    sub = subscribe(store, settings, url="http://127.0.0.1:9/hook?key=s3cr3t-key", states=["finished", "FAILED"])
+    assert sub["states"] == ["FAILED", "FINISHED"] and sub["id"].startswith("sub_")
+    shown = notify.public_view(sub)
+    assert shown["secret"] == "*****" and shown["url"] == "http://127.0.0.1:9/hook"
+    assert notify.public_view(sub, reveal_secret=True)["secret"] == sub["secret"]
+    actor = subscribe(store, settings, actor="http://h/actors/v2/a/messages?x=1", nonce="SD2E_nonce123")
+    listed = [notify.public_view(s) for s in store.list_subscriptions()]
+    assert "s3cr3t" not in json.dumps(listed, default=str) and "SD2E_nonce123" not in json.dumps(listed, default=str)
+    assert [s["id"] for s in listed] == [sub["id"], actor["id"]]
+    notify.remove_subscription(store, actor["id"])
+    with pytest.raises(PipelineJobsError) as err:
+        notify.remove_subscription(store, actor["id"])
+    assert err.value.kind is ErrorKind.NOT_FOUND
+
+
+def test_only_matching_applied_events_enter_the_outbox(store: JobStore, settings: Settings) -> None:
+    uuid, token = new_job(store)
+    other, other_token = new_job(store, {"n": 2}, pipeline=OTHER_PIPELINE)
+    send(store, settings, uuid, token, "run")  # no subscriptions yet: nothing pending
+    assert outbox(store) == []
+    on_finish = subscribe(store, settings, url="http://127.0.0.1:9/a", states=["FINISHED"])
+    on_job = subscribe(store, settings, job_uuid=uuid, url="http://127.0.0.1:9/b", events=["update"])
+    send(store, settings, uuid, token, "update", data={"k": 1})  # on_job only
+    send(store, settings, other, other_token, "run")  # another pipeline: nobody
+    send(store, settings, uuid, token, "finish")  # on_finish only
+    items = outbox(store)
+    assert [(i.uuid, i.seq, i.pending) for i in items] == [
+        (uuid, 2, (on_job["id"],)),
+        (uuid, 3, (on_finish["id"],)),
+    ]
+    assert items[0].name == "update" and items[0].data == {"k": 1}
+
+
+def test_refused_stale_and_replayed_events_notify_nobody(store: JobStore, settings: Settings) -> None:
+    uuid, token = new_job(store)
+    subscribe(store, settings, url="http://127.0.0.1:9/a")
+    send(store, settings, uuid, token, "run", event_id="cb-1")
+    assert len(outbox(store)) == 1
+    with pytest.raises(PipelineJobsError):
+        send(store, settings, uuid, "0" * 16, "finish")  # bad token
+    with pytest.raises(PipelineJobsError):
+        send(store, settings, uuid, token, "validated")  # not allowed while RUNNING
+    assert send(store, settings, uuid, token, "run", event_id="cb-1")["replayed"] is True
+    send(store, settings, uuid, token, "finish")
+    stale = send(store, settings, uuid, token, "run", via="agave", status="RUNNING")
+    assert stale.get("stale") is True
+    assert [i.seq for i in outbox(store)] == [1, 2]  # run and finish, nothing else
+
+
+# -- the dispatcher ----------------------------------------------------------------------------------
+def test_a_delivery_is_signed_and_says_what_happened(
+    store: JobStore, settings: Settings, receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    uuid, token = new_job(store)
+    sub = subscribe(store, settings, url=receiver.url + "?k=query-secret", events=["finish"])
+    bare = subscribe(store, settings, url=receiver.url, events=["finish"], include_data=False)
+    send(store, settings, uuid, token, "run")
+    outcome = send(store, settings, uuid, token, "finish", data={"result": "ok"})
+    report = drain(store, settings)
+    assert report.delivered == 2 and report.retrying == 0
+    got = {r.json()["subscription"]: r for r in receiver.wait_for(2)}
+    for one in (sub, bare):
+        verify_by_hand(one["secret"], got[one["id"]])
+        verify_with_library(one["secret"], got[one["id"]])
+    body = got[sub["id"]].json()
+    assert body == {
+        "type": "pipelinejob.event",
+        "id": got[sub["id"]].headers["webhook-id"],
+        "subscription": sub["id"],
+        "job_uuid": uuid,
+        "pipeline_uuid": EXAMPLE_PIPELINE_UUID,
+        "state": "FINISHED",
+        "event": "finish",
+        "event_uuid": outcome["event_uuid"],
+        "revision": 2,
+        "time": body["time"],
+        "data": {"result": "ok"},
+    }
+    assert "data" not in got[bare["id"]].json()
+    assert token not in json.dumps([r.json() for r in receiver.received])
+    assert got[sub["id"]].path == "/hook?k=query-secret"
+    rows = store.list_deliveries(job_uuid=uuid)
+    assert sorted(r["outcome"] for r in rows) == ["delivered", "delivered"] and {r["status"] for r in rows} == {204}
+    assert "query-secret" not in json.dumps(rows, default=str) + caplog.text
+    assert outbox(store) == [] and drain(store, settings).delivered == 0  # nothing is delivered twice
+
+
+def test_a_receiver_failing_twice_gets_three_attempts_with_one_webhook_id(store: JobStore, settings: Settings) -> None:
+    receiver = Receiver(fail_first=2).start()
+    try:
+        uuid, token = new_job(store)
+        sub = subscribe(store, settings, url=receiver.url)
+        send(store, settings, uuid, token, "run")
+        for _ in range(50):
+            drain(store, settings)
+            if len(receiver.received) >= 3:
+                break
+            threading.Event().wait(0.02)
+        got = receiver.wait_for(3)
+        assert len({r.headers["webhook-id"] for r in got}) == 1
+        for one in got:
+            verify_with_library(sub["secret"], one)
+        rows = store.list_deliveries(subscription=sub["id"])
+        assert [(r["attempt"], r["outcome"], r["status"]) for r in reversed(rows)] == [
+            (1, "failed", 500),
+            (2, "failed", 500),
+            (3, "delivered", 204),
+        ]
+        assert outbox(store) == []
+    finally:
+        receiver.stop()
+
+
+def test_a_notification_is_given_up_after_the_budget(store: JobStore, settings: Settings) -> None:
+    receiver = Receiver(fail_first=100, fail_status=503).start()
+    try:
+        uuid, token = new_job(store)
+        subscribe(store, settings, url=receiver.url)
+        send(store, settings, uuid, token, "run")
+        for _ in range(100):
+            drain(store, settings)
+            if not outbox(store):
+                break
+            threading.Event().wait(0.02)
+        rows = list(reversed(store.list_deliveries(job_uuid=uuid)))
+        assert [r["outcome"] for r in rows] == ["failed", "failed", "failed", "gave_up"]  # max_attempts 4
+        assert len(receiver.received) == 4
+    finally:
+        receiver.stop()
+
+
+def test_two_dispatchers_never_deliver_one_item_twice(
+    open_store: Factory, settings: Settings, receiver: Receiver
+) -> None:
+    setup = open_store()
+    subscribe(setup, settings, url=receiver.url)
+    for n in range(20):
+        uuid, token = new_job(setup, {"n": n})
+        send(setup, settings, uuid, token, "run")
+    stores = [open_store(), open_store()]
+    barrier = threading.Barrier(2)
+
+    def run(store: JobStore) -> None:
+        barrier.wait()
+        for _ in range(5):
+            drain(store, settings)
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    ids = [r.headers["webhook-id"] for r in receiver.wait_for(20)]
+    assert len(ids) == 20 and len(set(ids)) == 20
+    assert outbox(setup) == []
+
+
+def test_a_crashed_dispatchers_lease_runs_out_and_the_same_webhook_id_is_sent(
+    store: JobStore, settings: Settings, receiver: Receiver
+) -> None:
+    uuid, token = new_job(store)
+    subscribe(store, settings, url=receiver.url)
+    send(store, settings, uuid, token, "run")
+    # a dispatcher claims the item and dies before delivering (lease_seconds is 1 here)
+    claimed = store.claim_notifications(now(), until=now() + timedelta(seconds=1), owner="dead", limit=10)
+    assert len(claimed) == 1
+    assert drain(store, settings).delivered == 0  # leased: not due
+    threading.Event().wait(1.2)
+    assert drain(store, settings).delivered == 1
+    expected = notify.message_id(claimed[0].record, claimed[0].pending[0])
+    assert receiver.wait_for(1)[0].headers["webhook-id"] == expected
+
+
+def test_a_removed_subscription_is_not_told_and_the_drop_is_recorded(
+    store: JobStore, settings: Settings, receiver: Receiver
+) -> None:
+    uuid, token = new_job(store)
+    sub = subscribe(store, settings, url=receiver.url)
+    send(store, settings, uuid, token, "run")
+    notify.remove_subscription(store, sub["id"])
+    report = drain(store, settings)
+    assert report.dropped == 1 and receiver.received == []
+    assert [r["outcome"] for r in store.list_deliveries(job_uuid=uuid)] == ["dropped"]
+
+
+def test_an_actor_is_sent_the_notification_with_its_nonce(store: JobStore, settings: Settings) -> None:
+    abaco = Receiver(status=200).start()  # a fake Abaco messages endpoint
+    try:
+        uuid, token = new_job(store)
+        actor_url = abaco.url.replace("/hook", "/actors/v2/next-step/messages")
+        subscribe(store, settings, actor=actor_url, nonce="SD2E_n0nce-value", states=["FINISHED"])
+        send(store, settings, uuid, token, "run")
+        send(store, settings, uuid, token, "finish", data={"out": "/products/x"})
+        assert drain(store, settings).delivered == 1
+        got = abaco.wait_for(1)[0]
+        assert got.path.startswith("/actors/v2/next-step/messages?") and "x-nonce=SD2E_n0nce-value" in got.path
+        message = got.json()["message"]
+        assert (
+            message["job_uuid"] == uuid and message["state"] == "FINISHED" and message["data"] == {"out": "/products/x"}
+        )
+        rows = store.list_deliveries(job_uuid=uuid)
+        assert rows[0]["outcome"] == "delivered" and "n0nce" not in json.dumps(rows, default=str)
+    finally:
+        abaco.stop()
+
+
+def test_an_actor_refusing_the_nonce_is_retried_and_the_error_names_no_nonce(
+    store: JobStore, settings: Settings
+) -> None:
+    abaco = Receiver(fail_first=1, fail_status=401).start()
+    try:
+        uuid, token = new_job(store)
+        subscribe(store, settings, actor=abaco.url, nonce="SD2E_n0nce-value")
+        send(store, settings, uuid, token, "run")
+        drain(store, settings)
+        rows = store.list_deliveries(job_uuid=uuid)
+        assert rows[0]["outcome"] == "failed" and rows[0]["status"] == 401
+        assert "n0nce" not in json.dumps(rows, default=str) and "401" in rows[0]["error"]
+    finally:
+        abaco.stop()
+
+
+def test_the_test_command_sends_a_signed_sample(store: JobStore, settings: Settings, receiver: Receiver) -> None:
+    sub = subscribe(store, settings, url=receiver.url)
+    answer = notify.send_test(store, settings, sub, now=now())
+    assert answer["ok"] is True and answer["status"] == 204
+    got = receiver.wait_for(1)[0]
+    assert verify_with_library(sub["secret"], got)["type"] == "pipelinejob.test"
+    assert store.list_deliveries(subscription=sub["id"])[0]["outcome"] == "test"
+
+
+# -- MongoDB: the outbox rides on the log record, the commit point -------------------------------
+def test_mongodb_a_record_logged_by_a_writer_that_died_is_rolled_forward_then_delivered(
+    mongodb_uri: str, database_name: str, db: Any, settings: Settings, receiver: Receiver
+) -> None:
+    with MongoJobStore(mongodb_uri, database_name) as store:
+        store.ensure_indexes()
+        uuid, _ = new_job(store)
+        subscribe(store, settings, url=receiver.url)
+        at = documents.utc_seconds(now())
+        record = EventRecord(
+            uuid, 1, "ev-1", "run", at, None, "RUNNING", notify=tuple(notify.subscriptions(store, settings).by_id)
+        )
+        store._insert_record(record)  # logged (the commit point), and the writer died before the job's update
+        assert drain(store, settings).waiting == 1 and receiver.received == []
+        threading.Event().wait(1.1)  # grace_seconds is 1 here
+        for _ in range(60):
+            if drain(store, settings).delivered:
+                break
+            threading.Event().wait(0.1)
+        assert receiver.wait_for(1)[0].json()["event_uuid"] == "ev-1"
+        job = store.find_job(uuid)
+        assert job is not None and job["state"] == "RUNNING" and job["_properties"]["revision"] == 1
+
+
+def test_mongodb_a_record_whose_job_moved_on_is_never_delivered(
+    mongodb_uri: str, database_name: str, db: Any, settings: Settings, receiver: Receiver
+) -> None:
+    with MongoJobStore(mongodb_uri, database_name) as store:
+        store.ensure_indexes()
+        uuid, _ = new_job(store)
+        subscribe(store, settings, url=receiver.url)
+        at = documents.utc_seconds(now())
+        ids = tuple(notify.subscriptions(store, settings).by_id)
+        store._insert_record(EventRecord(uuid, 1, "ev-lost", "run", at, None, "RUNNING", notify=ids))
+        # something else took revision 1 (a hide bumps the revision without a record)
+        db.jobs.update_one({"uuid": uuid}, {"$set": {"_properties.revision": 1}})
+        assert drain(store, settings).dropped == 1
+        assert receiver.received == [] and outbox(store) == []
+
+
+def test_mongodb_without_subscriptions_an_event_writes_no_outbox_field(
+    mongodb_uri: str, database_name: str, db: Any, settings: Settings
+) -> None:
+    with MongoJobStore(mongodb_uri, database_name) as store:
+        store.ensure_indexes()
+        uuid, token = new_job(store)
+        send(store, settings, uuid, token, "run")
+        assert db.events.count_documents({"notify_due": {"$exists": True}}) == 0
+        subscribe(store, settings, url="http://127.0.0.1:9/x")
+        send(store, settings, uuid, token, "finish")
+        logged = db.events.find_one({"uuid": uuid, "seq": 2})
+        assert logged["notify"] and logged["notify_attempts"] == 0
+
+
+# -- SQLite: files of version 2 are migrated -----------------------------------------------------------
+def test_sqlite_a_version_2_file_gains_the_notification_tables(tmp_path: Path, settings: Settings) -> None:
+    path = tmp_path / "old.sqlite3"
+    with SqliteJobStore(path) as store:
+        uuid, token = new_job(store)
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP TABLE outbox; DROP TABLE subscriptions; DROP TABLE deliveries; PRAGMA user_version = 2;")
+    conn.close()
+    with SqliteJobStore(path) as store:
+        subscribe(store, settings, url="http://127.0.0.1:9/x")
+        send(store, settings, uuid, token, "run")
+        assert len(outbox(store)) == 1
+    conn = sqlite3.connect(path)
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    conn.close()
