@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from . import __version__, logs
+from . import __version__, logs, notify_cli
 from .errors import ErrorKind, PipelineJobsError
 from .runtime import dumps
 from .settings import Settings, load_settings
@@ -313,11 +313,17 @@ def cmd_job_show(args: argparse.Namespace) -> int:
     with _open_store(settings) as store:
         job = store.find_job(args.uuid)
         watched = _watch_view(store, settings, job) if job is not None else None
+        deliveries = notify_cli.job_deliveries(store, args.uuid) if job is not None else None
         where = store.describe()
     if job is None:
         raise PipelineJobsError(ErrorKind.NOT_FOUND, f"no job with uuid {args.uuid} in the {where}")
     shown = public_view(job) if watched is None else {**public_view(job), "watch": watched}
-    _emit(args, shown, job_text(job, full=args.full, watch=watched))
+    text = job_text(job, full=args.full, watch=watched)
+    if deliveries:  # notifications (issue 10): the latest delivery attempts
+        shown["deliveries"] = deliveries
+        text += f"\n  deliveries (latest {len(deliveries)}, newest first):\n"
+        text += "\n".join("    " + line for line in notify_cli.deliveries_text(deliveries).splitlines())
+    _emit(args, shown, text)
     return 0
 
 
@@ -881,6 +887,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--tls-cert", help="PEM certificate (chain) to serve HTTPS with (default: serve.tls_cert)")
     sub.add_argument("--tls-key", help="PEM private key of --tls-cert (default: serve.tls_key)")
     _add_watch_commands(commands, leaf)
+    notify_cli.add_commands(commands, leaf)  # subscription add|list|remove|test|deliveries, notify --drain
     return parser
 
 

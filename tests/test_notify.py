@@ -482,6 +482,40 @@ def test_mongodb_without_subscriptions_an_event_writes_no_outbox_field(
         assert logged["notify"] and logged["notify_attempts"] == 0
 
 
+def test_mongodb_a_notified_event_still_costs_three_commands(
+    mongodb_uri: str, database_name: str, db: Any, settings: Settings
+) -> None:
+    """The outbox rides on the log record's insert: a matching subscription adds no command."""
+    from pymongo import monitoring
+
+    class Commands(monitoring.CommandListener):
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, dict[str, Any]]] = []
+
+        def started(self, event: monitoring.CommandStartedEvent) -> None:
+            self.seen.append((event.command_name, dict(event.command)))
+
+        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+            pass
+
+        def failed(self, event: monitoring.CommandFailedEvent) -> None:
+            pass
+
+    listener = Commands()
+    with MongoJobStore(mongodb_uri, database_name, client_options={"event_listeners": [listener]}) as store:
+        store.ensure_indexes()
+        uuid, token = new_job(store)
+        subscribe(store, settings, url="http://127.0.0.1:9/x", events=["update"])
+        notify.subscriptions(store, settings)  # a warm store has its subscription list
+        send(store, settings, uuid, token, "run")  # a state change also moves the watch record
+        for data in ({"k": 1}, {"k": 2}):
+            listener.seen.clear()
+            send(store, settings, uuid, token, "update", data=data)
+            assert [c for c, _ in listener.seen] == ["find", "insert", "update"]
+        inserted = listener.seen[1][1]["documents"][0]
+        assert inserted["name"] == "update" and len(inserted["notify"]) == 1
+
+
 # -- SQLite: files of version 2 are migrated -----------------------------------------------------------
 def test_sqlite_a_version_2_file_gains_the_notification_tables(tmp_path: Path, settings: Settings) -> None:
     path = tmp_path / "old.sqlite3"

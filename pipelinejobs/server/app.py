@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import __version__, logs, watch
+from .. import __version__, logs, notify, watch
 from ..errors import ErrorKind, PipelineJobsError
 from . import metrics
 from .execution import Server
@@ -451,10 +451,12 @@ class AccessLog:
 def _routes() -> list[Route]:
     from .metrics import metrics_endpoint, readyz
     from .read import read_routes
+    from .subscriptions import subscription_routes
 
     routes = [Route("/healthz", health, methods=["GET"])]
     routes += [Route("/readyz", readyz, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
     routes += read_routes()  # the read API (issue 11): /jobs, /pipelines, /schemas, /state-machine
+    routes += subscription_routes()  # notifications (issue 10): /subscriptions, /jobs/{uuid}/deliveries
     for prefix in ("/actors/v2/{actor_id}", "/v3/actors/{actor_id}"):
         routes += [
             Route(f"{prefix}/messages", post_message, methods=["POST"]),
@@ -478,9 +480,14 @@ def create_app(server: Server) -> Starlette:
         package_logger.addHandler(server.capture)
         every = watch.watch_every(server.settings)  # deadlines.watch_every_seconds: off unless set
         stop_watchdog = watch.start_background(server.store, server.settings, server.clock, every) if every else None
+        stop_notify = notify.start_background(
+            server.store, server.settings, server.clock
+        )  # notifications.every_seconds
         try:
             yield
         finally:
+            if stop_notify is not None:
+                stop_notify()
             if stop_watchdog is not None:
                 stop_watchdog()
             package_logger.removeHandler(server.capture)

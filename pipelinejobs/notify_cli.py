@@ -1,0 +1,194 @@
+"""`pipelinejobs subscription add|list|remove|test|deliveries` and `pipelinejobs notify --drain` (issue 10).
+
+Kept apart from cli.py (one module per command group); cli.py adds these commands to its
+parser with :func:`add_commands` and shares its settings, store and output helpers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from . import notify
+from .errors import ErrorKind, PipelineJobsError
+
+#: where `subscription add --actor` reads the actor's credential when not given on the command line
+NONCE_ENV = "PIPELINEJOBS_ACTOR_NONCE"
+TOKEN_ENV = "PIPELINEJOBS_ACTOR_TOKEN"
+
+
+def _cli() -> Any:
+    from . import cli
+
+    return cli
+
+
+def cmd_subscription_add(args: argparse.Namespace) -> int:
+    cli = _cli()
+    settings = cli._settings(args)
+    nonce = args.nonce or (os.environ.get(NONCE_ENV) if args.actor else None)
+    bearer = args.bearer or (os.environ.get(TOKEN_ENV) if args.actor and not nonce else None)
+    with cli._open_store(settings) as store:
+        subscription = notify.new_subscription(
+            now=notify.utc_now(),
+            pipeline_uuid=args.pipeline,
+            job_uuid=args.job,
+            url=args.url,
+            actor=args.actor,
+            api_server=args.api_server,
+            nonce=nonce,
+            bearer=bearer,
+            tapis_token=args.tapis_token,
+            states=args.state,
+            events=args.event,
+            include_data=not args.no_data,
+            description=args.description,
+        )
+        notify.add_subscription(store, settings, subscription)
+    shown = notify.public_view(subscription, reveal_secret=True)
+    lines = [f"subscription {subscription['id']} added: {_describe(shown)}"]
+    if subscription.get("secret"):
+        lines.append(f"signing secret (shown this once; keep it with the receiver): {subscription['secret']}")
+    cli._emit(args, shown, "\n".join(lines))
+    return 0
+
+
+def _describe(sub: dict[str, Any]) -> str:
+    scope = f"pipeline {sub['pipeline_uuid']}" if sub.get("pipeline_uuid") else f"job {sub.get('job_uuid')}"
+    only = []
+    if sub.get("states"):
+        only.append("states " + ",".join(sub["states"]))
+    if sub.get("events"):
+        only.append("events " + ",".join(sub["events"]))
+    target = f"webhook {sub.get('url')}" if sub.get("target") == "webhook" else f"actor {sub.get('actor')}"
+    data = "" if sub.get("include_data", True) else ", without data"
+    return f"{scope}{' (' + '; '.join(only) + ')' if only else ''} -> {target}{data}"
+
+
+def cmd_subscription_list(args: argparse.Namespace) -> int:
+    cli = _cli()
+    settings = cli._settings(args)
+    with cli._open_store(settings) as store:
+        found = [notify.public_view(s) for s in store.list_subscriptions()]
+    lines = [f"{s['id']}  {_describe(s)}" for s in found] or ["no subscriptions"]
+    cli._emit(args, found, "\n".join(lines))
+    return 0
+
+
+def cmd_subscription_remove(args: argparse.Namespace) -> int:
+    cli = _cli()
+    settings = cli._settings(args)
+    with cli._open_store(settings) as store:
+        notify.remove_subscription(store, args.id)
+    cli._emit(args, {"removed": args.id}, f"subscription {args.id} removed")
+    return 0
+
+
+def cmd_subscription_test(args: argparse.Namespace) -> int:
+    cli = _cli()
+    settings = cli._settings(args)
+    with cli._open_store(settings) as store:
+        subscription = store.find_subscription(args.id)
+        if subscription is None:
+            raise PipelineJobsError(ErrorKind.NOT_FOUND, f"no subscription {args.id[:64]}")
+        result = notify.send_test(store, settings, subscription, now=notify.utc_now())
+    said = f"HTTP {result['status']}" if result["status"] else "no answer"
+    human = f"test {result['webhook_id']}: {'delivered' if result['ok'] else 'failed'} ({result['error'] or said})"
+    cli._emit(args, result, human)
+    return 0 if result["ok"] else cli.EXIT_CODES[ErrorKind.REMOTE_UNAVAILABLE]
+
+
+def deliveries_text(rows: list[dict[str, Any]]) -> str:
+    cli = _cli()
+    if not rows:
+        return "no deliveries"
+    lines = []
+    for row in rows:
+        status = row.get("status") if row.get("status") is not None else "-"
+        took = f"{row['duration_ms']:.0f} ms" if isinstance(row.get("duration_ms"), (int, float)) else "-"
+        what = f"{row.get('event') or 'test'} r{row.get('revision')}" if row.get("event") else "test"
+        error = f"  {row['error']}" if row.get("error") else ""
+        lines.append(
+            f"{cli._when(row.get('at'))}  {row.get('outcome', '?'):<9}  #{row.get('attempt')}  {status!s:<4}  {took:>7}"
+            f"  {row.get('subscription')}  {row.get('job_uuid') or '-'}  {what}  {row.get('webhook_id')}{error}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_subscription_deliveries(args: argparse.Namespace) -> int:
+    cli = _cli()
+    settings = cli._settings(args)
+    with cli._open_store(settings) as store:
+        rows = store.list_deliveries(job_uuid=args.job, subscription=args.subscription, limit=args.limit)
+    cli._emit(args, rows, deliveries_text(rows))
+    return 0
+
+
+def _drain_once(args: argparse.Namespace, settings: Any) -> None:
+    cli = _cli()
+    with cli._open_store(settings) as store:
+        dispatcher = notify.Dispatcher(store, settings)
+        try:
+            report = dispatcher.drain()
+        finally:
+            dispatcher.close()
+    data = report.as_dict()
+    human = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in data.items())
+    cli._emit(args, data, human)
+    sys.stdout.flush()
+
+
+def cmd_notify(args: argparse.Namespace) -> int:
+    """Deliver what is due (for deployments without serve): one drain, or one every N seconds."""
+    from . import watch
+
+    cli = _cli()
+    if not args.drain:
+        raise PipelineJobsError(ErrorKind.BAD_MESSAGE, "say --drain (deliver everything due now)")
+    settings = cli._settings(args)
+    if not args.every:
+        _drain_once(args, settings)
+        return 0
+    watch.run_every(args.every, lambda: _drain_once(args, settings))
+    return 0
+
+
+def job_deliveries(store: Any, uuid: str, limit: int = 20) -> list[dict[str, Any]] | None:
+    """A job's latest delivery attempts for `job show` (None on a store without notifications)."""
+    lister = getattr(store, "list_deliveries", None)
+    return None if lister is None else lister(job_uuid=uuid, limit=limit)
+
+
+def add_commands(commands: Any, leaf: Callable[..., Any]) -> None:
+    group = commands.add_parser("subscription", help="notify webhooks and actors of job events")
+    subs = group.add_subparsers(metavar="ACTION")
+    sub = leaf(subs, "add", cmd_subscription_add, "subscribe a webhook or an actor to a pipeline's or a job's events")
+    scope = sub.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--pipeline", help="every job of this pipeline uuid")
+    scope.add_argument("--job", help="this job uuid only")
+    target = sub.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="a webhook URL (POSTed JSON, signed the Standard Webhooks way)")
+    target.add_argument("--actor", help="an Abaco/Tapis actor: its messages URL, or its id with --api-server")
+    sub.add_argument("--state", action="append", default=[], help="only events leading to this state (repeatable)")
+    sub.add_argument("--event", action="append", default=[], help="only this event name, e.g. finish (repeatable)")
+    sub.add_argument("--no-data", action="store_true", help="leave the event's data out of the notification")
+    sub.add_argument("--api-server", help="tenant base URL, when --actor is an id")
+    sub.add_argument("--nonce", help=f"the actor's nonce (default: ${NONCE_ENV}, kept out of `ps`)")
+    sub.add_argument("--bearer", help=f"a bearer token for the actor (default: ${TOKEN_ENV})")
+    sub.add_argument("--tapis-token", help="a Tapis v3 token for the actor (X-Tapis-Token)")
+    sub.add_argument("--description", default="", help="a note for people")
+    leaf(subs, "list", cmd_subscription_list, "list subscriptions (secrets masked)")
+    sub = leaf(subs, "remove", cmd_subscription_remove, "remove a subscription (pending notifications are dropped)")
+    sub.add_argument("id")
+    sub = leaf(subs, "test", cmd_subscription_test, "send a signed sample notification now")
+    sub.add_argument("id")
+    sub = leaf(subs, "deliveries", cmd_subscription_deliveries, "delivery attempts, newest first")
+    sub.add_argument("--job", help="only this job's")
+    sub.add_argument("--subscription", help="only this subscription's")
+    sub.add_argument("--limit", type=int, default=50)
+    sub = leaf(commands, "notify", cmd_notify, "deliver due notifications (for deployments without serve)")
+    sub.add_argument("--drain", action="store_true", help="deliver everything due now, then stop")
+    sub.add_argument("--every", type=float, default=0, help="with --drain: drain every N seconds until interrupted")

@@ -1,0 +1,178 @@
+"""Serve's notification API (issue 10): subscriptions and their delivery records.
+
+``POST /subscriptions`` (a JSON object: ``pipeline`` or ``job``, ``url`` or ``actor`` with
+``nonce``/``bearer``/``tapis_token`` and ``api_server``, optional ``states``, ``events``,
+``include_data``, ``description``) answers the subscription with its signing secret, the only
+time it is shown; ``GET /subscriptions`` lists them masked; ``DELETE /subscriptions/{id}``;
+``POST /subscriptions/{id}/test`` sends a signed sample; ``GET /subscriptions/{id}/deliveries``
+and ``GET /jobs/{uuid}/deliveries`` show the attempts, newest first.
+
+Only a holder of one of serve's API tokens may use them: a subscription can send a job's
+data anywhere, so an actor's nonce (which a job's owner may hold) is not enough.
+Routes stay thin: parse, call ``pipelinejobs.notify``, render.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from .. import notify, queries
+from ..errors import ErrorKind, PipelineJobsError
+from .app import INVALID_JWT, _bearer, _read_body, _server
+from .read import _answer
+from .registry import Refused
+
+Handler = Callable[[Request], Awaitable[Response]]
+BEARER_ONLY = "Subscriptions are managed with an API token (Authorization: Bearer); nonces are not accepted."
+_REFUSALS = {ErrorKind.BAD_MESSAGE: 400, ErrorKind.NOT_FOUND: 404}
+_FIELDS = {
+    "pipeline",
+    "job",
+    "url",
+    "actor",
+    "api_server",
+    "nonce",
+    "bearer",
+    "tapis_token",
+    "states",
+    "events",
+    "include_data",
+    "description",
+}
+
+
+def _authorized(handler: Handler) -> Handler:
+    """Bearer API tokens only; a store or validation error becomes a 400/404/503 without secrets."""
+
+    async def endpoint(request: Request) -> Response:
+        token = _bearer(request)
+        if not token:
+            raise Refused(BEARER_ONLY, 401)
+        if not _server(request).config.api_tokens.check(token):
+            raise Refused(INVALID_JWT, 401)
+        try:
+            return await handler(request)
+        except queries.QueryError as exc:
+            raise Refused(str(exc), 400) from None
+        except PipelineJobsError as exc:
+            if exc.kind in _REFUSALS:
+                raise Refused(exc.message, _REFUSALS[exc.kind]) from None
+            raise
+
+    return endpoint
+
+
+def _names(value: Any, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise Refused(f"'{what}' must be a list of names or a comma-separated string.")
+
+
+async def create_subscription(request: Request) -> Response:
+    server = _server(request)
+    raw = await _read_body(request, 65536)
+    try:
+        body = json.loads(raw or b"{}")
+    except (ValueError, RecursionError):
+        raise Refused("The request body must be a JSON object.") from None
+    if not isinstance(body, dict):
+        raise Refused("The request body must be a JSON object.")
+    unknown = sorted(set(body) - _FIELDS)
+    if unknown:
+        raise Refused(f"Unknown field(s): {', '.join(str(u)[:40] for u in unknown[:5])}.")
+    for name in _FIELDS - {"states", "events", "include_data"}:
+        if body.get(name) is not None and not isinstance(body[name], str):
+            raise Refused(f"'{name}' must be a string.")
+    if "include_data" in body and not isinstance(body["include_data"], bool):
+        raise Refused("'include_data' must be true or false.")
+    subscription = notify.new_subscription(
+        now=server.clock(),
+        pipeline_uuid=body.get("pipeline"),
+        job_uuid=body.get("job"),
+        url=body.get("url"),
+        actor=body.get("actor"),
+        api_server=body.get("api_server"),
+        nonce=body.get("nonce"),
+        bearer=body.get("bearer"),
+        tapis_token=body.get("tapis_token"),
+        states=_names(body.get("states"), "states"),
+        events=_names(body.get("events"), "events"),
+        include_data=body.get("include_data", True),
+        description=body.get("description") or "",
+    )
+    await run_in_threadpool(notify.add_subscription, server.store, server.settings, subscription)
+    shown = notify.public_view(subscription, reveal_secret=True)
+    return _answer(request, shown, "Subscription created; its secret is shown this once.")
+
+
+async def list_subscriptions(request: Request) -> Response:
+    store: Any = _server(request).store
+    found = await run_in_threadpool(store.list_subscriptions)
+    return _answer(request, [notify.public_view(s) for s in found], "Subscriptions retrieved successfully.")
+
+
+async def _subscription(request: Request) -> dict[str, Any]:
+    store: Any = _server(request).store
+    subscription_id = request.path_params["id"]
+    found = await run_in_threadpool(store.find_subscription, subscription_id)
+    if found is None:
+        raise Refused(f"No subscription found with identifier '{subscription_id[:64]}'.", 404)
+    return found
+
+
+async def delete_subscription(request: Request) -> Response:
+    server = _server(request)
+    await run_in_threadpool(notify.remove_subscription, server.store, request.path_params["id"])
+    return _answer(request, None, "Subscription deleted successfully.")
+
+
+async def test_subscription(request: Request) -> Response:
+    server = _server(request)
+    subscription = await _subscription(request)
+    result = await run_in_threadpool(
+        lambda: notify.send_test(server.store, server.settings, subscription, now=server.clock())
+    )
+    return _answer(request, result, "Test notification sent." if result["ok"] else "Test notification failed.")
+
+
+async def subscription_deliveries(request: Request) -> Response:
+    store: Any = _server(request).store
+    subscription = await _subscription(request)
+    limit = queries.parse_limit(request.query_params.get("limit"), default=100, maximum=1000)
+    rows = await run_in_threadpool(lambda: store.list_deliveries(subscription=subscription["id"], limit=limit))
+    return _answer(request, rows, "Deliveries retrieved successfully.")
+
+
+async def job_deliveries(request: Request) -> Response:
+    store: Any = _server(request).store
+    limit = queries.parse_limit(request.query_params.get("limit"), default=100, maximum=1000)
+    uuid = request.path_params["uuid"]
+    rows = await run_in_threadpool(lambda: store.list_deliveries(job_uuid=uuid, limit=limit))
+    return _answer(request, rows, "Deliveries retrieved successfully.")
+
+
+def subscription_routes() -> list[Route]:
+    table: list[tuple[str, Handler, list[str]]] = [
+        ("/subscriptions", create_subscription, ["POST"]),
+        ("/subscriptions", list_subscriptions, ["GET"]),
+        ("/subscriptions/{id}", delete_subscription, ["DELETE"]),
+        ("/subscriptions/{id}/test", test_subscription, ["POST"]),
+        ("/subscriptions/{id}/deliveries", subscription_deliveries, ["GET"]),
+        ("/jobs/{uuid}/deliveries", job_deliveries, ["GET"]),
+    ]
+    return [
+        Route(prefix + path, _authorized(handler), methods=methods)
+        for prefix in ("", "/v3")
+        for path, handler, methods in table
+    ]
