@@ -26,7 +26,7 @@ from starlette.routing import Route
 from .. import notify, queries
 from ..errors import ErrorKind, PipelineJobsError
 from .app import INVALID_JWT, _bearer, _read_body, _server
-from .read import _answer
+from .read import _answer as _json_answer
 from .registry import Refused
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -46,6 +46,10 @@ _FIELDS = {
     "include_data",
     "description",
 }
+
+
+def _answer(request: Request, result: Any, message: str) -> Response:
+    return _json_answer(request, queries.jsonable(result), message)
 
 
 def _authorized(handler: Handler) -> Handler:
