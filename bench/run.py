@@ -23,8 +23,11 @@ history lacks the last event it accepted.
      as small jobs' events interleaved with them.
 3. Cold `reactor.py`: one event in a fresh process as Abaco runs it, alternating
    with a fresh process that imports pymongo and pings the server.
+4. Notifications (issue 10, bench/notify.py): on each store, serve's events/s with one
+   active webhook subscription (a receiver on loopback answering 204) over serve's
+   events/s without, bursts of 8 clients alternating between the two servers.
 
-    .venv/bin/python bench/run.py [--only imports,latency,throughput,cold]
+    .venv/bin/python bench/run.py [--only imports,latency,throughput,cold,notify]
                                   [--history N] [--build-budget S] [--growth-stop X]
 """
 
@@ -73,7 +76,7 @@ from harness import (  # bench/ is not a package: found through the path above
     verify,
 )
 
-PARTS = ("imports", "latency", "throughput", "cold")
+PARTS = ("imports", "latency", "throughput", "cold", "notify")
 SMALL = 10  # events of history on the small jobs
 SMALL_JOBS = 20  # the small side rotates over these, so none grows far past SMALL
 CLIENTS = 8
@@ -517,7 +520,7 @@ def main() -> int:
         backends = []
         if parts & {"latency", "throughput"}:
             backends.append(embedded_backend(embedded_dir))
-        if parts & {"latency", "throughput", "cold"}:
+        if parts & {"latency", "throughput", "cold", "notify"}:
             uri = stack.enter_context(mongodb(mongo_dir))
             mongo = mongodb_backend(mongo_dir, uri)
             if os.environ.get("MONGODB_URI"):
@@ -532,6 +535,16 @@ def main() -> int:
             found, wrong = bench_cold(mongo)
             ratios += found
             problems += wrong
+        if "notify" in parts:
+            from notify import backends_for, bench_notify  # bench/notify.py
+
+            for kind in ("embedded", "mongodb"):
+                plain, notified = backends_for(kind, Path(tmp), uri)
+                found, jobs = bench_notify(plain, notified)
+                ratios += found
+                problems += verify(plain, jobs["plain"]) + verify(notified, jobs["notified"])
+                if os.environ.get("MONGODB_URI") and kind == "mongodb":
+                    drop_databases(uri, [str(plain.database), str(notified.database)])
 
     print(f"\nsummary ({time.monotonic() - started:.0f} s; medians of interleaved runs; not asserted)")
     for ratio in ratios:
