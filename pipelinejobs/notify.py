@@ -50,6 +50,7 @@ TEST_TYPE = "pipelinejob.test"
 USER_AGENT = "pipelinejobs-notify"
 MAX_ERROR_CHARS = 200
 GATHER_SECONDS = 0.1  # after a wake-up, serve's dispatcher waits this long so a burst makes one batch
+RECHECK_SECONDS = 0.1  # (MongoDB) an item whose event is logged but not yet applied is looked at again after this
 #: a subscription's fields that are secrets: stored, used, never shown after creation
 SECRET_FIELDS = ("secret", "nonce", "bearer", "tapis_token")
 
@@ -601,7 +602,7 @@ class Dispatcher:
         for item, (fate, pipeline_uuid) in zip(items, fates, strict=True):
             if fate is EventFate.PENDING:
                 report.waiting += 1
-                later = now + timedelta(seconds=max(1.0, self.plan.grace_seconds / 2))
+                later = now + timedelta(seconds=RECHECK_SECONDS)  # its writer is most likely a few ms from done
                 settled.append(Settled(item, item.pending, item.attempts, later))
             elif fate is EventFate.GONE:
                 report.dropped += 1
@@ -753,9 +754,12 @@ def start_background(store: JobStore, settings: Settings, clock: Callable[[], da
 
     def loop() -> None:
         while not stopping.is_set():
+            pause = plan.every_seconds
             try:
                 report = dispatcher.run_pass()
                 busy = sum(report.__dict__.values()) >= plan.batch
+                if report.waiting:
+                    pause = min(pause, RECHECK_SECONDS)
             except PipelineJobsError as exc:
                 log.warning("notification pass failed (%s): %s", exc.kind.value, exc.message)
                 busy = False
@@ -765,7 +769,7 @@ def start_background(store: JobStore, settings: Settings, clock: Callable[[], da
             if busy:
                 continue
             woken = getattr(store, _CACHE, cached).wake
-            woken.wait(plan.every_seconds)
+            woken.wait(pause)
             woken.clear()
             stopping.wait(min(GATHER_SECONDS, plan.every_seconds))  # let a burst of events gather into a batch
 

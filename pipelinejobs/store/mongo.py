@@ -96,13 +96,9 @@ INDEXES: dict[str, tuple[str, list[tuple[str, int]], dict[str, Any]]] = {
     # purge tombstones carry expires_at; MongoDB's TTL monitor removes them then (other records lack the field)
     "updates.expires_at_ttl": ("updates", [("expires_at", 1)], {"expireAfterSeconds": 0}),
     # -- notifications (issue 10): the outbox is fields of the log records still to be told of --
-    "events.notify_due": (
-        "events",
-        [("notify_due", 1)],
-        {"partialFilterExpression": {"notify_due": {"$exists": True}}},
-    ),
+    # sparse, not partial: some MongoDB-wire servers (secantusd-py) only use a partial index for its own filter
+    "events.notify_due": ("events", [("notify_due", 1)], {"sparse": True}),
     "subscriptions.id_unique": ("subscriptions", [("id", 1)], {"unique": True}),
-    "deliveries.at": ("deliveries", [("at", -1)], {}),
     "deliveries.job_at": ("deliveries", [("job_uuid", 1), ("at", -1)], {}),
     "deliveries.subscription_at": ("deliveries", [("subscription", 1), ("at", -1)], {}),
     "deliveries.expires_at_ttl": ("deliveries", [("expires_at", 1)], {"expireAfterSeconds": 0}),
@@ -664,16 +660,17 @@ class MongoJobStore:
     def claim_notifications(self, now: datetime, *, until: datetime, owner: str, limit: int) -> list[OutboxItem]:
         self._require_indexes("events.notify_due")
         with self._translate():
-            due = self.events.find({"notify_due": {"$lte": now}}, {"_id": False, "uuid": True})
-            uuids = sorted({doc["uuid"] for doc in due.sort("notify_due", pymongo.ASCENDING).limit(max(1, limit))})
-            if not uuids:
+            due = self.events.find({"notify_due": {"$lte": now}}, {"_id": False, "notify_due": True})
+            last = list(due.sort("notify_due", pymongo.ASCENDING).limit(max(1, limit)))
+            if not last:
                 return []
-            # one conditional write: a record another dispatcher leased is no longer due
+            # one conditional write claims what is due up to the batch's last item (ties may add a few):
+            # a record another dispatcher leased is no longer due
+            bound = min(now, last[-1]["notify_due"])
             self.events.update_many(
-                {"uuid": {"$in": uuids}, "notify_due": {"$lte": now}},
-                {"$set": {"notify_due": until, "notify_lease": owner}},
+                {"notify_due": {"$lte": bound}}, {"$set": {"notify_due": until, "notify_lease": owner}}
             )
-            docs = list(self.events.find({"uuid": {"$in": uuids}, "notify_lease": owner}, {"_id": False}))
+            docs = list(self.events.find({"notify_due": until, "notify_lease": owner}, {"_id": False}))
         return [
             OutboxItem(
                 uuid=doc["uuid"],
@@ -688,22 +685,23 @@ class MongoJobStore:
         ]
 
     def settle_notifications(self, owner: str, settled: list[Settled], deliveries: list[Document]) -> int:
-        done = ("notify", "notify_attempts", "notify_due", "notify_lease")
-        writes = []
-        for one in settled:
-            item = one.item
-            query = {"uuid": item.uuid, "seq": item.seq, "slot": item.slot, "notify_lease": owner}
-            if one.pending:
-                changes = {"notify": list(one.pending), "notify_attempts": one.attempts, "notify_due": one.due}
-                writes.append(pymongo.UpdateOne(query, {"$set": changes, "$unset": {"notify_lease": ""}}))
-            else:  # done: without notify_due the record leaves the outbox index
-                writes.append(pymongo.UpdateOne(query, {"$unset": dict.fromkeys(done, "")}))
+        """Items still pending one write each; then every item this lease still holds is done, in one write."""
+        count = 0
         with self._translate():
             if deliveries:
                 self.deliveries.insert_many([dict(d) for d in deliveries], ordered=False)
-            if not writes:
-                return 0
-            return self.events.bulk_write(writes, ordered=False).matched_count
+            for one in settled:
+                if one.pending:
+                    item = one.item
+                    query = {"uuid": item.uuid, "seq": item.seq, "slot": item.slot, "notify_lease": owner}
+                    changes = {"notify": list(one.pending), "notify_attempts": one.attempts, "notify_due": one.due}
+                    update = {"$set": changes, "$unset": {"notify_lease": ""}}
+                    count += self.events.update_one(query, update).matched_count
+            if any(not one.pending for one in settled):
+                done = dict.fromkeys(("notify", "notify_attempts", "notify_due", "notify_lease"), "")
+                leased = {"notify_due": {"$in": sorted({one.item.due for one in settled})}, "notify_lease": owner}
+                count += self.events.update_many(leased, {"$unset": done}).matched_count
+        return count
 
     def event_fates(
         self, items: list[OutboxItem], *, now: datetime, grace_seconds: float
@@ -751,8 +749,9 @@ class MongoJobStore:
             query["job_uuid"] = job_uuid
         if subscription is not None:
             query["subscription"] = subscription
+        order = "at" if query else "_id"  # (job_uuid, at) and (subscription, at) are indexed; else insertion order
         with self._translate():
-            cursor = self.deliveries.find(query, {"_id": False}).sort("at", pymongo.DESCENDING)
+            cursor = self.deliveries.find(query, {"_id": False}).sort(order, pymongo.DESCENDING)
             return list(cursor.limit(max(1, limit)))
 
     def expire_deliveries(self, now: datetime) -> int:
