@@ -505,16 +505,20 @@ class NotifyStore(Protocol):
     def delete_subscription(self, subscription_id: str) -> bool: ...
 
     def claim_notifications(self, now: datetime, *, until: datetime, owner: str, limit: int) -> list[OutboxItem]:
-        """Lease up to ``limit`` due outbox items to ``owner`` (moving their ``due`` to ``until``) and return them.
+        """Lease up to ``limit`` due outbox items to dispatcher ``owner`` until ``until`` and return them.
 
-        A leased item is not due, so no other dispatcher takes it until the lease runs out (its
-        holder crashed); the claim is one conditional write on ``due <= now``, so of two racing
-        dispatchers each item goes to one.
+        While the lease lasts no other dispatcher is given them; a crashed holder's lease runs out.
+        SQLite leases each item (its ``due`` moves to ``until`` in one conditional write); MongoDB
+        leases the whole outbox to one dispatcher at a time (one small document per pass), so
+        delivering costs no extra write per record. ``owner`` renews its own lease.
         """
 
     def settle_notifications(self, owner: str, settled: list[Settled], deliveries: list[Document]) -> int:
         """Record ``deliveries`` and, for each item ``owner`` still holds, leave its ``pending``
         (none: the item is done) due at ``due``; how many items were settled."""
+
+    def release_notifications(self, owner: str) -> None:
+        """Give up what ``owner`` holds (a dispatcher stopping), so another need not wait for the lease to run out."""
 
     def event_fates(
         self, items: list[OutboxItem], *, now: datetime, grace_seconds: float

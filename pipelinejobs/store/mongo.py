@@ -203,6 +203,7 @@ class MongoJobStore:
         self.watch = self.database["watch"]  # deadlines and heartbeats, apart from the datacatalog documents
         self.subscriptions = self.database["subscriptions"]  # notifications (issue 10)
         self.deliveries = self.database["deliveries"]
+        self.leases = self.database["notify_leases"]  # which dispatcher holds the outbox, until when
         self.history_window = max(history_window, 1)
         self.inline_data_bytes = inline_data_bytes
         self._transactions: bool | None = None  # learnt on first use
@@ -658,19 +659,17 @@ class MongoJobStore:
             return self.subscriptions.delete_one({"id": subscription_id}).deleted_count == 1
 
     def claim_notifications(self, now: datetime, *, until: datetime, owner: str, limit: int) -> list[OutboxItem]:
+        """One dispatcher at a time holds the outbox (a lease document, renewed each pass, that runs out
+        when its holder dies), so a claim writes one small document, not every record it delivers."""
         self._require_indexes("events.notify_due")
+        lease = {"_id": "outbox", "$or": [{"until": {"$lt": now}}, {"owner": owner}]}
         with self._translate():
-            due = self.events.find({"notify_due": {"$lte": now}}, {"_id": False, "notify_due": True})
-            last = list(due.sort("notify_due", pymongo.ASCENDING).limit(max(1, limit)))
-            if not last:
+            try:
+                self.leases.update_one(lease, {"$set": {"owner": owner, "until": until}}, upsert=True)
+            except DuplicateKeyError:  # another dispatcher's lease is live
                 return []
-            # one conditional write claims what is due up to the batch's last item (ties may add a few):
-            # a record another dispatcher leased is no longer due
-            bound = min(now, last[-1]["notify_due"])
-            self.events.update_many(
-                {"notify_due": {"$lte": bound}}, {"$set": {"notify_due": until, "notify_lease": owner}}
-            )
-            docs = list(self.events.find({"notify_due": until, "notify_lease": owner}, {"_id": False}))
+            due = self.events.find({"notify_due": {"$lte": now}}, {"_id": False})
+            docs = list(due.sort("notify_due", pymongo.ASCENDING).limit(max(1, limit)))
         return [
             OutboxItem(
                 uuid=doc["uuid"],
@@ -685,23 +684,32 @@ class MongoJobStore:
         ]
 
     def settle_notifications(self, owner: str, settled: list[Settled], deliveries: list[Document]) -> int:
-        """Items still pending one write each; then every item this lease still holds is done, in one write."""
+        """Items still pending: one conditional update each (rare). The done ones: one update over the
+        outbox index's range of the batch, picked by their event uuids (exact, and no write per record)."""
+        done_fields = dict.fromkeys(("notify", "notify_attempts", "notify_due"), "")
+        retries = []
+        done = [one.item for one in settled if not one.pending and one.item.record is not None]
+        for one in settled:
+            if one.pending:
+                item = one.item
+                query = {"uuid": item.uuid, "seq": item.seq, "slot": item.slot, "notify_due": item.due}
+                changes = {"notify": list(one.pending), "notify_attempts": one.attempts, "notify_due": one.due}
+                retries.append(pymongo.UpdateOne(query, {"$set": changes}))
         count = 0
         with self._translate():
             if deliveries:
                 self.deliveries.insert_many([dict(d) for d in deliveries], ordered=False)
-            for one in settled:
-                if one.pending:
-                    item = one.item
-                    query = {"uuid": item.uuid, "seq": item.seq, "slot": item.slot, "notify_lease": owner}
-                    changes = {"notify": list(one.pending), "notify_attempts": one.attempts, "notify_due": one.due}
-                    update = {"$set": changes, "$unset": {"notify_lease": ""}}
-                    count += self.events.update_one(query, update).matched_count
-            if any(not one.pending for one in settled):
-                done = dict.fromkeys(("notify", "notify_attempts", "notify_due", "notify_lease"), "")
-                leased = {"notify_due": {"$in": sorted({one.item.due for one in settled})}, "notify_lease": owner}
-                count += self.events.update_many(leased, {"$unset": done}).matched_count
+            if retries:
+                count += self.events.bulk_write(retries, ordered=False).matched_count
+            if done:
+                events = sorted(item.record.event_uuid for item in done if item.record is not None)
+                query = {"notify_due": {"$lte": max(item.due for item in done)}, "event_uuid": {"$in": events}}
+                count += self.events.update_many(query, {"$unset": done_fields}).matched_count
         return count
+
+    def release_notifications(self, owner: str) -> None:
+        with self._translate():
+            self.leases.delete_one({"_id": "outbox", "owner": owner})
 
     def event_fates(
         self, items: list[OutboxItem], *, now: datetime, grace_seconds: float

@@ -828,6 +828,9 @@ class SqliteJobStore:
                     count += conn.execute(sql, key).rowcount
         return count
 
+    def release_notifications(self, owner: str) -> None:
+        """Nothing to release: each claimed item carries its own lease."""
+
     def event_fates(
         self, items: list[OutboxItem], *, now: datetime, grace_seconds: float
     ) -> list[tuple[EventFate, str | None]]:
