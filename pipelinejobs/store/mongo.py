@@ -664,6 +664,8 @@ class MongoJobStore:
         self._require_indexes("events.notify_due")
         lease = {"_id": "outbox", "$or": [{"until": {"$lt": now}}, {"owner": owner}]}
         with self._translate():
+            if self.events.find_one({"notify_due": {"$lte": now}}, {"_id": True}) is None:
+                return []  # nothing due: no lease written (an idle dispatcher writes nothing)
             try:
                 self.leases.update_one(lease, {"$set": {"owner": owner, "until": until}}, upsert=True)
             except DuplicateKeyError:  # another dispatcher's lease is live
