@@ -50,6 +50,7 @@ TEST_TYPE = "pipelinejob.test"
 USER_AGENT = "pipelinejobs-notify"
 MAX_ERROR_CHARS = 200
 GATHER_SECONDS = 0.05  # after a wake-up, serve's dispatcher waits this long so a burst makes one batch
+EXPIRE_EVERY_SECONDS = 3600  # serve forgets delivery records past delivery_days this often
 RECHECK_SECONDS = 0.1  # (MongoDB) an item whose event is logged but not yet applied is looked at again after this
 #: a subscription's fields that are secrets: stored, used, never shown after creation
 SECRET_FIELDS = ("secret", "nonce", "bearer", "tapis_token")
@@ -765,10 +766,15 @@ def start_background(store: JobStore, settings: Settings, clock: Callable[[], da
     cached: _Cached = getattr(store, _CACHE)
     stopping = threading.Event()
 
+    expired_at = [0.0]
+
     def loop() -> None:
         while not stopping.is_set():
             pause = plan.every_seconds
             try:
+                if time.monotonic() - expired_at[0] > EXPIRE_EVERY_SECONDS:  # SQLite has no TTL index
+                    expired_at[0] = time.monotonic()
+                    dispatcher.store.expire_deliveries(clock())
                 report = dispatcher.run_pass()
                 busy = sum(report.__dict__.values()) >= plan.batch
                 if report.waiting:
