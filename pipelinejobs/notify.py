@@ -18,28 +18,22 @@ It reads the outbox and the subscriptions; it never touches a job document.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
-import os
-import random
-import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import fsm
 from .errors import ErrorKind, PipelineJobsError
 from .logs import MASK, add_secrets, get_logger
 from .settings import Settings
-from .store.base import Document, EventFate, EventRecord, JobStore, OutboxItem, Settled
+from .store.base import Document, EventRecord, JobStore
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the event path imports this module: what only delivery needs is imported there
     import httpx
+
+    from .store.outbox import OutboxItem
 
 log = get_logger("notify")
 
@@ -57,8 +51,7 @@ SECRET_FIELDS = ("secret", "nonce", "bearer", "tapis_token")
 
 
 # -- settings ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Budget:
+class Budget(NamedTuple):
     """How hard the dispatcher tries (config.yml ``notifications``; a null value takes the default).
 
     Attempt n (1-based) that fails is retried after a pause drawn uniformly from
@@ -94,16 +87,18 @@ def _number(value: Any, default: float, *, minimum: float = 0.0) -> float:
 def budget(settings: Settings) -> Budget:
     """The ``notifications`` section as a :class:`Budget` (strings from ``_REACTOR_NOTIFICATIONS_*`` too)."""
     section = settings.section("notifications")
-    base = Budget()
     values: dict[str, Any] = {}
-    for name, default in base.__dict__.items():
+    for name, default in Budget._field_defaults.items():
         number = _number(section.get(name), float(default), minimum=1 if isinstance(default, int) else 0)
         values[name] = int(number) if isinstance(default, int) else number
     return Budget(**values)
 
 
-def backoff(attempts: int, plan: Budget, draw: Callable[[float, float], float] = random.uniform) -> float:
+def backoff(attempts: int, plan: Budget, draw: Callable[[float, float], float] | None = None) -> float:
     """Seconds to wait after ``attempts`` failed attempts: full jitter under a capped exponential."""
+    import random
+
+    draw = draw or random.uniform
     ceiling = min(plan.backoff_cap_seconds, plan.backoff_base_seconds * 2 ** max(0, attempts - 1))
     return draw(0.0, ceiling)
 
@@ -111,16 +106,25 @@ def backoff(attempts: int, plan: Budget, draw: Callable[[float, float], float] =
 # -- signing (Standard Webhooks) ----------------------------------------------------------------
 def new_secret() -> str:
     """A subscription's signing secret: ``whsec_`` + base64 of 24 random bytes."""
+    import base64
+    import os
+
     return SECRET_PREFIX + base64.b64encode(os.urandom(24)).decode()
 
 
 def secret_key(secret: str) -> bytes:
     """The HMAC key of a ``whsec_`` secret: its base64-decoded part (as the Standard Webhooks spec says)."""
+    import base64
+
     return base64.b64decode(secret.removeprefix(SECRET_PREFIX))
 
 
 def signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     """``v1,`` + base64(HMAC-SHA256(key, "{id}.{timestamp}.{body}"))."""
+    import base64
+    import hashlib
+    import hmac
+
     mac = hmac.new(secret_key(secret), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256)
     return "v1," + base64.b64encode(mac.digest()).decode()
 
@@ -138,6 +142,8 @@ def webhook_headers(secret: str, msg_id: str, timestamp: int, body: bytes) -> di
 def message_id(record: EventRecord, subscription_id: str) -> str:
     """The ``webhook-id`` of an event for a subscription: derived, so it is the same on every retry,
     after a restart and from any dispatcher; receivers deduplicate on it."""
+    import hashlib
+
     seed = f"{record.uuid}\n{record.seq}\n{record.slot}\n{record.event_uuid}\n{subscription_id}"
     return "msg_" + hashlib.sha256(seed.encode()).hexdigest()[:32]
 
@@ -197,6 +203,8 @@ def new_subscription(
     description: str = "",
 ) -> Document:
     """A subscription document, checked (BAD_MESSAGE says what is wrong, never echoing a secret)."""
+    import secrets
+
     if bool(pipeline_uuid) == bool(job_uuid):
         raise _bad("a subscription watches one pipeline (pipeline) or one job (job): give exactly one")
     if bool(url) == bool(actor):
@@ -250,13 +258,13 @@ def public_view(subscription: Document, *, reveal_secret: bool = False) -> Docum
     return shown
 
 
-@dataclass(frozen=True)
 class SubscriptionIndex:
     """The subscription list arranged for matching: by pipeline uuid and by job uuid."""
 
-    by_id: dict[str, Document] = field(default_factory=dict)
-    by_pipeline: dict[str, list[Document]] = field(default_factory=dict)
-    by_job: dict[str, list[Document]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self.by_id: dict[str, Document] = {}
+        self.by_pipeline: dict[str, list[Document]] = {}
+        self.by_job: dict[str, list[Document]] = {}
 
     @classmethod
     def of(cls, subscriptions: Iterable[Document]) -> SubscriptionIndex:
@@ -277,11 +285,11 @@ class SubscriptionIndex:
         return tuple(found)
 
 
-@dataclass
 class _Cached:
-    index: SubscriptionIndex
-    until: float
-    wake: threading.Event = field(default_factory=threading.Event)
+    __slots__ = ("index", "until", "wake")
+
+    def __init__(self, index: SubscriptionIndex, until: float) -> None:
+        self.index, self.until, self.wake = index, until, threading.Event()
 
 
 _CACHE = "_pipelinejobs_subscriptions"  # the attribute of a store object holding its cache
@@ -371,8 +379,7 @@ def notification_body(
     return body
 
 
-@dataclass(frozen=True)
-class Attempt:
+class Attempt(NamedTuple):
     """One try at telling a subscriber: ``ok`` for a 2xx (webhook) or an accepted message (actor)."""
 
     ok: bool
@@ -382,6 +389,8 @@ class Attempt:
 
 
 def _encode(body: dict[str, Any]) -> bytes:
+    import json
+
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
@@ -548,13 +557,12 @@ def delivery_record(
 
 
 # -- the dispatcher -----------------------------------------------------------------------------
-@dataclass
 class DrainReport:
-    delivered: int = 0
-    retrying: int = 0
-    gave_up: int = 0
-    dropped: int = 0
-    waiting: int = 0  # logged but not yet applied (MongoDB): looked at again later
+    """What a pass or a drain did: delivered, retrying, gave up, dropped, waiting (MongoDB: logged,
+    not yet applied; looked at again later)."""
+
+    def __init__(self) -> None:
+        self.delivered = self.retrying = self.gave_up = self.dropped = self.waiting = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -587,6 +595,8 @@ class Dispatcher:
         self.clock = clock
         self.plan = budget(settings)
         self.senders = Senders(self.plan.timeout_seconds)
+        import secrets
+
         self.owner = "dispatcher-" + secrets.token_hex(6)  # this dispatcher's name on its leases
         self._pool: Any = None
 
@@ -601,6 +611,8 @@ class Dispatcher:
 
     def run_pass(self) -> DrainReport:
         """One batch: whatever is due now, up to ``batch`` items."""
+        from .store.outbox import EventFate, Settled
+
         report = DrainReport()
         now = self.clock()
         owner = self.owner
@@ -717,6 +729,8 @@ class Dispatcher:
 
 def send_test(store: Any, settings: Settings, subscription: Document, *, now: datetime) -> Document:
     """Send a signed sample notification to a subscription now, record it, and say how it went."""
+    import secrets
+
     plan = budget(settings)
     sample = EventRecord(
         uuid="00000000-0000-0000-0000-000000000000",

@@ -15,7 +15,7 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pymongo
 from bson.codec_options import CodecOptions
@@ -40,16 +40,12 @@ from .base import (
     Append,
     AppendResult,
     Document,
-    EventFate,
     EventRecord,
     HistoryPage,
     JobFilter,
     JobPage,
-    OutboxItem,
-    Settled,
     creation_record,
     imported_record,
-    outbox_fields,
     page_of,
     page_of_jobs,
     parse_cursor,
@@ -57,6 +53,9 @@ from .base import (
     position_index,
     removed_key,
 )
+
+if TYPE_CHECKING:
+    from .outbox import EventFate, OutboxItem, Settled
 
 log = get_logger("store.mongo")
 T = TypeVar("T")
@@ -255,6 +254,8 @@ class MongoJobStore:
         """Insert a log record, retrying once after a network error; a retry that finds its own record succeeds."""
         doc = record.to_document()
         if record.notify:  # the outbox rides on the record: logged, and so due, in the same insert
+            from .outbox import outbox_fields
+
             doc.update(outbox_fields(record))
         try:
             return self.events.insert_one(dict(doc)).inserted_id
@@ -661,6 +662,8 @@ class MongoJobStore:
     def claim_notifications(self, now: datetime, *, until: datetime, owner: str, limit: int) -> list[OutboxItem]:
         """One dispatcher at a time holds the outbox (a lease document, renewed each pass, that runs out
         when its holder dies), so a claim writes one small document, not every record it delivers."""
+        from .outbox import OutboxItem
+
         self._require_indexes("events.notify_due")
         lease = {"_id": "outbox", "$or": [{"until": {"$lt": now}}, {"owner": owner}]}
         with self._translate():
@@ -716,6 +719,8 @@ class MongoJobStore:
     def event_fates(
         self, items: list[OutboxItem], *, now: datetime, grace_seconds: float
     ) -> list[tuple[EventFate, str | None]]:
+        from .outbox import EventFate
+
         if not items:
             return []
         projection = {"_id": False, "uuid": True, "pipeline_uuid": True, "_properties.revision": True}
@@ -737,6 +742,8 @@ class MongoJobStore:
 
     def _fate(self, item: OutboxItem, job: Document | None, now: datetime, grace: float | None) -> EventFate | None:
         """The item's fate from its job's revision and history window; None: roll it forward and look again."""
+        from .outbox import EventFate
+
         record = item.record
         if record is None or job is None:
             return EventFate.GONE

@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ErrorKind, PipelineJobsError
 from .base import (
@@ -31,14 +31,11 @@ from .base import (
     Append,
     AppendResult,
     Document,
-    EventFate,
     EventRecord,
     HistoryPage,
     JobFilter,
     JobPage,
-    OutboxItem,
     Outcome,
-    Settled,
     creation_record,
     imported_record,
     page_of,
@@ -48,6 +45,9 @@ from .base import (
     position_index,
     removed_key,
 )
+
+if TYPE_CHECKING:
+    from .outbox import EventFate, OutboxItem, Settled
 
 _IDLE_READERS = 8  # read connections kept open between reads
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for the file's lock before giving up
@@ -775,6 +775,8 @@ class SqliteJobStore:
             return conn.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,)).rowcount == 1
 
     def claim_notifications(self, now: datetime, *, until: datetime, owner: str, limit: int) -> list[OutboxItem]:
+        from .outbox import OutboxItem
+
         with self._transaction() as conn:
             conn.execute(
                 "UPDATE outbox SET due = ?, lease = ? WHERE (uuid, seq, slot) IN"
@@ -835,6 +837,8 @@ class SqliteJobStore:
         self, items: list[OutboxItem], *, now: datetime, grace_seconds: float
     ) -> list[tuple[EventFate, str | None]]:
         """One transaction wrote the event, the job's change and the outbox row: a row's event is applied."""
+        from .outbox import EventFate
+
         uuids = sorted({item.uuid for item in items})
         with self._reading() as conn:
             marks = ", ".join("?" * len(uuids))
