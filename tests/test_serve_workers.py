@@ -1,0 +1,104 @@
+"""`pipelinejobs serve --workers 2`: several processes on one port, as an operator runs it.
+
+Every event sent by concurrent clients lands exactly once, the metrics add up across the
+workers, execution records are readable from any worker once flushed, the watchdog runs
+once (in the supervisor), and SIGTERM stops every process.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.server_fixtures import LiveServer, start_server
+from tests.test_server import job, new_job
+
+CLIENTS, EVENTS = 8, 15
+
+
+@pytest.fixture
+def workers_server(tmp_path: Path) -> Iterator[LiveServer]:
+    env = {"_REACTOR_STORE_SQLITE_PATH": str(tmp_path / "catalog.sqlite3")}
+    yield from start_server(tmp_path, "sqlite", env, {"path": tmp_path / "catalog.sqlite3"}, args=("--workers", "2"))
+
+
+def children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found]
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def counter(text: str, name: str, labels: str) -> float:
+    match = re.search(rf"^{name}\{{{labels}\}} ([0-9.e+]+)$", text, re.MULTILINE)
+    assert match, f"{name}{{{labels}}} not in /metrics"
+    return float(match.group(1))
+
+
+def test_concurrent_events_through_two_workers_all_land_once(workers_server: LiveServer) -> None:
+    server = workers_server
+    workers = [pid for pid in children(server.proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(workers) == 2, "serve --workers 2 runs two worker processes under the supervisor"
+    jobs = [new_job(server) for _ in range(CLIENTS)]
+
+    def drive(uuid_token: tuple[str, str]) -> list[int]:
+        uuid, token = uuid_token
+        revisions = []
+        with httpx.Client(headers=server.auth, timeout=30) as client:
+            for i in range(EVENTS):
+                body = {"uuid": uuid, "name": "update", "token": token, "data": {"i": i}}
+                answer = client.post(server.messages_url, params={"_abaco_synchronous": "true"}, json=body)
+                assert answer.status_code == 200, answer.text
+                assert answer.json()["status"] == "ok", answer.text
+                revisions.append(answer.json()["revision"])
+        return revisions
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        for revisions in pool.map(drive, jobs):
+            assert revisions == sorted(revisions) and len(set(revisions)) == EVENTS
+    for uuid, _ in jobs:
+        found = job(server, uuid)
+        assert found is not None
+        assert [e["name"] for e in found["history"]].count("update") == EVENTS
+
+    # the counters of both workers, summed by prometheus-client's multiprocess collector
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert counter(metrics, "pipelinejobs_events_accepted_total", 'event="update"') == CLIENTS * EVENTS
+    assert counter(metrics, "pipelinejobs_events_accepted_total", 'event="create"') == CLIENTS
+
+
+def test_an_execution_is_readable_from_every_worker(workers_server: LiveServer) -> None:
+    server = workers_server
+    uuid, token = new_job(server)
+    posted = httpx.post(server.messages_url, headers=server.auth, json={"uuid": uuid, "name": "run", "token": token})
+    execution_id = posted.json()["result"]["executionId"]
+    time.sleep(0.3)  # a worker writes its execution records behind, every 50 ms
+    for _ in range(8):  # fresh connections: the kernel hands them to either worker
+        answer = httpx.get(f"{server.actor_url()}/executions/{execution_id}", headers=server.auth)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["result"]["status"] == "COMPLETE"
+
+
+def test_sigterm_stops_the_supervisor_and_every_worker(workers_server: LiveServer) -> None:
+    server = workers_server
+    processes = [server.proc.pid, *children(server.proc.pid)]
+    server.proc.terminate()
+    assert server.proc.wait(timeout=20) == 0
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in processes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in processes if alive(pid)]
+    assert "Traceback" not in server.read_log()
