@@ -77,6 +77,7 @@ PARTS = ("imports", "latency", "throughput", "cold")
 SMALL = 10  # events of history on the small jobs
 SMALL_JOBS = 20  # the small side rotates over these, so none grows far past SMALL
 CLIENTS = 8
+WORKERS = os.cpu_count() or 1  # serve's worker processes, as the README advises deploying it
 GROWTH_AFTER = 30.0  # seconds of building before --growth-stop is looked at
 PROBE_EVERY, PROBE_JOBS, PROBE_WINDOW = 20, 50, 10  # small-job events while building: 1 per 20, on 50 jobs
 LATENCY_ROUNDS = 100  # one event to each side per round
@@ -421,7 +422,8 @@ def bench_store(backend: Backend, parts: set[str], args: argparse.Namespace) -> 
         sets = THROUGHPUT_ROUNDS + 1 if "throughput" in parts else 0
         job_sets = [[new_job(store, settings, 2) for _ in range(CLIENTS)] for _ in range(sets)]
     jobs = [*small, *(job for jobs_of_a_round in job_sets for job in jobs_of_a_round)]
-    with serve(backend) as url:
+    print(f"  serve --workers {WORKERS} (one per core)")
+    with serve(backend, WORKERS) as url:
         if "throughput" in parts:
             ratios.append(throughput_ratio(backend, url, job_sets))
         if "latency" in parts:
