@@ -78,6 +78,11 @@ def test_concurrent_events_through_two_workers_all_land_once(workers_server: Liv
     metrics = httpx.get(f"{server.url}/metrics").text
     assert counter(metrics, "pipelinejobs_events_accepted_total", 'event="update"') == CLIENTS * EVENTS
     assert counter(metrics, "pipelinejobs_events_accepted_total", 'event="create"') == CLIENTS
+    # one access line per message, naming its execution and exit code; never the query string
+    lines = [line for line in server.read_log().splitlines() if f"POST /actors/v2/{server.actor_id}/messages" in line]
+    assert len(lines) == CLIENTS * (EVENTS + 1)
+    assert all(re.search(r"messages 200 \(execution \w{13} exit code 0\)$", line) for line in lines), lines[:3]
+    assert "_abaco_synchronous" not in server.read_log()
 
 
 def test_an_execution_is_readable_from_every_worker(workers_server: LiveServer) -> None:

@@ -264,7 +264,7 @@ async def post_message(request: Request) -> Response:
     bearer = _bearer(request)  # the message's own secrets (token, x-nonce) are in env
     secrets = [bearer] if bearer else []
     execution, result = await run_in_threadpool(server.execute, env, execution, secrets, message.parsed)
-    log.info("actor %s: execution %s exit code %s", actor, execution_id, execution["exitCode"])
+    request.scope[metrics.EXECUTION_NOTE] = f"execution {execution_id} exit code {execution['exitCode']}"
     if _truthy(query.get("_abaco_synchronous")):
         headers = {"x-abaco-execution-id": execution_id, "x-abaco-exit-code": str(execution["exitCode"])}
         return JSONResponse(result, headers=headers)

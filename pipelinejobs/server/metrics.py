@@ -186,13 +186,15 @@ class Metrics:
 
 _NONCE_IN_PATH = re.compile(r"(/nonces/)[^/]+")
 access_log = logs.get_logger("server")
+EXECUTION_NOTE = "pipelinejobs.execution"  # scope key: a message POST's execution id and exit code, for its line
 
 
 class RequestObserver:
     """ASGI middleware, one pass per HTTP request: its access-log line, latency and status.
 
     The log line is method, path (nonce ids masked) and status, never the query string (it can
-    carry an ``x-nonce``). Metrics go by route template, read from the route Starlette matched.
+    carry an ``x-nonce``); a message POST adds its execution id and exit code. Metrics go by
+    route template, read from the route Starlette matched.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -220,7 +222,9 @@ class RequestObserver:
             self.metrics.latency.labels(method, route).observe(elapsed)
             self.metrics.requests.labels(method, route, str(code)).inc()
             path = _NONCE_IN_PATH.sub(lambda m: m.group(1) + logs.MASK, scope.get("path", ""))
-            access_log.info("%s %s %s", method, path, code)
+            access_log.info(
+                "%s %s %s%s", method, path, code, f" ({scope[EXECUTION_NOTE]})" if EXECUTION_NOTE in scope else ""
+            )
 
 
 # -- routes -------------------------------------------------------------------------------------
