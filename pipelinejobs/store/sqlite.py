@@ -815,7 +815,7 @@ def _summary(row: tuple[Any, ...]) -> Document:
         "session": session,
         "agent": agent,
         "task": task,
-        "child_of": json.loads(child_of) if child_of else [],
+        "child_of": json.loads(child_of) if child_of and child_of != "[]" else [],  # json.loads costs ~1 us
         "last_event": last_event,
         "created": datetime.fromisoformat(created).astimezone(timezone.utc) if created else None,
         "updated": _moment(updated),
