@@ -14,8 +14,8 @@ its own `pipelinejobs serve`.
   answers it, written here on its own (not by calling the store): pymongo ``find`` with the same
   filter (state, not hidden), projection, sort (created desc, uuid desc) and limit, or sqlite3's
   SELECT of the same columns with the same WHERE, ORDER BY and LIMIT on the same file. Also in the
-  rotation: the store's ``query_jobs`` called in-process, which tells the store's cost from HTTP's.
-  The order is rotated each round; medians are compared. All three must list the same 50 jobs.
+  rounds: the store's ``query_jobs`` called in-process, which tells the store's cost from HTTP's.
+  The order is shuffled each round; medians are compared. All three must list the same 50 jobs.
   The HTTP time is the round trip to the last byte of the answer (its JSON is parsed afterwards).
 
 Usage (on its own): python bench/read.py [JOBS]   (default 100000; MONGODB_URI or secantusd-py)
@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import http.client
 import json
+import random
 import sqlite3
 import sys
 import tempfile
@@ -75,7 +76,7 @@ HIDDEN_EVERY = 100  # job i is hidden when i % 100 == 21 (a RUNNING job: the lis
 PIPELINES = [PIPELINE["uuid"]] + [f"1065084{k}-1baa-55c5-a481-5e945b19c065" for k in (5, 6, 7)]
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)  # the first copy's creation time; each next one a second later
 CHUNK = 5000
-LIST_ROUNDS, LIST_CAP = 200, 25.0  # rounds of the list rotation at most, seconds per store at most
+LIST_ROUNDS, LIST_CAP = 200, 25.0  # rounds of the list at most, seconds per store at most
 SCRAPES, SCRAPE_CAP = 60, 15.0
 MIN_ROUNDS = 20
 LIST_PATH = f"/jobs?state=RUNNING&limit={LIMIT}"
@@ -279,7 +280,7 @@ def measure_scrapes(big: Reader, small: Reader, expected: tuple[int, int], probl
 
 def measure_list(reader: Reader, store: Any, raw: Callable[[], list[str]], problems: list[str]) -> list[list[float]]:
     """Rounds of GET /jobs, the store's query_jobs in-process, the raw query and GET /healthz (serve's floor),
-    the order rotated each round; returns their times in that order."""
+    in a shuffled order each round; returns their times in that order."""
     from pipelinejobs.store.base import JobFilter
 
     where = JobFilter(states=("RUNNING",))
@@ -317,9 +318,11 @@ def measure_list(reader: Reader, store: Any, raw: Callable[[], list[str]], probl
     for series in times:
         series.clear()
     deadline = time.monotonic() + LIST_CAP
-    for r in range(LIST_ROUNDS):
-        for k in range(len(sides)):
-            side = (r + k) % len(sides)
+    order = list(range(len(sides)))
+    shuffle = random.Random(11).shuffle  # a fresh order each round: after a GET, serve still logs and counts it,
+    for r in range(LIST_ROUNDS):  # which a fixed rotation would always charge to the same side
+        shuffle(order)
+        for side in order:
             listed[side] = sides[side]()
         same = listed[0] == listed[1] == listed[2] and len(listed[2]) == LIMIT and not listed[3]
         if not same and len(problems) < 20:
