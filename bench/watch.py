@@ -139,7 +139,7 @@ def bench_watch(workdir: Path, uri: str, jobs: int = 100_000, overdue: int = 100
     print(json.dumps(results, indent=2))
     return [
         f"watchdog pass, {overdue:,} overdue of {jobs:,} jobs, {store_name}: {r['pass_s']:.2f} s"
-        f" ({r['per_failed_job_ms']:.1f} ms per failed job); idle pass {r['idle_pass_ms']:.1f} ms"
+        f" ({r['per_failed_job_ms']:.1f} ms per failed job); idle pass {r['idle_pass_ms']:.2f} ms"
         f" vs full scan {r['full_scan_s (yardstick)'] * 1000:.0f} ms"
         for store_name, r in results.items()
     ]
