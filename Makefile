@@ -24,7 +24,8 @@ lint: install
 demo: install
 	$(BIN)/python -m pipelinejobs.demo
 
-# Issue 8's ratios (serve latency and throughput on both stores, cold reactor.py): 3-7 min on 2 cores.
+# Issue 8's ratios (serve latency and throughput on both stores, cold reactor.py), issue 11's job list and
+# /metrics over 100,000 jobs, issue 10's watchdog pass (`--only read`, `--only watch`): 8-14 min on 2 cores.
 bench: install
 	$(BIN)/python bench/run.py
 

@@ -23,8 +23,11 @@ history lacks the last event it accepted.
      as small jobs' events interleaved with them.
 3. Cold `reactor.py`: one event in a fresh process as Abaco runs it, alternating
    with a fresh process that imports pymongo and pings the server.
+4. read (issue 11, bench/read.py): ``GET /jobs?state=RUNNING&limit=50`` over 100,000 jobs on each
+   store against the raw query, and the ``/metrics`` scrape with 100,000 jobs against 1,000.
+5. watch (issue 10, bench/watch.py): a watchdog pass over 100,000 jobs of which 1,000 are overdue.
 
-    .venv/bin/python bench/run.py [--only imports,latency,throughput,cold]
+    .venv/bin/python bench/run.py [--only imports,latency,throughput,cold,read,watch]
                                   [--history N] [--build-budget S] [--growth-stop X]
 """
 
@@ -72,8 +75,10 @@ from harness import (  # bench/ is not a package: found through the path above
     utc_now,
     verify,
 )
+from read import bench_read
+from watch import bench_watch
 
-PARTS = ("imports", "latency", "throughput", "cold")
+PARTS = ("imports", "latency", "throughput", "cold", "read", "watch")
 SMALL = 10  # events of history on the small jobs
 SMALL_JOBS = 20  # the small side rotates over these, so none grows far past SMALL
 CLIENTS = 8
@@ -519,7 +524,7 @@ def main() -> int:
         backends = []
         if parts & {"latency", "throughput"}:
             backends.append(embedded_backend(embedded_dir))
-        if parts & {"latency", "throughput", "cold"}:
+        if parts & {"latency", "throughput", "cold", "read", "watch"}:
             uri = stack.enter_context(mongodb(mongo_dir))
             mongo = mongodb_backend(mongo_dir, uri)
             if os.environ.get("MONGODB_URI"):
@@ -534,10 +539,17 @@ def main() -> int:
             found, wrong = bench_cold(mongo)
             ratios += found
             problems += wrong
+        if "read" in parts:
+            found, wrong = bench_read(Path(tmp), uri)
+            ratios += found
+            problems += wrong
+        figures = bench_watch(Path(tmp), uri) if "watch" in parts else []
 
     print(f"\nsummary ({time.monotonic() - started:.0f} s; medians of interleaved runs; not asserted)")
     for ratio in ratios:
         print(ratio.row())
+    for figure in figures:
+        print(figure)
     for ratio in ratios:
         if ratio.note:
             print(f"  note: {ratio.label}: {ratio.note}")

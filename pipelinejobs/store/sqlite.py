@@ -821,8 +821,9 @@ def _job_where(where: JobFilter) -> tuple[list[str], list[Any]]:
 
 
 def _summary(row: tuple[Any, ...]) -> Document:
-    uuid, state, pipeline, visible, updated, last_event, revision = row[:7]
-    archive_path, archive_system, session, agent, task, child_of, created = row[7:]
+    """A list row as the job's summary; called 50 times a page, so kept to the conversions it needs."""
+    (uuid, state, pipeline, visible, updated, last_event, revision) = row[:7]
+    (archive_path, archive_system, session, agent, task, child_of, created) = row[7:]
     return {
         "uuid": uuid,
         "state": state,
@@ -832,10 +833,11 @@ def _summary(row: tuple[Any, ...]) -> Document:
         "session": session,
         "agent": agent,
         "task": task,
-        "child_of": json.loads(child_of) if child_of else [],
+        "child_of": json.loads(child_of) if child_of and child_of != "[]" else [],  # json.loads costs ~1 us
         "last_event": last_event,
-        "created": datetime.fromisoformat(created).astimezone(timezone.utc) if created else None,
-        "updated": _moment(updated),
+        # stored by dumps_document as UTC text (+00:00), which fromisoformat reads as timezone.utc
+        "created": datetime.fromisoformat(created) if created else None,
+        "updated": None if updated is None else datetime.fromtimestamp(updated, timezone.utc),
         "revision": revision,
         "visible": bool(visible),
     }
