@@ -451,10 +451,12 @@ class AccessLog:
 def _routes() -> list[Route]:
     from .metrics import metrics_endpoint, readyz
     from .read import read_routes
+    from .ui import ui_routes
 
     routes = [Route("/healthz", health, methods=["GET"])]
     routes += [Route("/readyz", readyz, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
     routes += read_routes()  # the read API (issue 11): /jobs, /pipelines, /schemas, /state-machine
+    routes += ui_routes()  # the web view (issue 11): /ui/
     for prefix in ("/actors/v2/{actor_id}", "/v3/actors/{actor_id}"):
         routes += [
             Route(f"{prefix}/messages", post_message, methods=["POST"]),
