@@ -144,6 +144,7 @@ def test_sign_in_keeps_a_session_cookie_that_is_not_the_token(live_server_sqlite
 
         foreign_out = browser.post("/ui/signout", headers={"Origin": "https://evil.example"})
         assert foreign_out.status_code == 403
+        assert browser.post("/ui/signout", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 403
         assert browser.get("/ui/jobs").status_code == 200  # still signed in
         out = browser.post("/ui/signout")
         assert out.status_code == 303 and out.headers["location"] == "/ui/signin?signed_out=1"

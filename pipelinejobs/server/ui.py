@@ -556,10 +556,18 @@ async def pipelines_page(request: Request, viewer: Viewer) -> Response:
 
 # -- signing in and out ----------------------------------------------------------------------------
 def _same_origin(request: Request) -> bool:
-    """A form POST from this site: the browser's Origin (when it sends one) must be ours."""
+    """A form POST from this site's own pages.
+
+    Browsers say where a request comes from in ``Sec-Fetch-Site``; where it is missing,
+    ``Origin`` (when sent) must be ours. (With ``Referrer-Policy: no-referrer`` a browser
+    sends ``Origin: null`` even for its own forms, so Origin alone cannot decide.)
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site == "same-origin"
     origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return origin is None
+    if origin is None:
+        return True  # not a browser, or one too old to say: the cookie's SameSite=Strict still holds
     return origin.rstrip("/") == f"{request.url.scheme}://{request.url.netloc}"
 
 
