@@ -210,7 +210,9 @@ def test_a_read_nonce_in_the_url_works_and_the_basics_work_without_javascript(
     register_pipeline(server)
     made = []
     for label, names in (("a", ["run"]), ("b", ["run", "fail"]), ("c", [])):
-        job = post(server, {"pipeline_uuid": EXAMPLE_PIPELINE_UUID, "archive_path": f"/p/{label}", "data": {"n": label}})
+        job = post(
+            server, {"pipeline_uuid": EXAMPLE_PIPELINE_UUID, "archive_path": f"/p/{label}", "data": {"n": label}}
+        )
         for name in names:
             post(server, {"uuid": job["uuid"], "name": name, "token": job["token"]})
         made.append(job)
