@@ -264,6 +264,8 @@ def test_a_job_page_shows_every_event_safely_and_no_secret(server: LiveServer) -
         assert "st-VALIDATING" in fresh["summary"] and "st-VALIDATING" in fresh["timeline"]
         assert 'data-from="FINISHED" data-to="VALIDATING"' in fresh["graph"]
         assert browser.get(endpoint, params={"after": fresh["after"]}).json()["count"] == 0
+        garbled = browser.get(endpoint, params={"after": "not-a-cursor"})
+        assert garbled.status_code == 400 and "after is not a cursor" in garbled.json()["error"]
         everything = " ".join(str(v) for v in fresh.values())
         for secret in (token, salt_of(server, uuid), server.api_token, nonce):
             assert secret not in everything

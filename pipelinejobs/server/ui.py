@@ -297,15 +297,17 @@ def _viewing(handler: Handler, *, data: bool = False) -> Callable[[Request], Awa
         try:
             return await handler(request, viewer)
         except queries.QueryError as exc:
-            return page(request, "error.html", 400, viewer=viewer, title="Bad request", error=str(exc))
+            status, title, message = 400, "Bad request", str(exc)
         except PipelineJobsError as exc:
             metrics = getattr(request.app.state, "metrics", None)
             if metrics is not None:
                 metrics.store_error(exc)
             log.warning("web view: %s failed (%s)", request.url.path, exc.kind.value)
-            status = 503 if exc.kind is ErrorKind.STORAGE_UNAVAILABLE else 500
+            status, title = (503 if exc.kind is ErrorKind.STORAGE_UNAVAILABLE else 500), "The store failed"
             message = "The job store cannot be reached; try again shortly." if status == 503 else exc.message
-            return page(request, "error.html", status, viewer=viewer, title="The store failed", error=message)
+        if data:
+            return JSONResponse({"error": message}, status_code=status, headers=HEADERS)
+        return page(request, "error.html", status, viewer=viewer, title=title, error=message)
 
     return endpoint
 
