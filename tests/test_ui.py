@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from html import unescape
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,8 +22,9 @@ import pytest
 
 from pipelinejobs import fsm
 from pipelinejobs.server import ui
+from tests import server_fixtures
 from tests.conftest import EXAMPLE_PIPELINE_COMPONENTS, EXAMPLE_PIPELINE_ID, EXAMPLE_PIPELINE_UUID
-from tests.server_fixtures import LiveServer
+from tests.server_fixtures import LiveServer, start_server
 from tests.test_read_api import OTHER_PIPELINE, T0, make_nonce, post, seed
 
 HOSTILE = {
@@ -154,6 +156,42 @@ def test_sign_in_keeps_a_session_cookie_that_is_not_the_token(live_server_sqlite
         assert replay.get("/ui/jobs").status_code == 303
         replay.cookies.set(ui.COOKIE, "forged-" + "a" * 40, domain="127.0.0.1", path="/ui")
         assert replay.get("/ui/jobs").status_code == 303
+
+
+def test_a_session_holds_in_every_serve_process_with_the_same_tokens(
+    live_server_sqlite: LiveServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with `serve --workers N`: a cookie one process signed is good in another on the same tokens, not elsewhere."""
+    first = live_server_sqlite
+    env = {"_REACTOR_STORE_SQLITE_PATH": str(first.store_options["path"])}
+    twin_dir, other_dir = tmp_path / "twin", tmp_path / "other"
+    twin_dir.mkdir()
+    other_dir.mkdir()
+    twins = start_server(twin_dir, "sqlite", env, first.store_options)  # same API token, same store
+    twin = next(twins)
+    try:
+        with sign_in(first) as browser:
+            value = browser.cookies[ui.COOKIE]
+            with client(twin) as elsewhere:
+                elsewhere.cookies.set(ui.COOKIE, value, domain="127.0.0.1", path="/ui")
+                assert elsewhere.get("/ui/jobs").status_code == 200
+                tampered = value[:-2] + ("AA" if not value.endswith("AA") else "BB")
+                elsewhere.cookies.set(ui.COOKIE, tampered, domain="127.0.0.1", path="/ui")
+                assert elsewhere.get("/ui/jobs").status_code == 303
+                expiry, rest = value.split(".", 1)
+                elsewhere.cookies.set(ui.COOKIE, f"{int(expiry) + 86400}.{rest}", domain="127.0.0.1", path="/ui")
+                assert elsewhere.get("/ui/jobs").status_code == 303  # the expiry is signed too
+    finally:
+        twins.close()
+    monkeypatch.setattr(server_fixtures, "API_TOKEN", "another-api-token-9876543210")  # what start_server passes
+    others = start_server(other_dir, "sqlite", env, first.store_options)
+    other = next(others)
+    try:
+        with client(other) as stranger:
+            stranger.cookies.set(ui.COOKIE, value, domain="127.0.0.1", path="/ui")
+            assert stranger.get("/ui/jobs").status_code == 303  # other tokens, another key
+    finally:
+        others.close()
 
 
 def test_a_read_nonce_opens_the_view_and_every_link_keeps_it(live_server_sqlite: LiveServer) -> None:

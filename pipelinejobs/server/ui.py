@@ -8,9 +8,9 @@ in each state, the state graph with the job's path. A little JavaScript
 everything else works with JavaScript off.
 
 Who may look, by read.py's rules: an API token or a READ nonce. A token is typed once
-into the sign-in form and traded for a session: a random id held in this process's
-memory (only its sha256), sent back as an HTTP-only, SameSite=Strict cookie (Secure
-over TLS), so the cookie never carries the token. A nonce rides in the URL as
+into the sign-in form and traded for a session: a signed value (expiry, random id, HMAC)
+in an HTTP-only, SameSite=Strict cookie (Secure over TLS), so the cookie never carries the
+token and every serve worker accepts it (:class:`Sessions`). A nonce rides in the URL as
 ``x-nonce`` (as Abaco takes nonces) and every link in the view keeps it; each page
 (and each live-refresh poll) counts as one use. Without either, a page redirects to
 the sign-in form. No page shows a job token, salt, API token or any nonce but the
@@ -19,14 +19,16 @@ viewer's own.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 import re
 import secrets
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, urlencode
@@ -54,7 +56,6 @@ STATIC_FILES = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; 
 
 COOKIE = "pj_ui_session"
 SESSION_SECONDS = 12 * 3600
-MAX_SESSIONS = 10_000
 EVENTS_SHOWN = 1000  # a job page lists this many events; later ones are a "next" link away
 DATA_SHOWN_CHARS = 20_000  # an event's data is cut here on the page (the API has all of it)
 POLL_MS = 3000
@@ -77,60 +78,83 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # -- sessions ------------------------------------------------------------------------------------
 class Sessions:
-    """Signed-in browsers: sha256(session id) -> (owner, expiry), in this process's memory only.
+    """Signed-in browsers, as signed cookie values: ``EXPIRY.ID.MAC`` with an HMAC-SHA256 over the rest.
 
-    The id is 256 random bits, so it needs no signature; keeping only its digest means
-    the table itself holds nothing a cookie could be rebuilt from. A restart signs
-    everyone out, which is the safe direction.
+    Nothing is kept per session, so every serve process (``--workers``) that shares the key
+    accepts a cookie any of them gave out. The key is derived from serve's plain API tokens
+    (:func:`session_key`): whoever could forge a cookie already holds a token, and changing the
+    tokens signs everyone out. Signing out revokes the id in this process (the browser drops the
+    cookie); a copy kept elsewhere lapses at its expiry.
     """
 
-    def __init__(self, clock: Callable[[], datetime], ttl: float = SESSION_SECONDS, limit: int = MAX_SESSIONS) -> None:
+    def __init__(self, key: bytes, clock: Callable[[], datetime], ttl: float = SESSION_SECONDS) -> None:
+        self._key = key
         self._clock = clock
-        self._ttl = timedelta(seconds=ttl)
-        self._limit = limit
-        self._open: dict[str, tuple[str, datetime]] = {}
+        self._ttl = ttl
+        self._revoked: dict[str, float] = {}  # id -> its expiry, forgotten once past it
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _key(session_id: str) -> str:
-        return hashlib.sha256(session_id.encode("utf-8", "replace")).hexdigest()
+    def _mac(self, expiry: int, session_id: str, owner: str) -> str:
+        message = f"{expiry}.{session_id}.{owner}".encode("utf-8", "replace")
+        return base64.urlsafe_b64encode(hmac.new(self._key, message, hashlib.sha256).digest()).decode().rstrip("=")
 
     def open(self, owner: str) -> str:
-        session_id = secrets.token_urlsafe(32)
-        now = self._clock()
-        with self._lock:
-            for key in [k for k, (_, expiry) in self._open.items() if expiry <= now]:
-                del self._open[key]
-            while len(self._open) >= self._limit:  # the oldest goes first (dicts keep insertion order)
-                del self._open[next(iter(self._open))]
-            self._open[self._key(session_id)] = (owner, now + self._ttl)
-        return session_id
+        expiry = int(self._clock().timestamp() + self._ttl)
+        session_id = secrets.token_urlsafe(16)
+        return f"{expiry}.{session_id}.{self._mac(expiry, session_id, owner)}"
 
-    def owner(self, session_id: str | None) -> str | None:
-        if not session_id or len(session_id) > 128:
+    def _valid(self, value: str | None, owner: str) -> tuple[int, str] | None:
+        parts = (value or "").split(".")
+        if len(value or "") > 200 or len(parts) != 3 or not parts[0].isdigit():
             return None
-        key = self._key(session_id)
+        expiry, session_id, mac = int(parts[0]), parts[1], parts[2]
+        if expiry <= self._clock().timestamp() or not hmac.compare_digest(mac, self._mac(expiry, session_id, owner)):
+            return None
         with self._lock:
-            found = self._open.get(key)
-            if found is None:
+            if session_id in self._revoked:
                 return None
-            if found[1] <= self._clock():
-                del self._open[key]
-                return None
-            return found[0]
+        return expiry, session_id
 
-    def close(self, session_id: str | None) -> None:
-        if session_id:
-            with self._lock:
-                self._open.pop(self._key(session_id), None)
+    def owner(self, value: str | None, owner: str) -> str | None:
+        """``owner`` (who sessions act as) when ``value`` is a live cookie this key signed; else None."""
+        return owner if self._valid(value, owner) is not None else None
+
+    def close(self, value: str | None, owner: str) -> None:
+        found = self._valid(value, owner)
+        if found is None:
+            return
+        now = self._clock().timestamp()
+        with self._lock:
+            self._revoked = {k: v for k, v in self._revoked.items() if v > now}
+            self._revoked[found[1]] = found[0]
+
+
+def session_key(server: Any) -> bytes:
+    """The cookies' HMAC key, the same in every serve process: derived from the plain API tokens.
+
+    Serve holds its plain tokens among ``server.secrets`` (for the log redactor); those that
+    its token check accepts are the tokens. A server that knows its tokens only as sha256
+    digests has nothing secret to derive from, so it signs with a random key of its own
+    (sessions then hold only in that process).
+    """
+    plain = sorted({s for s in server.secrets if s and server.config.api_tokens.check(s)})
+    if not plain:
+        return secrets.token_bytes(32)
+    material = "\0".join(plain).encode("utf-8", "surrogatepass")
+    return hmac.new(b"pipelinejobs web view sessions v1", material, hashlib.sha256).digest()
 
 
 def _sessions(request: Request) -> Sessions:
     state = request.app.state
     found = getattr(state, "ui_sessions", None)
     if found is None:
-        found = state.ui_sessions = Sessions(_server(request).clock)
+        server = _server(request)
+        found = state.ui_sessions = Sessions(session_key(server), server.clock)
     return cast(Sessions, found)
+
+
+def _session_owner(request: Request) -> str | None:
+    return _sessions(request).owner(request.cookies.get(COOKIE), _server(request).config.owner)
 
 
 @dataclass(frozen=True)
@@ -160,7 +184,7 @@ class SignInNeeded(Exception):
 async def _viewer(request: Request) -> Viewer:
     """The session's owner, else read.py's rules (bearer token, then a READ nonce, one use counted)."""
     root = str(request.scope.get("root_path") or "").rstrip("/")
-    owner = _sessions(request).owner(request.cookies.get(COOKIE))
+    owner = _session_owner(request)
     if owner is not None:
         return Viewer(owner, None, root)
     nonce = request.query_params.get("x-nonce") or None
@@ -591,7 +615,7 @@ async def _small_form(request: Request, limit: int = 16384) -> dict[str, str] | 
 
 
 async def signin_form(request: Request) -> Response:
-    owner = _sessions(request).owner(request.cookies.get(COOKIE))
+    owner = _session_owner(request)
     target = _next_target(request.query_params.get("next"))
     if owner is not None:
         return RedirectResponse(target, status_code=303, headers=HEADERS)
@@ -629,7 +653,7 @@ async def signin(request: Request) -> Response:
 async def signout(request: Request) -> Response:
     if not _same_origin(request):
         return page(request, "error.html", 403, title="Not from this site", error="Sign out from the view itself.")
-    _sessions(request).close(request.cookies.get(COOKIE))
+    _sessions(request).close(request.cookies.get(COOKIE), _server(request).config.owner)
     root = str(request.scope.get("root_path") or "").rstrip("/")
     response = RedirectResponse(f"{root}/ui/signin?signed_out=1", status_code=303, headers=HEADERS)
     response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict", secure=request.url.scheme == "https")
