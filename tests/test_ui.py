@@ -453,7 +453,7 @@ def test_the_jobs_list_filters_counts_and_pages(live_server_sqlite: LiveServer) 
         assert "Tacobot &lt;b&gt;pipeline&lt;/b&gt;" in pipelines and "unregistered pipeline" in pipelines
 
 
-def test_uuid_and_time_helpers_are_stable() -> None:
+def test_time_helpers_and_nonce_links() -> None:
     assert ui.absolute("2026-01-01T00:00:05Z") == "2026-01-01 00:00:05 UTC"
     assert ui.iso("2026-01-01T00:00:05+00:00") == "2026-01-01T00:00:05Z"
     now = datetime(2026, 1, 1, 1, tzinfo=timezone.utc)
