@@ -424,6 +424,7 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 def _routes() -> list[Route]:
     from .metrics import metrics_endpoint, readyz
     from .read import read_routes
+    from .ui import ui_routes
 
     routes: list[Route] = []
     for prefix in ("/actors/v2/{actor_id}", "/v3/actors/{actor_id}"):  # first: messages are the hot path
@@ -440,6 +441,7 @@ def _routes() -> list[Route]:
     routes += [Route("/healthz", health, methods=["GET"])]
     routes += [Route("/readyz", readyz, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
     routes += read_routes()  # the read API (issue 11): /jobs, /pipelines, /schemas, /state-machine
+    routes += ui_routes()  # the web view (issue 11): /ui/
     return routes
 
 
