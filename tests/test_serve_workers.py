@@ -7,8 +7,11 @@ once (in the supervisor), and SIGTERM stops every process.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +20,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.server_fixtures import LiveServer, start_server
+from pipelinejobs.server import ui
+from tests.conftest import ROOT, stop_process
+from tests.server_fixtures import ACTOR_ID, LiveServer, _wait_until_ready, free_port, start_server
 from tests.test_server import job, new_job
 
 CLIENTS, EVENTS = 8, 15
@@ -107,3 +112,31 @@ def test_sigterm_stops_the_supervisor_and_every_worker(workers_server: LiveServe
         time.sleep(0.1)
     assert not [pid for pid in processes if alive(pid)]
     assert "Traceback" not in server.read_log()
+
+
+def test_a_web_view_sign_in_holds_in_every_worker_with_token_digests_only(tmp_path: Path) -> None:
+    """serve knows its token only as a sha256 digest: the supervisor gives its workers one cookie key."""
+    token = "digest-only-token-0123456789"
+    port = free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "_REACTOR_STORE_SQLITE_PATH": str(tmp_path / "catalog.sqlite3"),
+        "_REACTOR_SERVE_API_TOKEN_SHA256": hashlib.sha256(token.encode()).hexdigest(),
+    }
+    command = [sys.executable, "-m", "pipelinejobs.cli", "serve", "--port", str(port), "--actor", ACTOR_ID]
+    log_path = tmp_path / "serve.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([*command, "--workers", "2"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = LiveServer(f"http://127.0.0.1:{port}", "sqlite", log_path, proc, api_token=token)
+    try:
+        _wait_until_ready(server)
+        signed_in = httpx.post(f"{server.url}/ui/signin", data={"token": token, "next": "/ui/jobs"})
+        assert signed_in.status_code == 303, signed_in.text
+        cookie = signed_in.cookies[ui.COOKIE]
+        for _ in range(12):  # fresh connections: the kernel hands them to either worker
+            page = httpx.get(f"{server.url}/ui/jobs", cookies={ui.COOKIE: cookie}, follow_redirects=False)
+            assert page.status_code == 200, page.headers.get("location")
+        assert token not in server.read_log()
+    finally:
+        stop_process(proc)

@@ -23,6 +23,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
 import secrets
 import threading
@@ -129,17 +130,24 @@ class Sessions:
             self._revoked[found[1]] = found[0]
 
 
+SESSION_KEY_ENV = "PIPELINEJOBS_UI_SESSION_KEY"  # 32 random bytes in hex, from serve's supervisor to its workers
+
+
 def session_key(server: Any) -> bytes:
     """The cookies' HMAC key, the same in every serve process: derived from the plain API tokens.
 
     Serve holds its plain tokens among ``server.secrets`` (for the log redactor); those that
     its token check accepts are the tokens. A server that knows its tokens only as sha256
-    digests has nothing secret to derive from, so it signs with a random key of its own
-    (sessions then hold only in that process).
+    digests has nothing secret to derive from, so it signs with a random key: the one
+    ``serve --workers`` hands its workers (``SESSION_KEY_ENV``), else one of its own.
     """
     plain = sorted({s for s in server.secrets if s and server.config.api_tokens.check(s)})
     if not plain:
-        return secrets.token_bytes(32)
+        try:
+            shared = bytes.fromhex(os.environ.get(SESSION_KEY_ENV, ""))
+        except ValueError:
+            shared = b""
+        return shared if len(shared) == 32 else secrets.token_bytes(32)
     material = "\0".join(plain).encode("utf-8", "surrogatepass")
     return hmac.new(b"pipelinejobs web view sessions v1", material, hashlib.sha256).digest()
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -35,6 +36,7 @@ from ..settings import Settings, load_settings
 from .app import create_app, start_background
 from .execution import Server, open_server, serve_config
 from .registry import words
+from .ui import SESSION_KEY_ENV
 
 SPEC_ENV = "PIPELINEJOBS_SERVE_WORKER"
 API_TOKENS_ENV = "PIPELINEJOBS_API_TOKENS"
@@ -82,6 +84,7 @@ def run_workers(
     spec = {"config": config_path, "actors": list(server.config.actors), "api_server": server.config.api_server}
     os.environ[SPEC_ENV] = json.dumps(spec)
     os.environ[API_TOKENS_ENV] = ",".join(plain_tokens)
+    os.environ.setdefault(SESSION_KEY_ENV, secrets.token_hex(32))  # web view cookies hold in every worker
     metrics_dir = tempfile.mkdtemp(prefix="pipelinejobs-metrics-")
     os.environ[METRICS_DIR_ENV] = metrics_dir
     host, port = sock.getsockname()[:2]
