@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install test lint demo bench bench-serve clean
+.PHONY: install test lint demo demo-keep bench bench-serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,15 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check pipelinejobs reactor.py
 
+# `make demo ARGS=--keep` (or `make demo-keep`): afterwards, keep serving the web view until Ctrl-C.
 demo: install
-	$(BIN)/python -m pipelinejobs.demo
+	$(BIN)/python -m pipelinejobs.demo $(ARGS)
 
-# Issue 8's ratios (serve latency and throughput on both stores, cold reactor.py): 3-7 min on 2 cores.
+demo-keep: install
+	$(BIN)/python -m pipelinejobs.demo --keep
+
+# Issue 8's ratios (serve latency and throughput on both stores, cold reactor.py), issue 11's job list and
+# /metrics over 100,000 jobs, issue 10's watchdog pass (`--only read`, `--only watch`): 8-14 min on 2 cores.
 bench: install
 	$(BIN)/python bench/run.py
 

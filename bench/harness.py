@@ -180,10 +180,11 @@ def drop_databases(uri: str, names: list[str]) -> None:
 
 
 @contextmanager
-def serve(backend: Backend) -> Iterator[str]:
-    """`pipelinejobs serve` for ACTOR on a free loopback port; yields the actor's messages URL."""
+def serve(backend: Backend, workers: int = 1) -> Iterator[str]:
+    """`pipelinejobs serve --workers N` for ACTOR on a free loopback port; yields the actor's messages URL."""
     port = free_port()
     command = [sys.executable, "-m", "pipelinejobs.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command += ["--workers", str(workers)]
     env = {**backend.env, "PIPELINEJOBS_API_TOKENS": TOKEN}  # in the environment, not on the command line
     with open(backend.workdir / f"serve-{port}.log", "wb") as log:
         proc = subprocess.Popen([*command, "--actor", ACTOR], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

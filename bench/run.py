@@ -23,11 +23,14 @@ history lacks the last event it accepted.
      as small jobs' events interleaved with them.
 3. Cold `reactor.py`: one event in a fresh process as Abaco runs it, alternating
    with a fresh process that imports pymongo and pings the server.
-4. Notifications (issue 10, bench/notify.py): on each store, serve's events/s with one
-   active webhook subscription (a receiver on loopback answering 204) over serve's
-   events/s without, bursts of 8 clients alternating between the two servers.
+4. read (issue 11, bench/read.py): ``GET /jobs?state=RUNNING&limit=50`` over 100,000 jobs on each
+   store against the raw query, and the ``/metrics`` scrape with 100,000 jobs against 1,000.
+5. watch (issue 10, bench/watch.py): a watchdog pass over 100,000 jobs of which 1,000 are overdue.
+6. notify (issue 10, bench/notify.py): on each store, serve's events/s with one active webhook
+   subscription (a receiver on loopback answering 204) over serve's events/s without, bursts of
+   8 clients alternating between the two servers.
 
-    .venv/bin/python bench/run.py [--only imports,latency,throughput,cold,notify]
+    .venv/bin/python bench/run.py [--only imports,latency,throughput,cold,read,watch,notify]
                                   [--history N] [--build-budget S] [--growth-stop X]
 """
 
@@ -75,11 +78,14 @@ from harness import (  # bench/ is not a package: found through the path above
     utc_now,
     verify,
 )
+from read import bench_read
+from watch import bench_watch
 
-PARTS = ("imports", "latency", "throughput", "cold", "notify")
+PARTS = ("imports", "latency", "throughput", "cold", "read", "watch", "notify")
 SMALL = 10  # events of history on the small jobs
 SMALL_JOBS = 20  # the small side rotates over these, so none grows far past SMALL
 CLIENTS = 8
+WORKERS = os.cpu_count() or 1  # serve's worker processes, as the README advises deploying it
 GROWTH_AFTER = 30.0  # seconds of building before --growth-stop is looked at
 PROBE_EVERY, PROBE_JOBS, PROBE_WINDOW = 20, 50, 10  # small-job events while building: 1 per 20, on 50 jobs
 LATENCY_ROUNDS = 100  # one event to each side per round
@@ -424,7 +430,8 @@ def bench_store(backend: Backend, parts: set[str], args: argparse.Namespace) -> 
         sets = THROUGHPUT_ROUNDS + 1 if "throughput" in parts else 0
         job_sets = [[new_job(store, settings, 2) for _ in range(CLIENTS)] for _ in range(sets)]
     jobs = [*small, *(job for jobs_of_a_round in job_sets for job in jobs_of_a_round)]
-    with serve(backend) as url:
+    print(f"  serve --workers {WORKERS} (one per core)")
+    with serve(backend, WORKERS) as url:
         if "throughput" in parts:
             ratios.append(throughput_ratio(backend, url, job_sets))
         if "latency" in parts:
@@ -520,7 +527,7 @@ def main() -> int:
         backends = []
         if parts & {"latency", "throughput"}:
             backends.append(embedded_backend(embedded_dir))
-        if parts & {"latency", "throughput", "cold", "notify"}:
+        if parts & {"latency", "throughput", "cold", "read", "watch", "notify"}:
             uri = stack.enter_context(mongodb(mongo_dir))
             mongo = mongodb_backend(mongo_dir, uri)
             if os.environ.get("MONGODB_URI"):
@@ -535,6 +542,10 @@ def main() -> int:
             found, wrong = bench_cold(mongo)
             ratios += found
             problems += wrong
+        if "read" in parts:
+            found, wrong = bench_read(Path(tmp), uri)
+            ratios += found
+            problems += wrong
         if "notify" in parts:
             from notify import backends_for, bench_notify  # bench/notify.py
 
@@ -545,10 +556,13 @@ def main() -> int:
                 problems += verify(plain, jobs["plain"]) + verify(notified, jobs["notified"])
                 if os.environ.get("MONGODB_URI") and kind == "mongodb":
                     drop_databases(uri, [str(plain.database), str(notified.database)])
+        figures = bench_watch(Path(tmp), uri) if "watch" in parts else []
 
     print(f"\nsummary ({time.monotonic() - started:.0f} s; medians of interleaved runs; not asserted)")
     for ratio in ratios:
         print(ratio.row())
+    for figure in figures:
+        print(figure)
     for ratio in ratios:
         if ratio.note:
             print(f"  note: {ratio.label}: {ratio.note}")

@@ -6,13 +6,15 @@ written in bulk. Measured on each store:
 - an idle pass right after (nothing due: one empty index range);
 - the yardstick: reading every job's (uuid, state, updated), what a pass without the index would do.
 
-Usage: python bench/watch.py [JOBS] [OVERDUE]   (defaults 100000 and 1000; MONGODB_URI or secantusd-py)
+Part `watch` of `make bench` (``bench/run.py --only watch``), or on its own:
+    python bench/watch.py [JOBS] [OVERDUE]   (defaults 100000 and 1000; MONGODB_URI or secantusd-py)
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import logging
 import sqlite3
 import sys
 import tempfile
@@ -22,15 +24,14 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import PIPELINE, ROOT, drop_databases, mongodb
 
-from bench.run import PIPELINE, _start_server  # noqa: E402
-from pipelinejobs import service, watch  # noqa: E402
-from pipelinejobs.messages import CreateMessage  # noqa: E402
-from pipelinejobs.settings import load_settings  # noqa: E402
-from pipelinejobs.store.mongo import MongoJobStore  # noqa: E402
-from pipelinejobs.store.sqlite import SqliteJobStore, _timestamp, dumps_document  # noqa: E402
+from pipelinejobs import service, watch
+from pipelinejobs.messages import CreateMessage
+from pipelinejobs.settings import load_settings
+from pipelinejobs.store.mongo import MongoJobStore
+from pipelinejobs.store.sqlite import SqliteJobStore, _timestamp, dumps_document
 
 T0 = datetime(2026, 11, 28, tzinfo=timezone.utc)
 SETTINGS = load_settings({}, ROOT / "config.yml")  # created_seconds: 86400
@@ -108,38 +109,47 @@ def _measure(store: Any, scan: Any, jobs: int, overdue: int) -> dict[str, Any]:
     }
 
 
+def bench_watch(workdir: Path, uri: str, jobs: int = 100_000, overdue: int = 1000) -> list[str]:
+    """Both stores (SQLite under ``workdir``, MongoDB at ``uri``); prints the figures, returns summary lines."""
+    print(f"\nwatchdog pass over {jobs:,} jobs, {overdue:,} overdue")
+    watch.log.setLevel(logging.ERROR)  # not the expected warning per failed job
+    results = {}
+    with SqliteJobStore(workdir / "watch.sqlite3") as store:
+        job, record = _template(store)
+        _fill_sqlite(store, _copies(job, record, jobs, overdue))
+
+        def scan_sqlite() -> int:
+            with sqlite3.connect(store.path) as conn:
+                return len(conn.execute("SELECT uuid, state, updated FROM jobs").fetchall())
+
+        results["embedded"] = _measure(store, scan_sqlite, jobs, overdue)
+    name = f"bench_watch_{uuidlib.uuid4().hex[:8]}"
+    try:
+        with MongoJobStore(uri, name) as store:
+            store.ensure_indexes()
+            job, record = _template(store)
+            _fill_mongo(store, _copies(job, record, jobs, overdue))
+
+            def scan_mongo() -> int:
+                return len(list(store.jobs.find({}, {"_id": 0, "uuid": 1, "state": 1, "updated": 1})))
+
+            results["mongodb"] = _measure(store, scan_mongo, jobs, overdue)
+    finally:
+        drop_databases(uri, [name])
+    print(json.dumps(results, indent=2))
+    return [
+        f"watchdog pass, {overdue:,} overdue of {jobs:,} jobs, {store_name}: {r['pass_s']:.2f} s"
+        f" ({r['per_failed_job_ms']:.1f} ms per failed job); idle pass {r['idle_pass_ms']:.2f} ms"
+        f" vs full scan {r['full_scan_s (yardstick)'] * 1000:.0f} ms"
+        for store_name, r in results.items()
+    ]
+
+
 def main() -> None:
     jobs = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
     overdue = int(sys.argv[2]) if len(sys.argv) > 2 else 1000
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        with SqliteJobStore(Path(tmp) / "bench.sqlite3") as store:
-            job, record = _template(store)
-            _fill_sqlite(store, _copies(job, record, jobs, overdue))
-
-            def scan_sqlite() -> int:
-                with sqlite3.connect(store.path) as conn:
-                    return len(conn.execute("SELECT uuid, state, updated FROM jobs").fetchall())
-
-            results["sqlite"] = _measure(store, scan_sqlite, jobs, overdue)
-        uri, server = _start_server()
-        try:
-            name = f"bench_watch_{uuidlib.uuid4().hex[:8]}"
-            with MongoJobStore(uri, name) as store:
-                store.ensure_indexes()
-                job, record = _template(store)
-                _fill_mongo(store, _copies(job, record, jobs, overdue))
-
-                def scan_mongo() -> int:
-                    return len(list(store.jobs.find({}, {"_id": 0, "uuid": 1, "state": 1, "updated": 1})))
-
-                results["mongodb"] = _measure(store, scan_mongo, jobs, overdue)
-                store.database.client.drop_database(name)
-        finally:
-            if server is not None:
-                server.terminate()
-                server.wait(timeout=30)
-    print(json.dumps(results, indent=2))
+    with tempfile.TemporaryDirectory() as tmp, mongodb(Path(tmp)) as uri:
+        bench_watch(Path(tmp), uri, jobs, overdue)
 
 
 if __name__ == "__main__":

@@ -627,29 +627,35 @@ def _tls_files(args: argparse.Namespace, section: dict[str, Any]) -> tuple[str, 
     return str(cert), str(key)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import logging
+def _workers(value: Any) -> int:
+    """``--workers`` / ``serve.workers``: how many processes answer (default 1)."""
+    try:
+        count = int(value if value not in (None, "") else 1)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1:
+        raise PipelineJobsError(ErrorKind.CONFIGURATION, f"serve workers must be a whole number >= 1, not {value!r}")
+    return count
 
+
+def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .server.app import create_app
     from .server.execution import describe, open_server, serve_config
     from .server.registry import words
+    from .server.workers import configure_logging, run_workers
 
     settings = load_settings(os.environ, Path(args.config) if args.config else None)
     env_tokens = words(os.environ.get(API_TOKENS_ENV))
     config, plain = serve_config(
         settings, actors=args.actor, api_tokens=[*args.api_token, *env_tokens], api_server=args.api_server
     )
-    formatter = logs.configure(secrets=[*settings.secrets, *plain])
-    logs.set_level(settings.section("logs").get("level"))
-    uvicorn_log = logging.getLogger("uvicorn")  # its start-up errors, through the same redacting handler
-    uvicorn_log.handlers[:] = list(logging.getLogger(logs.LOGGER_NAME).handlers)
-    uvicorn_log.setLevel(logging.WARNING)
-    uvicorn_log.propagate = False
+    formatter = configure_logging(settings, plain)
     section = settings.section("serve")
     host = args.host or str(section.get("host") or "127.0.0.1")
     port = args.port or int(section.get("port") or 8000)
+    workers = _workers(args.workers if args.workers is not None else section.get("workers"))
     tls = _tls_files(args, section)
     sock = _listen(host, port)
     waiting = _start_wait_notice(settings)
@@ -677,6 +683,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         len(config.api_tokens),
     )
     options: dict[str, Any] = {"ssl_certfile": tls[0], "ssl_keyfile": tls[1]} if tls else {}
+    if workers > 1:
+        log.info("%d worker processes; this one supervises them and runs the background loops", workers)
+        try:
+            run_workers(server, sock, workers, config_path=args.config, plain_tokens=plain, uvicorn_options=options)
+        finally:
+            sock.close()
+        return 0
     uv_config = uvicorn.Config(
         create_app(server), host=host, port=bound_port, log_config=None, access_log=False, lifespan="on", **options
     )
@@ -886,6 +899,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--api-server", help="base URL for _links and _abaco_api_server (default: the request's)")
     sub.add_argument("--tls-cert", help="PEM certificate (chain) to serve HTTPS with (default: serve.tls_cert)")
     sub.add_argument("--tls-key", help="PEM private key of --tls-cert (default: serve.tls_key)")
+    sub.add_argument(
+        "--workers", type=int, help="processes answering on the port (default: serve.workers or 1; one per core)"
+    )
     _add_watch_commands(commands, leaf)
     notify_cli.add_commands(commands, leaf)  # subscription add|list|remove|test|deliveries, notify --drain
     return parser

@@ -5,10 +5,14 @@ demo starts `pipelinejobs serve` as a separate process on a free port, registers
 the seed's example pipeline, creates a job and sends it the seed's messages over
 real HTTP, printing the job after every step with a line on what just happened.
 Every step checks its own outcome; the exit code is 0 only if all of them held.
+
+With ``--keep`` (``make demo ARGS=--keep`` or ``make demo-keep``) the demo then adds a
+few jobs, prints the web view's URL and how to sign in, and keeps serving until Ctrl-C.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -308,14 +312,68 @@ class Demo:
         print(f"\nDemo finished: all {self.steps} steps behaved as described; no secret reached the server log.")
         return 0
 
+    # -- --keep: the web view on what the demo made --------------------------------------------
+    def keep_serving(self) -> int:
+        """Add jobs worth looking at, print the web view's URL and how to sign in, serve until Ctrl-C."""
+        pipeline = "10650844-1baa-55c5-a481-5e945b19c065"  # registered in step 2
+        self.step(
+            "jobs to look at in the web view",
+            "Three more jobs: one finished, one running with updates, one failed (the demo's own job was deleted).",
+        )
+        walks = {"finished": ["run", "update", "finish"], "running": ["run", "update"], "failed": ["run", "fail"]}
+        first = ""
+        for label, names in walks.items():
+            data = {"sample": f"s-{label}"}
+            create = {"pipeline_uuid": pipeline, "archive_path": f"/products/v2/tacobot/{label}", "data": data}
+            created = self.http.post(
+                self.messages,
+                params={"_abaco_synchronous": "true"},
+                headers={"Authorization": f"Bearer {self.api_token}"},
+                json=create,
+            ).json()
+            if created.get("status") != "ok":
+                raise DemoFailed(f"a job was not created: {self.hide(json.dumps(created))}")
+            for i, name in enumerate(names):
+                event = {"uuid": created["uuid"], "name": name, "token": created["token"], "data": {"step": i}}
+                answer = self.http.post(
+                    self.messages,
+                    params={"_abaco_synchronous": "true"},
+                    headers={"Authorization": f"Bearer {self.api_token}"},
+                    json=event,
+                ).json()
+                if answer.get("status") != "ok":
+                    raise DemoFailed(f"event {name} was refused: {answer.get('message')}")
+            first = first or created["uuid"]
+            print(f"   -> job {created['uuid']}: {' -> '.join(['create', *names])}")
+        nonce = self.http.post(
+            f"{self.url}/actors/v2/{ACTOR}/nonces",
+            headers={"Authorization": f"Bearer {self.api_token}"},
+            json={"level": "READ", "maxUses": -1, "description": "demo web view"},
+        ).json()["result"]["id"]
+        print(f"\n== The web view: {self.url}/ui/")
+        print(f"   Sign in there with the demo's API token: {self.api_token}")
+        print(f"   or open it with a READ nonce, no sign-in: {self.url}/ui/?x-nonce={nonce}")
+        print(f"   A job page: {self.url}/ui/jobs/{first} (new events appear on it without a reload)")
+        print("   Serving until Ctrl-C.", flush=True)
+        assert self.proc is not None
+        code = self.proc.wait()
+        raise DemoFailed(f"the server stopped by itself (exit code {code}):\n{self.server_log()}")
 
-def main() -> int:
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelinejobs.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--keep", action="store_true", help="afterwards, keep serving the web view (/ui/) until Ctrl-C")
+    args = parser.parse_args(argv)
     for name in [n for n in os.environ if n.startswith("_REACTOR_")]:
         del os.environ[name]  # the demo's settings come only from its own config file
     with tempfile.TemporaryDirectory(prefix="pipelinejobs-demo-") as tmp:
         demo = Demo(Path(tmp))
         try:
-            return demo.run()
+            code = demo.run()
+            return demo.keep_serving() if args.keep and code == 0 else code
+        except KeyboardInterrupt:
+            print("\nStopped; the demo's store is removed.")
+            return 0
         except DemoFailed as exc:
             print(f"\nDEMO FAILED at step {demo.steps}: {demo.hide(str(exc))}", file=sys.stderr)
             tail = demo.server_log().splitlines()[-20:]

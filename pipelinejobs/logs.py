@@ -34,18 +34,25 @@ class RedactingFormatter(logging.Formatter):
         super().__init__(fmt or "%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._fixed = {s for s in secrets if s and len(s) >= 4}
         self._recent: dict[str, None] = {}  # insertion-ordered set
+        self._ordered: tuple[str, ...] | None = None  # the known secrets, longest first
 
     def add_secrets(self, secrets: Iterable[str]) -> None:
         for secret in secrets:
             if secret and len(secret) >= 4 and secret not in self._fixed:
-                self._recent.pop(secret, None)
+                if secret in self._recent:
+                    self._recent[secret] = self._recent.pop(secret)  # most recent again; the set is unchanged
+                    continue
                 self._recent[secret] = None
+                self._ordered = None
         while len(self._recent) > self.MAX_RECENT:
             del self._recent[next(iter(self._recent))]
 
     def redact(self, text: str) -> str:
-        for secret in sorted({*self._fixed, *self._recent}, key=len, reverse=True):
-            text = text.replace(secret, MASK)
+        if self._ordered is None:  # sorted again only when a new secret arrives, not for every line
+            self._ordered = tuple(sorted({*self._fixed, *self._recent}, key=len, reverse=True))
+        for secret in self._ordered:
+            if secret in text:
+                text = text.replace(secret, MASK)
         for pattern in _PATTERNS:
             text = pattern.sub(lambda m: m.group(1) + MASK + (m.group(3) if m.lastindex == 3 else ""), text)
         return text
@@ -63,6 +70,11 @@ def configure(level: str = "INFO", secrets: Iterable[str] = (), stream=None) -> 
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper() if isinstance(level, str) else logging.INFO)
     logger.propagate = False
+    # The logging docs' "Optimization": our format shows no caller or process, so don't collect
+    # them for every record (findCaller walks the stack on each line). The thread id stays:
+    # serve files each record under the execution its thread is handling.
+    logging._srcfile = None
+    logging.logProcesses = logging.logMultiprocessing = False
     return formatter
 
 

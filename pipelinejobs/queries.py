@@ -51,8 +51,13 @@ def _short(text: str) -> str:
 
 
 # -- JSON -------------------------------------------------------------------------------------
+_PLAIN = (str, int, bool, type(None))  # most values of a summary: returned as they are, tested first
+
+
 def jsonable(value: Any) -> Any:
     """``value`` with datetimes as ISO 8601 UTC text (``Z``) and non-finite floats as null."""
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, datetime):
         moment = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
         return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")

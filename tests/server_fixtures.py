@@ -86,12 +86,18 @@ def _wait_until_ready(server: LiveServer, timeout: float = 30.0) -> None:
 
 
 def start_server(
-    tmp_path: Path, backend: str, env: dict[str, str], store_options: dict[str, Any], *, token_via_env: bool = False
+    tmp_path: Path,
+    backend: str,
+    env: dict[str, str],
+    store_options: dict[str, Any],
+    *,
+    token_via_env: bool = False,
+    args: tuple[str, ...] = (),
 ) -> Iterator[LiveServer]:
-    """Start `pipelinejobs serve` with a clean environment plus ``env``; stop it afterwards."""
+    """Start `pipelinejobs serve` (plus ``args``) with a clean environment plus ``env``; stop it afterwards."""
     port = free_port()
     command = [sys.executable, "-m", "pipelinejobs.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--actor", ACTOR_ID, "--actor", OTHER_ACTOR_ID]
+    command += ["--actor", ACTOR_ID, "--actor", OTHER_ACTOR_ID, *args]
     full_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "USER": "tester", **env}
     if token_via_env:  # keeps the token out of the process list
         full_env["PIPELINEJOBS_API_TOKENS"] = API_TOKEN

@@ -124,3 +124,21 @@ def test_installed_wheel_honours_the_mongodb_override(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["store"] == f"mongodb database '{database_name}' on {mongodb_uri[10:]}"
     assert "uuid_unique" in db.jobs.index_information()
+
+
+def test_installed_wheel_ships_the_web_views_templates_and_static_files(installed_site: Path) -> None:
+    """serve's /ui/ renders from files next to its module: the wheel must carry every one of them."""
+    source = ROOT / "pipelinejobs" / "server"
+    for folder in ("templates", "static"):
+        expected = sorted(p.name for p in (source / folder).iterdir() if p.is_file())
+        shipped = sorted(p.name for p in (installed_site / "pipelinejobs" / "server" / folder).iterdir())
+        assert expected and shipped == expected, folder
+    probe = subprocess.run(
+        [sys.executable, "-c", "from pipelinejobs.server import ui; print(ui.ENV.get_template('job.html').filename)"],
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(installed_site)},
+        cwd="/",
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert Path(probe.stdout.strip()).is_relative_to(installed_site)

@@ -16,6 +16,7 @@ import binascii
 import json
 import logging
 import re
+from collections.abc import Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs
@@ -27,7 +28,6 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse as StarletteJSONResponse
 from starlette.responses import Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import __version__, logs, notify, watch
 from ..errors import ErrorKind, PipelineJobsError
@@ -264,7 +264,7 @@ async def post_message(request: Request) -> Response:
     bearer = _bearer(request)  # the message's own secrets (token, x-nonce) are in env
     secrets = [bearer] if bearer else []
     execution, result = await run_in_threadpool(server.execute, env, execution, secrets, message.parsed)
-    log.info("actor %s: execution %s exit code %s", actor, execution_id, execution["exitCode"])
+    request.scope[metrics.EXECUTION_NOTE] = f"execution {execution_id} exit code {execution['exitCode']}"
     if _truthy(query.get("_abaco_synchronous")):
         headers = {"x-abaco-execution-id": execution_id, "x-abaco-exit-code": str(execution["exitCode"])}
         return JSONResponse(result, headers=headers)
@@ -421,43 +421,14 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return _envelope(request, None, "Internal server error.", 500)
 
 
-_NONCE_IN_PATH = re.compile(r"(/nonces/)[^/]+")
-
-
-class AccessLog:
-    """One line per request: method, path (nonce ids masked) and status; never the query string."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = {"code": 500}
-
-        async def remember(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, remember)
-        finally:
-            path = _NONCE_IN_PATH.sub(lambda m: m.group(1) + logs.MASK, scope.get("path", ""))
-            log.info("%s %s %s", scope.get("method"), path, status["code"])
-
-
 def _routes() -> list[Route]:
     from .metrics import metrics_endpoint, readyz
     from .read import read_routes
     from .subscriptions import subscription_routes
+    from .ui import ui_routes
 
-    routes = [Route("/healthz", health, methods=["GET"])]
-    routes += [Route("/readyz", readyz, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
-    routes += read_routes()  # the read API (issue 11): /jobs, /pipelines, /schemas, /state-machine
-    routes += subscription_routes()  # notifications (issue 10): /subscriptions, /jobs/{uuid}/deliveries
-    for prefix in ("/actors/v2/{actor_id}", "/v3/actors/{actor_id}"):
+    routes: list[Route] = []
+    for prefix in ("/actors/v2/{actor_id}", "/v3/actors/{actor_id}"):  # first: messages are the hot path
         routes += [
             Route(f"{prefix}/messages", post_message, methods=["POST"]),
             Route(f"{prefix}/messages", get_messages, methods=["GET"]),
@@ -468,28 +439,49 @@ def _routes() -> list[Route]:
             Route(f"{prefix}/executions/{{execution_id}}", get_execution, methods=["GET"]),
             Route(f"{prefix}/executions/{{execution_id}}/logs", get_execution_logs, methods=["GET"]),
         ]
+    routes += [Route("/healthz", health, methods=["GET"])]
+    routes += [Route("/readyz", readyz, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
+    routes += read_routes()  # the read API (issue 11): /jobs, /pipelines, /schemas, /state-machine
+    routes += subscription_routes()  # notifications (issue 10): /subscriptions, /jobs/{uuid}/deliveries
+    routes += ui_routes()  # the web view (issue 11): /ui/
     return routes
 
 
-def create_app(server: Server) -> Starlette:
-    """The ASGI app; it attaches the log capture at start and closes the store at shutdown."""
+def start_background(server: Server) -> Callable[[], None]:
+    """serve's background loops (the watchdog when ``deadlines.watch_every_seconds`` is set, the notification
+    dispatcher unless ``notifications.every_seconds`` is 0); returns their stop.
+
+    They run once per serve: in the app's process, or in the supervisor when ``--workers`` runs several.
+    """
+    every = watch.watch_every(server.settings)  # deadlines.watch_every_seconds: off unless set
+    stop_watchdog = watch.start_background(server.store, server.settings, server.clock, every) if every else None
+    stop_notify = notify.start_background(server.store, server.settings, server.clock)  # the outbox dispatcher
+
+    def stop() -> None:
+        if stop_notify is not None:
+            stop_notify()
+        if stop_watchdog is not None:
+            stop_watchdog()
+
+    return stop
+
+
+def create_app(server: Server, *, background: bool = True) -> Starlette:
+    """The ASGI app; it attaches the log capture at start and closes the store at shutdown.
+
+    ``background``: run the background loops here (False in the workers of ``serve --workers``).
+    """
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> Any:
         package_logger = logging.getLogger(logs.LOGGER_NAME)
         package_logger.addHandler(server.capture)
-        every = watch.watch_every(server.settings)  # deadlines.watch_every_seconds: off unless set
-        stop_watchdog = watch.start_background(server.store, server.settings, server.clock, every) if every else None
-        stop_notify = notify.start_background(
-            server.store, server.settings, server.clock
-        )  # notifications.every_seconds
+        stop_background = start_background(server) if background else None
         try:
             yield
         finally:
-            if stop_notify is not None:
-                stop_notify()
-            if stop_watchdog is not None:
-                stop_watchdog()
+            if stop_background is not None:
+                stop_background()
             package_logger.removeHandler(server.capture)
             server.close()
 
@@ -504,6 +496,5 @@ def create_app(server: Server) -> Starlette:
         },
     )
     app.state.server = server
-    metrics.install(app, server)  # /metrics: request latency, message outcomes, job counts
-    app.add_middleware(AccessLog)
+    metrics.install(app, server)  # /metrics and the access log: request latency, message outcomes, job counts
     return app

@@ -18,18 +18,19 @@ Every series is named ``pipelinejobs_*`` and lives in the app's own registry.
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import logs
@@ -154,6 +155,10 @@ class Metrics:
         )
         self.totals = JobTotals(store, refresh_seconds, on_error=self.store_error)
         r.register(_JobsCollector(self.totals))
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # serve --workers: the counters of every worker
+            self.registry = CollectorRegistry(auto_describe=False)
+            multiprocess.MultiProcessCollector(self.registry)
+            self.registry.register(_JobsCollector(self.totals))
 
     def observe(self, result: Mapping[str, Any]) -> None:
         """Count one message's outcome (the dict ``handle_env`` returns)."""
@@ -179,20 +184,22 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class RequestMetrics:
-    """ASGI middleware: latency and status of every HTTP request, by route template."""
+_NONCE_IN_PATH = re.compile(r"(/nonces/)[^/]+")
+access_log = logs.get_logger("server")
+EXECUTION_NOTE = "pipelinejobs.execution"  # scope key: a message POST's execution id and exit code, for its line
 
-    def __init__(self, app: ASGIApp, metrics: Metrics, routes: list[Any]) -> None:
+
+class RequestObserver:
+    """ASGI middleware, one pass per HTTP request: its access-log line, latency and status.
+
+    The log line is method, path (nonce ids masked) and status, never the query string (it can
+    carry an ``x-nonce``); a message POST adds its execution id and exit code. Metrics go by
+    route template, read from the route Starlette matched.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
-        self.routes = routes
-
-    def _route(self, scope: Scope) -> str:
-        for route in self.routes:
-            match, _ = route.matches(scope)
-            if match is Match.FULL:
-                return str(route.path)
-        return "(unmatched)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -210,9 +217,14 @@ class RequestMetrics:
             await self.app(scope, receive, remember)
         finally:
             elapsed = time.perf_counter() - start
-            route, method = self._route(scope), str(scope.get("method"))
+            matched = scope.get("route")  # set by Starlette's router on the scope we passed down
+            route, method, code = str(getattr(matched, "path", "(unmatched)")), str(scope.get("method")), status["code"]
             self.metrics.latency.labels(method, route).observe(elapsed)
-            self.metrics.requests.labels(method, route, str(status["code"])).inc()
+            self.metrics.requests.labels(method, route, str(code)).inc()
+            path = _NONCE_IN_PATH.sub(lambda m: m.group(1) + logs.MASK, scope.get("path", ""))
+            access_log.info(
+                "%s %s %s%s", method, path, code, f" ({scope[EXECUTION_NOTE]})" if EXECUTION_NOTE in scope else ""
+            )
 
 
 # -- routes -------------------------------------------------------------------------------------
@@ -249,6 +261,6 @@ def install(app: Any, server: Any) -> Metrics:
     metrics = Metrics(server.store, interval)
     app.state.metrics = metrics
     server.observe = metrics.observe
-    app.add_middleware(RequestMetrics, metrics=metrics, routes=app.routes)
+    app.add_middleware(RequestObserver, metrics=metrics)
     metrics.totals.warm()
     return metrics

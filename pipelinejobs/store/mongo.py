@@ -44,6 +44,7 @@ from .base import (
     HistoryPage,
     JobFilter,
     JobPage,
+    Outcome,
     creation_record,
     imported_record,
     page_of,
@@ -199,6 +200,12 @@ class MongoJobStore:
         self.pipelines = self.database["pipelines"]
         self.updates = self.database["updates"]
         self.events = self.database["events"]
+        #: The first write of two: acknowledged by the primary, not waited on for the journal or a majority.
+        #: Always followed by a write with the full concern, whose acknowledgement covers it (the journal
+        #: and the oplog are sequential), so an event costs one durability wait, not two.
+        self._events_first = (
+            self.events.with_options(write_concern=WriteConcern(w=1)) if concern.acknowledged else self.events
+        )
         self.watch = self.database["watch"]  # deadlines and heartbeats, apart from the datacatalog documents
         self.subscriptions = self.database["subscriptions"]  # notifications (issue 10)
         self.deliveries = self.database["deliveries"]
@@ -251,17 +258,21 @@ class MongoJobStore:
         return {"$push": {"history": {"$each": [entry], "$slice": -self.history_window}}, "$set": changes}
 
     def _insert_record(self, record: EventRecord) -> Any:
-        """Insert a log record, retrying once after a network error; a retry that finds its own record succeeds."""
+        """Insert a log record, retrying once after a network error; a retry that finds its own record succeeds.
+
+        The insert is the first of the event's two writes (``_events_first``): the caller's next write,
+        the job update (or the record's removal), carries the full write concern for both.
+        """
         doc = record.to_document()
         if record.notify:  # the outbox rides on the record: logged, and so due, in the same insert
             from .outbox import outbox_fields
 
             doc.update(outbox_fields(record))
         try:
-            return self.events.insert_one(dict(doc)).inserted_id
+            return self._events_first.insert_one(dict(doc)).inserted_id
         except ConnectionFailure:
             try:
-                return self.events.insert_one(dict(doc)).inserted_id
+                return self._events_first.insert_one(dict(doc)).inserted_id
             except DuplicateKeyError:
                 key = {"uuid": record.uuid, "seq": record.seq, "slot": record.slot}
                 mine = self.events.find_one({**key, "event_uuid": record.event_uuid}, {"_id": True})
@@ -428,6 +439,9 @@ class MongoJobStore:
                 if record.event_id is not None and "event_id" in ((exc.details or {}).get("keyPattern") or {}):
                     existing = self.find_delivery(uuid, record.event_id)
                     if existing is not None:
+                        # its writer may not have made it durable yet: apply it with the full concern first
+                        if existing.outcome is Outcome.APPLIED and existing.slot == "" and existing.seq > 0:
+                            self._roll_forward(uuid, existing.seq - 1)
                         return AppendResult(Append.REPLAYED, existing)
                 # another writer took this revision: make sure the job shows it, then read again
                 self._roll_forward(uuid, expected_revision)

@@ -1,0 +1,699 @@
+"""The web view of `pipelinejobs serve` (``/ui/``): server-rendered HTML over the read API's queries.
+
+Pages are Jinja2 templates (``templates/``, autoescaped) filled from ``queries.py``;
+there is no query logic here, only presentation: relative times, the time a job spent
+in each state, the state graph with the job's path. A little JavaScript
+(``static/ui.js``) refreshes relative times, drops empty filter fields and polls
+``/ui/jobs/{uuid}/updates`` so that a job page shows new events without a reload;
+everything else works with JavaScript off.
+
+Who may look, by read.py's rules: an API token or a READ nonce. A token is typed once
+into the sign-in form and traded for a session: a signed value (expiry, random id, HMAC)
+in an HTTP-only, SameSite=Strict cookie (Secure over TLS), so the cookie never carries the
+token and every serve worker accepts it (:class:`Sessions`). A nonce rides in the URL as
+``x-nonce`` (as Abaco takes nonces) and every link in the view keeps it; each page
+(and each live-refresh poll) counts as one use. Without either, a page redirects to
+the sign-in form. No page shows a job token, salt, API token or any nonce but the
+viewer's own.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import parse_qs, urlencode
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Route
+
+from .. import __version__, fsm, logs, queries
+from ..errors import ErrorKind, PipelineJobsError
+from ..store.base import ReadStore
+from .app import JSONResponse, _bearer, _server
+from .read import authorize_read
+from .registry import Refused
+
+log = logs.get_logger("server.ui")
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+STATIC_FILES = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; charset=utf-8"}
+
+COOKIE = "pj_ui_session"
+SESSION_SECONDS = 12 * 3600
+EVENTS_SHOWN = 1000  # a job page lists this many events; later ones are a "next" link away
+DATA_SHOWN_CHARS = 20_000  # an event's data is cut here on the page (the API has all of it)
+POLL_MS = 3000
+PAGE_SIZES = (25, 50, 100, 200)
+
+#: Every UI answer: no caching, no referrer (a nonce may be in the URL), no framing, own scripts only.
+HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+# -- sessions ------------------------------------------------------------------------------------
+class Sessions:
+    """Signed-in browsers, as signed cookie values: ``EXPIRY.ID.MAC`` with an HMAC-SHA256 over the rest.
+
+    Nothing is kept per session, so every serve process (``--workers``) that shares the key
+    accepts a cookie any of them gave out. The key is derived from serve's plain API tokens
+    (:func:`session_key`): whoever could forge a cookie already holds a token, and changing the
+    tokens signs everyone out. Signing out revokes the id in this process (the browser drops the
+    cookie); a copy kept elsewhere lapses at its expiry.
+    """
+
+    def __init__(self, key: bytes, clock: Callable[[], datetime], ttl: float = SESSION_SECONDS) -> None:
+        self._key = key
+        self._clock = clock
+        self._ttl = ttl
+        self._revoked: dict[str, float] = {}  # id -> its expiry, forgotten once past it
+        self._lock = threading.Lock()
+
+    def _mac(self, expiry: int, session_id: str, owner: str) -> str:
+        message = f"{expiry}.{session_id}.{owner}".encode("utf-8", "replace")
+        return base64.urlsafe_b64encode(hmac.new(self._key, message, hashlib.sha256).digest()).decode().rstrip("=")
+
+    def open(self, owner: str) -> str:
+        expiry = int(self._clock().timestamp() + self._ttl)
+        session_id = secrets.token_urlsafe(16)
+        return f"{expiry}.{session_id}.{self._mac(expiry, session_id, owner)}"
+
+    def _valid(self, value: str | None, owner: str) -> tuple[int, str] | None:
+        parts = (value or "").split(".")
+        if len(value or "") > 200 or len(parts) != 3 or not parts[0].isdigit():
+            return None
+        expiry, session_id, mac = int(parts[0]), parts[1], parts[2]
+        if expiry <= self._clock().timestamp() or not hmac.compare_digest(mac, self._mac(expiry, session_id, owner)):
+            return None
+        with self._lock:
+            if session_id in self._revoked:
+                return None
+        return expiry, session_id
+
+    def owner(self, value: str | None, owner: str) -> str | None:
+        """``owner`` (who sessions act as) when ``value`` is a live cookie this key signed; else None."""
+        return owner if self._valid(value, owner) is not None else None
+
+    def close(self, value: str | None, owner: str) -> None:
+        found = self._valid(value, owner)
+        if found is None:
+            return
+        now = self._clock().timestamp()
+        with self._lock:
+            self._revoked = {k: v for k, v in self._revoked.items() if v > now}
+            self._revoked[found[1]] = found[0]
+
+
+SESSION_KEY_ENV = "PIPELINEJOBS_UI_SESSION_KEY"  # 32 random bytes in hex, from serve's supervisor to its workers
+
+
+def session_key(server: Any) -> bytes:
+    """The cookies' HMAC key, the same in every serve process: derived from the plain API tokens.
+
+    Serve holds its plain tokens among ``server.secrets`` (for the log redactor); those that
+    its token check accepts are the tokens. A server that knows its tokens only as sha256
+    digests has nothing secret to derive from, so it signs with a random key: the one
+    ``serve --workers`` hands its workers (``SESSION_KEY_ENV``), else one of its own.
+    """
+    plain = sorted({s for s in server.secrets if s and server.config.api_tokens.check(s)})
+    if not plain:
+        try:
+            shared = bytes.fromhex(os.environ.get(SESSION_KEY_ENV, ""))
+        except ValueError:
+            shared = b""
+        return shared if len(shared) == 32 else secrets.token_bytes(32)
+    material = "\0".join(plain).encode("utf-8", "surrogatepass")
+    return hmac.new(b"pipelinejobs web view sessions v1", material, hashlib.sha256).digest()
+
+
+def _sessions(request: Request) -> Sessions:
+    state = request.app.state
+    found = getattr(state, "ui_sessions", None)
+    if found is None:
+        server = _server(request)
+        found = state.ui_sessions = Sessions(session_key(server), server.clock)
+    return cast(Sessions, found)
+
+
+def _session_owner(request: Request) -> str | None:
+    return _sessions(request).owner(request.cookies.get(COOKIE), _server(request).config.owner)
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who is looking and how: by session cookie, or by the nonce in the URL (kept in every link)."""
+
+    owner: str
+    nonce: str | None = None
+    root: str = ""
+
+    def link(self, path: str, params: Mapping[str, Any] | None = None) -> str:
+        """``/ui``-relative ``path`` with ``params`` (empty values dropped) and the viewer's nonce."""
+        query = {k: str(v) for k, v in (params or {}).items() if v not in (None, "", False)}
+        if self.nonce:
+            query["x-nonce"] = self.nonce
+        return f"{self.root}/ui{path}" + (f"?{urlencode(query)}" if query else "")
+
+
+class SignInNeeded(Exception):
+    """No usable credentials: the page answers with the sign-in form (or a redirect to it)."""
+
+    def __init__(self, reason: str | None = None) -> None:
+        super().__init__(reason or "")
+        self.reason = reason
+
+
+async def _viewer(request: Request) -> Viewer:
+    """The session's owner, else read.py's rules (bearer token, then a READ nonce, one use counted)."""
+    root = str(request.scope.get("root_path") or "").rstrip("/")
+    owner = _session_owner(request)
+    if owner is not None:
+        return Viewer(owner, None, root)
+    nonce = request.query_params.get("x-nonce") or None
+    if not nonce and not _bearer(request):
+        raise SignInNeeded()
+    try:
+        owner = await authorize_read(request)
+    except Refused as exc:
+        raise SignInNeeded(exc.message) from None
+    return Viewer(owner, nonce if not _bearer(request) else None, root)
+
+
+# -- rendering -----------------------------------------------------------------------------------
+def _moment(value: Any) -> datetime | None:
+    """An ISO 8601 text (as ``queries.jsonable`` writes times) or a datetime, as aware UTC; else None."""
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def absolute(value: Any) -> str:
+    moment = _moment(value)
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "—"
+
+
+def iso(value: Any) -> str:
+    moment = _moment(value)
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if moment else ""
+
+
+def duration(seconds: float) -> str:
+    """A span for people: ``4 s``, ``3 min 20 s``, ``2 h 5 min``, ``3 d 4 h``."""
+    seconds = max(0, round(seconds))
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    if minutes:
+        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
+    return f"{secs} s"
+
+
+def relative(value: Any, now: datetime) -> str:
+    moment = _moment(value)
+    if moment is None:
+        return ""
+    delta = (now - moment).total_seconds()
+    if abs(delta) < 5:
+        return "just now"
+    return f"{duration(abs(delta))} ago" if delta > 0 else f"in {duration(delta * -1)}"
+
+
+def data_text(data: Any) -> tuple[str, int]:
+    """Event or job data as indented JSON, cut at :data:`DATA_SHOWN_CHARS`; and its full length."""
+    if data is None:
+        return "", 0
+    try:
+        text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    except (ValueError, RecursionError):
+        text = "(this data cannot be shown as JSON)"
+    return text[:DATA_SHOWN_CHARS], len(text)
+
+
+def safe_text(text: str) -> str:
+    """``text`` that UTF-8 can carry: each lone surrogate becomes U+FFFD (as serve's JSON answers do)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub("\ufffd", text)
+    return text
+
+
+ENV = Environment(
+    loader=FileSystemLoader(str(TEMPLATES)),
+    autoescape=True,
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+ENV.filters.update(absolute=absolute, iso=iso, duration=duration, data_text=data_text)
+ENV.globals.update(states=[s.value for s in fsm.State], version=__version__, poll_ms=POLL_MS)
+
+
+def render(template: str, **context: Any) -> str:
+    return safe_text(ENV.get_template(template).render(**context))
+
+
+def page(request: Request, template: str, status: int = 200, **context: Any) -> Response:
+    """An HTML answer with the view's headers; ``viewer`` (or None) and ``now`` are always there."""
+    context.setdefault("viewer", None)
+    context.setdefault("now", _server(request).clock())
+    for name in ("error", "notice", "nav"):
+        context.setdefault(name, None)
+    context["ago"] = lambda value: relative(value, context["now"])
+    body = render(template, **context)
+    return Response(body, status_code=status, media_type="text/html; charset=utf-8", headers=HEADERS)
+
+
+def _signin_redirect(request: Request) -> Response:
+    """To the sign-in form, remembering where the browser was going (its query less any nonce)."""
+    root = str(request.scope.get("root_path") or "").rstrip("/")
+    query = {k: v for k, v in request.query_params.multi_items() if k != "x-nonce"}
+    target = request.url.path + (f"?{urlencode(query)}" if query else "")
+    return RedirectResponse(f"{root}/ui/signin?{urlencode({'next': target})}", status_code=303, headers=HEADERS)
+
+
+Handler = Callable[[Request, Viewer], Awaitable[Response]]
+
+
+def _viewing(handler: Handler, *, data: bool = False) -> Callable[[Request], Awaitable[Response]]:
+    """Sign-in first; then bad parameters and store failures as pages, never tracebacks.
+
+    ``data``: the endpoint answers scripts (JSON), so a missing sign-in is a 401, not a redirect.
+    """
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            viewer = await _viewer(request)
+        except SignInNeeded as exc:
+            if data:
+                return JSONResponse({"signin": "/ui/signin"}, status_code=401, headers=HEADERS)
+            if exc.reason is None:
+                return _signin_redirect(request)
+            return page(request, "signin.html", 401, error=exc.reason, next=_next_target(request.url.path))
+        try:
+            return await handler(request, viewer)
+        except queries.QueryError as exc:
+            status, title, message = 400, "Bad request", str(exc)
+        except PipelineJobsError as exc:
+            metrics = getattr(request.app.state, "metrics", None)
+            if metrics is not None:
+                metrics.store_error(exc)
+            log.warning("web view: %s failed (%s)", request.url.path, exc.kind.value)
+            status, title = (503 if exc.kind is ErrorKind.STORAGE_UNAVAILABLE else 500), "The store failed"
+            message = "The job store cannot be reached; try again shortly." if status == 503 else exc.message
+        if data:
+            return JSONResponse({"error": message}, status_code=status, headers=HEADERS)
+        return page(request, "error.html", status, viewer=viewer, title=title, error=message)
+
+    return endpoint
+
+
+def _next_target(raw: str | None) -> str:
+    """Where to go after signing in: a path inside the view, never another site."""
+    text = (raw or "").strip()
+    if not text.startswith("/ui/") or text.startswith("//") or "\\" in text or len(text) > 2000:
+        return "/ui/"
+    return text
+
+
+# -- the jobs list -------------------------------------------------------------------------------
+def _pipelines(store: Any) -> dict[str, dict[str, Any]]:
+    return {str(p.get("uuid")): p for p in queries.list_pipelines(store)}
+
+
+def _input_time(raw: str | None) -> str:
+    """A filter time as a ``datetime-local`` input shows it (UTC, no zone), or empty."""
+    if not raw:
+        return ""
+    try:
+        return queries.parse_time("time", raw).strftime("%Y-%m-%dT%H:%M:%S")
+    except queries.QueryError:
+        return ""
+
+
+async def jobs_page(request: Request, viewer: Viewer) -> Response:
+    """``/ui/jobs``: the read API's job list and per-state counts under the same filters."""
+    params = request.query_params
+    where = queries.parse_job_filter(params)
+    limit = queries.parse_limit(params.get("limit"), default=50, maximum=max(PAGE_SIZES))
+    after = params.get("after") or None
+    store = cast(ReadStore, _server(request).store)
+
+    def load() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        return queries.list_jobs(store, where, after=after, limit=limit, counts=True), _pipelines(store)
+
+    listing, pipelines = await run_in_threadpool(load)
+    filters = {name: params.get(name, "") for name in queries.FILTER_PARAMS if params.get(name)}
+    if "limit" in params:
+        filters["limit"] = str(limit)
+    chosen = set(where.states)
+    chips = [
+        {
+            "state": state,
+            "count": count,
+            "current": chosen == {state},
+            "href": viewer.link("/jobs", {**filters, "state": state}),
+        }
+        for state, count in listing["counts"].items()
+    ]
+    everything = {k: v for k, v in filters.items() if k != "state"}
+    context = {
+        "viewer": viewer,
+        "jobs": listing["jobs"],
+        "next_href": viewer.link("/jobs", {**filters, "after": listing["next"]}) if listing["next"] else None,
+        "first_href": viewer.link("/jobs", filters) if after else None,
+        "chips": chips,
+        "all_chip": {
+            "count": sum(listing["counts"].values()),
+            "current": not chosen,
+            "href": viewer.link("/jobs", everything),
+        },
+        "filters": filters,
+        "times": {name: _input_time(params.get(name)) for name in queries.TIME_PARAMS},
+        "pipelines": pipelines,
+        "limit": limit,
+        "page_sizes": PAGE_SIZES,
+        "filtered": bool(everything),
+    }
+    return page(request, "jobs.html", nav="jobs", **context)
+
+
+# -- a job -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Band:
+    state: str
+    start: datetime
+    end: datetime
+    left: float  # percent of the timeline
+    width: float
+
+
+def state_path(events: list[dict[str, Any]]) -> list[str]:
+    """The states a job went through, in order: each applied event's resulting state, repeats folded."""
+    path: list[str] = []
+    for event in events:
+        state = event.get("state")
+        if event.get("outcome") == "applied" and state and (not path or path[-1] != state):
+            path.append(state)
+    return path
+
+
+def timeline(job: Mapping[str, Any], events: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
+    """Bands of time in each state, event ticks and the total per state, as percentages of the span.
+
+    The span runs from the job's creation to ``now``, or to its last event once it is in a
+    terminal state (where it stays for good: a band up to today would only say how old it is).
+    """
+    changes = [
+        (moment, str(e["state"]))
+        for e in events
+        if e.get("outcome") == "applied" and e.get("state") and (moment := _moment(e.get("date"))) is not None
+    ]
+    stamped = [(moment, e) for e in events if (moment := _moment(e.get("date"))) is not None]
+    created = _moment((job.get("_properties") or {}).get("created_date")) or (changes[0][0] if changes else None)
+    if created is None:
+        return {"bands": [], "ticks": [], "totals": [], "start": None, "end": None}
+    last = max([created, *(m for m, _ in stamped)])
+    end = last if job.get("state") in {s.value for s in fsm.TERMINAL_STATES} else max(now, last)
+    start = min([created, *(m for m, _ in stamped)])
+    span = max((end - start).total_seconds(), 1e-9)
+
+    def at(moment: datetime) -> float:
+        return round(100 * (moment - start).total_seconds() / span, 3)
+
+    bands: list[Band] = []
+    if not changes or changes[0][0] > start:  # the time before the first recorded change: CREATED
+        changes.insert(0, (start, fsm.State.CREATED.value))
+    for i, (moment, state) in enumerate(changes):
+        until = changes[i + 1][0] if i + 1 < len(changes) else end
+        if bands and bands[-1].state == state:
+            previous = bands.pop()
+            moment = previous.start
+        bands.append(Band(state, moment, until, at(moment), max(at(until) - at(moment), 0.0)))
+    totals: dict[str, float] = {}
+    for band in bands:
+        totals[band.state] = totals.get(band.state, 0.0) + (band.end - band.start).total_seconds()
+    ticks = [
+        {"left": at(moment), "name": e.get("name"), "date": e.get("date"), "outcome": e.get("outcome")}
+        for moment, e in stamped
+    ]
+    return {
+        "bands": bands,
+        "ticks": ticks,
+        "totals": [(state, seconds) for state, seconds in totals.items()],
+        "start": start,
+        "end": end,
+        "ongoing": end > last,
+    }
+
+
+def delivery_attempts(server: Any, uuid: str) -> list[dict[str, Any]] | None:
+    """HOOK(notify): a job's notification delivery attempts, newest first; None until notifications exist.
+
+    The job page renders ``templates/_deliveries.html`` with this list (status, endpoint,
+    attempt time, response code). Branch ``notify`` fills it from its delivery records;
+    nothing here depends on that branch.
+    """
+    return None
+
+
+def _job_view(server: Any, uuid: str, now: datetime, after: str | None) -> dict[str, Any] | None:
+    """Everything a job page shows, read in one worker thread (the job, up to EVENTS_SHOWN events)."""
+    store = server.store
+    job = queries.get_job(store, uuid)
+    if job is None:
+        return None
+    events: list[dict[str, Any]] = []
+    cursor = after
+    more: str | None = None
+    while len(events) < EVENTS_SHOWN:
+        found = queries.job_events(store, uuid, after=cursor, limit=min(500, EVENTS_SHOWN - len(events)))
+        if found is None:
+            return None
+        events += found["events"]
+        cursor = more = found["next"]
+        if cursor is None:
+            break
+    pipeline = queries.get_pipeline(store, str(job.get("pipeline_uuid") or "")) if job.get("pipeline_uuid") else None
+    path = state_path(events)
+    return {
+        "job": job,
+        "events": events,
+        "more": more,
+        "partial": after is not None,
+        "pipeline": pipeline,
+        "timeline": timeline(job, events, now),
+        "graph": Markup(queries.state_machine_svg(path[:100])),
+        "path": path,
+        "deliveries": delivery_attempts(server, uuid),
+        "after": events[-1]["cursor"] if events else after,
+    }
+
+
+async def job_page(request: Request, viewer: Viewer) -> Response:
+    """``/ui/jobs/{uuid}``: the job, its timeline, every event, the state graph with its path."""
+    server = _server(request)
+    uuid = request.path_params["uuid"]
+    now = server.clock()
+    after = request.query_params.get("after") or None
+    view = await run_in_threadpool(_job_view, server, uuid, now, after)
+    if view is None:
+        message = f"No job found with identifier '{uuid[:64]}'."
+        return page(request, "error.html", 404, viewer=viewer, title="No such job", error=message)
+    live = view["more"] is None and not view["partial"]
+    updates = viewer.link(f"/jobs/{uuid}/updates") if live else None
+    return page(request, "job.html", viewer=viewer, now=now, updates=updates, nav="jobs", **view)
+
+
+async def job_updates(request: Request, viewer: Viewer) -> Response:
+    """``/ui/jobs/{uuid}/updates?after=CURSOR``: the job page's parts, re-rendered when events came after CURSOR."""
+    server = _server(request)
+    uuid = request.path_params["uuid"]
+    after = request.query_params.get("after") or None
+    now = server.clock()
+    newer = await run_in_threadpool(lambda: queries.job_events(server.store, uuid, after=after, limit=EVENTS_SHOWN))
+    if newer is None:
+        return JSONResponse({"gone": True}, status_code=404, headers=HEADERS)
+    if not newer["events"]:
+        return JSONResponse({"after": after, "count": 0}, headers=HEADERS)
+    view = await run_in_threadpool(_job_view, server, uuid, now, None)
+    if view is None:
+        return JSONResponse({"gone": True}, status_code=404, headers=HEADERS)
+    shown_from = len(view["events"]) - len(newer["events"])
+    context = {"viewer": viewer, "now": now, "ago": lambda value: relative(value, now), **view}
+    body = {
+        "after": view["after"],
+        "count": len(newer["events"]),
+        "names": [e["name"] for e in newer["events"]][:20],
+        "state": view["job"].get("state"),
+        "total": len(view["events"]),
+        "rows": render("_rows.html", **context, first_index=shown_from, rows=view["events"][shown_from:]),
+        **{name: render(f"_{name}.html", **context) for name in ("summary", "timeline", "graph")},
+    }
+    return JSONResponse(body, headers=HEADERS)
+
+
+# -- pipelines -------------------------------------------------------------------------------------
+async def pipelines_page(request: Request, viewer: Viewer) -> Response:
+    """``/ui/pipelines``: every pipeline with its visible jobs per state (one aggregate over the jobs)."""
+    store = _server(request).store
+
+    def load() -> tuple[list[dict[str, Any]], dict[tuple[str, str], int]]:
+        return queries.list_pipelines(store), cast(ReadStore, store).job_totals()
+
+    found, totals = await run_in_threadpool(load)
+    known = {str(p.get("uuid")) for p in found}
+    orphans = sorted({pipeline for (_, pipeline) in totals if pipeline not in known})
+    rows = []
+    for pipeline in [*found, *({"uuid": uuid, "id": None, "name": None} for uuid in orphans)]:
+        uuid = str(pipeline.get("uuid"))
+        counts = {state.value: totals.get((state.value, uuid), 0) for state in fsm.State}
+        rows.append({"pipeline": pipeline, "counts": counts, "total": sum(counts.values())})
+    return page(request, "pipelines.html", viewer=viewer, rows=rows, nav="pipelines")
+
+
+# -- signing in and out ----------------------------------------------------------------------------
+def _same_origin(request: Request) -> bool:
+    """A form POST from this site's own pages.
+
+    Browsers say where a request comes from in ``Sec-Fetch-Site``; where it is missing,
+    ``Origin`` (when sent) must be ours. (With ``Referrer-Policy: no-referrer`` a browser
+    sends ``Origin: null`` even for its own forms, so Origin alone cannot decide.)
+    """
+    site = request.headers.get("sec-fetch-site")
+    if site is not None:
+        return site == "same-origin"
+    origin = request.headers.get("origin")
+    if origin is None:
+        return True  # not a browser, or one too old to say: the cookie's SameSite=Strict still holds
+    return origin.rstrip("/") == f"{request.url.scheme}://{request.url.netloc}"
+
+
+async def _small_form(request: Request, limit: int = 16384) -> dict[str, str] | None:
+    """A URL-encoded form of at most ``limit`` bytes (what the sign-in page sends); else None.
+
+    Parsed with the standard library: python-multipart would be a dependency for one field.
+    """
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/x-www-form-urlencoded":
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=8)
+    return {name: values[-1] for name, values in fields.items()}
+
+
+async def signin_form(request: Request) -> Response:
+    owner = _session_owner(request)
+    target = _next_target(request.query_params.get("next"))
+    if owner is not None:
+        return RedirectResponse(target, status_code=303, headers=HEADERS)
+    notice = "You are signed out." if request.query_params.get("signed_out") else None
+    return page(request, "signin.html", next=target, notice=notice)
+
+
+async def signin(request: Request) -> Response:
+    """Trade an API token for a session cookie; the token is checked as read.py checks bearer tokens."""
+    if not _same_origin(request):
+        return page(request, "signin.html", 403, next="/ui/", error="Sign in from this site's own form.")
+    form = await _small_form(request)
+    if form is None:
+        return page(request, "signin.html", 400, next="/ui/", error="Send the sign-in form as the page does.")
+    token = str(form.get("token") or "").strip()
+    target = _next_target(str(form.get("next") or ""))
+    server = _server(request)
+    if not token or not server.config.api_tokens.check(token):
+        return page(request, "signin.html", 401, next=target, error="That API token is not accepted here.")
+    session_id = _sessions(request).open(server.config.owner)
+    response = RedirectResponse(target, status_code=303, headers=HEADERS)
+    response.set_cookie(
+        COOKIE,
+        session_id,
+        max_age=SESSION_SECONDS,
+        path="/ui",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+    log.info("web view: signed in")
+    return response
+
+
+async def signout(request: Request) -> Response:
+    if not _same_origin(request):
+        return page(request, "error.html", 403, title="Not from this site", error="Sign out from the view itself.")
+    _sessions(request).close(request.cookies.get(COOKIE), _server(request).config.owner)
+    root = str(request.scope.get("root_path") or "").rstrip("/")
+    response = RedirectResponse(f"{root}/ui/signin?signed_out=1", status_code=303, headers=HEADERS)
+    response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+# -- static files and routes -----------------------------------------------------------------------
+async def static(request: Request) -> Response:
+    """The view's own CSS and JavaScript: only the named files, so no path can be asked for."""
+    name = request.path_params["name"]
+    media = STATIC_FILES.get(name)
+    if media is None:
+        return Response("Not found", status_code=404, media_type="text/plain")
+    headers = {"Cache-Control": "public, max-age=300", "X-Content-Type-Options": "nosniff"}
+    return Response((STATIC / name).read_bytes(), media_type=media, headers=headers)
+
+
+async def ui_root(request: Request) -> Response:
+    query = f"?{request.url.query}" if request.url.query else ""
+    return RedirectResponse(f"/ui/{query}", status_code=307)
+
+
+def ui_routes() -> list[Route]:
+    return [
+        Route("/ui", ui_root, methods=["GET"]),
+        Route("/ui/", _viewing(jobs_page), methods=["GET"]),
+        Route("/ui/jobs", _viewing(jobs_page), methods=["GET"]),
+        Route("/ui/jobs/{uuid}", _viewing(job_page), methods=["GET"]),
+        Route("/ui/jobs/{uuid}/updates", _viewing(job_updates, data=True), methods=["GET"]),
+        Route("/ui/pipelines", _viewing(pipelines_page), methods=["GET"]),
+        Route("/ui/signin", signin_form, methods=["GET"]),
+        Route("/ui/signin", signin, methods=["POST"]),
+        Route("/ui/signout", signout, methods=["POST"]),
+        Route("/ui/static/{name}", static, methods=["GET"]),
+    ]
