@@ -70,7 +70,7 @@ class Budget(NamedTuple):
     batch: int = 100  # items claimed at once
     grace_seconds: float = 30.0  # MongoDB: a logged event not applied after this is rolled forward
     delivery_days: int = 30  # delivery records are kept this long
-    workers: int = 4  # deliveries of one batch in flight at once
+    workers: int = 1  # deliveries of one batch in flight at once (threads; serial is cheapest beside serve)
 
 
 def _number(value: Any, default: float, *, minimum: float = 0.0) -> float:
@@ -665,16 +665,19 @@ class Dispatcher:
     def _deliver_all(
         self, jobs: list[tuple[OutboxItem, str | None]], index: SubscriptionIndex
     ) -> list[tuple[list[str], list[Document]]]:
+        """Deliver a batch; a receiver that did not answer (refused, timed out) is not tried again in it,
+        so a dead or black-holed receiver costs a pass one timeout, not one per notification."""
+        unreachable: set[str] = set()
         if len(jobs) <= 1 or self.plan.workers <= 1:
-            return [self._deliver_item(item, pipeline, index) for item, pipeline in jobs]
+            return [self._deliver_item(item, pipeline, index, unreachable) for item, pipeline in jobs]
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(self.plan.workers, thread_name_prefix="pipelinejobs-notify")
-        return list(self._pool.map(lambda job: self._deliver_item(job[0], job[1], index), jobs))
+        return list(self._pool.map(lambda job: self._deliver_item(job[0], job[1], index, unreachable), jobs))
 
     def _deliver_item(
-        self, item: OutboxItem, pipeline_uuid: str | None, index: SubscriptionIndex
+        self, item: OutboxItem, pipeline_uuid: str | None, index: SubscriptionIndex, unreachable: set[str]
     ) -> tuple[list[str], list[Document]]:
         """Try each pending subscription of one item once; (still pending, delivery records)."""
         assert item.record is not None
@@ -705,7 +708,12 @@ class Dispatcher:
                 continue
             body = notification_body(sub, item.record, pipeline_uuid, msg_id)
             at = self.clock()
-            tried = deliver(sub, body, senders=self.senders)
+            if sub_id in unreachable:
+                tried = Attempt(False, None, "not sent: the receiver did not answer earlier in this pass", 0.0)
+            else:
+                tried = deliver(sub, body, senders=self.senders)
+                if tried.status is None and not tried.ok:
+                    unreachable.add(sub_id)
             rows.append(row("delivered" if tried.ok else "failed", tried, at))
             if not tried.ok:
                 still.append(sub_id)

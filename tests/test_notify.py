@@ -354,6 +354,22 @@ def test_two_dispatchers_never_deliver_one_item_twice(
     assert outbox(setup) == []
 
 
+def test_a_receiver_that_does_not_answer_costs_a_pass_one_try(store: JobStore, settings: Settings) -> None:
+    from tests.server_fixtures import free_port
+
+    subscribe(store, settings, url=f"http://127.0.0.1:{free_port()}/hook")  # nothing listens there
+    for n in range(3):
+        uuid, token = new_job(store, {"n": n})
+        send(store, settings, uuid, token, "run")
+    report = drain(store, settings)
+    assert report.retrying == 3 and report.delivered == 0
+    rows = store.list_deliveries(limit=10)
+    errors = sorted(str(r["error"]) for r in rows)
+    assert sum(e.startswith("ConnectionRefusedError") for e in errors) == 1
+    assert sum(e.startswith("not sent") for e in errors) == 2
+    assert all(r["outcome"] == "failed" and r["attempt"] == 1 for r in rows)
+
+
 def test_a_crashed_dispatchers_lease_runs_out_and_the_same_webhook_id_is_sent(
     store: JobStore, settings: Settings, receiver: Receiver
 ) -> None:
