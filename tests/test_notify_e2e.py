@@ -6,6 +6,7 @@ nothing itself, the tests verify what it got with the Standard Webhooks referenc
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 import uuid as uuidlib
@@ -196,6 +197,18 @@ def test_a_receiver_failing_twice_sees_three_attempts_through_serve(serve: Serve
             (1, "failed", 500),
             (2, "failed", 500),
             (3, "delivered", 204),
+        ]
+        # the web view's job page lists the same attempts, newest first
+        page = httpx.get(f"{server.url}/ui/jobs/{uuid}", headers=server.auth)
+        assert page.status_code == 200, page.text
+        section = page.text.split('id="deliveries"', 1)[1].split("</section>", 1)[0]
+        cells = re.findall(
+            r"<tr><td>.*?</td><td>(\w+)</td><td[^>]*>([^<]*)</td><td>(\d)</td><td>(\w+)</td><td>(\d+)</td>", section
+        )
+        assert cells == [
+            ("run", receiver.url, "3", "delivered", "204"),
+            ("run", receiver.url, "2", "failed", "500"),
+            ("run", receiver.url, "1", "failed", "500"),
         ]
     finally:
         receiver.stop()

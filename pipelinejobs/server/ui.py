@@ -483,14 +483,24 @@ def timeline(job: Mapping[str, Any], events: list[dict[str, Any]], now: datetime
     }
 
 
-def delivery_attempts(server: Any, uuid: str) -> list[dict[str, Any]] | None:
-    """HOOK(notify): a job's notification delivery attempts, newest first; None until notifications exist.
+DELIVERIES_SHOWN = 50  # the job page's latest delivery attempts; the API pages through all
 
-    The job page renders ``templates/_deliveries.html`` with this list (status, endpoint,
-    attempt time, response code). Branch ``notify`` fills it from its delivery records;
-    nothing here depends on that branch.
-    """
-    return None
+
+def delivery_attempts(server: Any, uuid: str) -> list[dict[str, Any]]:
+    """A job's notification delivery attempts, newest first (the records `subscription deliveries` lists)."""
+    rows = server.store.list_deliveries(job_uuid=uuid, limit=DELIVERIES_SHOWN)
+    return [
+        {
+            "attempted": queries.jsonable(row.get("at")),
+            "endpoint": row.get("target"),
+            "event": row.get("event"),
+            "attempt": row.get("attempt"),
+            "status": row.get("outcome"),
+            "code": row.get("status"),
+            "error": row.get("error"),
+        }
+        for row in rows
+    ]
 
 
 def _job_view(server: Any, uuid: str, now: datetime, after: str | None) -> dict[str, Any] | None:
