@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,14 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, authn_for, stop_process
+from tests.conftest import (
+    EXAMPLE_PIPELINE_COMPONENTS,
+    EXAMPLE_PIPELINE_ID,
+    EXAMPLE_PIPELINE_UUID,
+    ROOT,
+    authn_for,
+    stop_process,
+)
 
 ACTOR_ID = "pjmanager0001"
 OTHER_ACTOR_ID = "pjmanager0002"  # a second actor the server answers for (nonces must not cross over)
@@ -127,3 +135,24 @@ def live_server_sqlite(tmp_path: Path) -> Iterator[LiveServer]:
     path = tmp_path / "catalog.sqlite3"
     env = {"_REACTOR_STORE_SQLITE_PATH": str(path)}
     yield from start_server(tmp_path, "sqlite", env, {"path": path}, token_via_env=True)
+
+
+def register_example_pipeline(server: LiveServer, **fields: Any) -> None:
+    """Put the example pipeline in the server's store (``fields`` add to or replace its own)."""
+    store = server.open_store()
+    try:
+        pipeline = {"id": EXAMPLE_PIPELINE_ID, "uuid": EXAMPLE_PIPELINE_UUID, "components": EXAMPLE_PIPELINE_COMPONENTS}
+        store.save_pipeline({**pipeline, **fields})
+    finally:
+        store.close()
+
+
+def new_job(server: LiveServer) -> tuple[str, str]:
+    """Register the example pipeline and create a job through the server; returns (uuid, token)."""
+    register_example_pipeline(server)
+    create = {"pipeline_uuid": EXAMPLE_PIPELINE_UUID, "archive_path": "/products/t", "data": {"n": uuid.uuid4().hex}}
+    response = httpx.post(server.messages_url, params={"_abaco_synchronous": "true"}, headers=server.auth, json=create)
+    assert response.status_code == 200, response.text
+    outcome = response.json()
+    assert outcome["status"] == "ok" and outcome["state"] == "CREATED", outcome
+    return outcome["uuid"], outcome["token"]

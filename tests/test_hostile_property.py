@@ -43,7 +43,6 @@ from hypothesis import strategies as st
 
 from pipelinejobs.fsm import MESSAGE_EVENTS
 from tests.conftest import (
-    EXAMPLE_PIPELINE_COMPONENTS,
     EXAMPLE_PIPELINE_ID,
     EXAMPLE_PIPELINE_UUID,
     REACTOR,
@@ -51,7 +50,7 @@ from tests.conftest import (
     authn_for,
     prepare_database,
 )
-from tests.server_fixtures import LiveServer, start_server
+from tests.server_fixtures import LiveServer, register_example_pipeline, start_server
 
 SERVE_EXAMPLES = 300  # per store and per mode (synchronous, asynchronous)
 REACTOR_EXAMPLES = 60  # per store (30 as a repr, 30 as JSON text): a process per message
@@ -642,13 +641,7 @@ def served(
         snapshot = lambda: sqlite_snapshot(path)  # noqa: E731
     server = next(servers)
     try:
-        store = server.open_store()
-        try:
-            store.save_pipeline(
-                {"id": EXAMPLE_PIPELINE_ID, "uuid": EXAMPLE_PIPELINE_UUID, "components": EXAMPLE_PIPELINE_COMPONENTS}
-            )
-        finally:
-            store.close()
+        register_example_pipeline(server)
         served = Served(server, snapshot, Target("", ""))
         served.new_target()
         nonce = httpx.post(f"{server.actor_url()}/nonces", headers=server.auth, json={"maxUses": -1})

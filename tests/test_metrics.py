@@ -20,15 +20,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import (
-    EXAMPLE_PIPELINE_COMPONENTS,
-    EXAMPLE_PIPELINE_ID,
     EXAMPLE_PIPELINE_UUID,
     _free_port,
     _wait_for_port,
     authn_for,
     stop_process,
 )
-from tests.server_fixtures import LiveServer, start_server
+from tests.server_fixtures import LiveServer, register_example_pipeline, start_server
 from tests.test_read_api import OTHER_PIPELINE, T0, seed
 
 FAST_REFRESH = {"_REACTOR_METRICS_JOBS_REFRESH_SECONDS": "1"}
@@ -97,11 +95,9 @@ AGAVE_RECORD = {
 
 def test_metrics_count_outcomes_jobs_and_requests(fast_server: LiveServer) -> None:
     server = fast_server
+    register_example_pipeline(server)
     store = server.open_store()
     try:
-        store.save_pipeline(
-            {"id": EXAMPLE_PIPELINE_ID, "uuid": EXAMPLE_PIPELINE_UUID, "components": EXAMPLE_PIPELINE_COMPONENTS}
-        )
         for i in range(3):
             seed(store, i, state="RUNNING")
         seed(store, 10, state="FAILED", pipeline_uuid=OTHER_PIPELINE)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import signal
 import time
-import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,13 +17,11 @@ import httpx
 import pytest
 
 from tests.conftest import (
-    EXAMPLE_PIPELINE_COMPONENTS,
-    EXAMPLE_PIPELINE_ID,
     EXAMPLE_PIPELINE_UUID,
     authn_for,
 )
 from tests.notify_fixtures import Receiver, verify_with_library
-from tests.server_fixtures import LiveServer, start_server
+from tests.server_fixtures import LiveServer, new_job, start_server
 
 FAST = {
     "_REACTOR_NOTIFICATIONS_EVERY_SECONDS": "0.2",
@@ -80,20 +77,6 @@ def receiver() -> Iterator[Receiver]:
     started = Receiver().start()
     yield started
     started.stop()
-
-
-def new_job(server: LiveServer) -> tuple[str, str]:
-    store = server.open_store()
-    try:
-        store.save_pipeline(
-            {"id": EXAMPLE_PIPELINE_ID, "uuid": EXAMPLE_PIPELINE_UUID, "components": EXAMPLE_PIPELINE_COMPONENTS}
-        )
-    finally:
-        store.close()
-    create = {"pipeline_uuid": EXAMPLE_PIPELINE_UUID, "archive_path": "/products/t", "data": {"n": uuidlib.uuid4().hex}}
-    response = httpx.post(server.messages_url, params={"_abaco_synchronous": "true"}, headers=server.auth, json=create)
-    assert response.status_code == 200, response.text
-    return response.json()["uuid"], response.json()["token"]
 
 
 def event(server: LiveServer, uuid: str, token: str, name: str, **extra: Any) -> dict[str, Any]:

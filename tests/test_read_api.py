@@ -25,7 +25,7 @@ from pipelinejobs.store.base import JobFilter
 from pipelinejobs.store.mongo import MongoJobStore
 from pipelinejobs.store.sqlite import SqliteJobStore, list_sql
 from tests.conftest import EXAMPLE_PIPELINE_COMPONENTS, EXAMPLE_PIPELINE_ID, EXAMPLE_PIPELINE_UUID, ROOT
-from tests.server_fixtures import LiveServer
+from tests.server_fixtures import LiveServer, register_example_pipeline
 
 IDENTITY = Identity("tester", "SD2E-Community", "sd2e", "sd2e.org")
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -242,13 +242,7 @@ def test_bad_parameters_are_refused_clearly(server: LiveServer) -> None:
 
 # -- one job, its log, secrets -------------------------------------------------------------------
 def test_a_job_and_its_full_log_never_show_the_token_or_salt(server: LiveServer) -> None:
-    store = server.open_store()
-    try:
-        store.save_pipeline(
-            {"id": EXAMPLE_PIPELINE_ID, "uuid": EXAMPLE_PIPELINE_UUID, "components": EXAMPLE_PIPELINE_COMPONENTS}
-        )
-    finally:
-        store.close()
+    register_example_pipeline(server)
     create = {"pipeline_uuid": EXAMPLE_PIPELINE_UUID, "archive_path": "/products/t", "data": {"n": 1}}
     created = post(server, create)
     uuid, token = created["uuid"], created["token"]

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import threading
-import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,8 @@ from pipelinejobs.server.registry import MongoRegistry, SqliteRegistry
 from pipelinejobs.settings import load_settings
 from pipelinejobs.store.factory import open_registry
 from pipelinejobs.store.mongo import MongoJobStore
-from tests.conftest import EXAMPLE_PIPELINE_COMPONENTS, EXAMPLE_PIPELINE_ID, EXAMPLE_PIPELINE_UUID, stop_process
-from tests.server_fixtures import LiveServer
+from tests.conftest import EXAMPLE_PIPELINE_UUID, stop_process
+from tests.server_fixtures import LiveServer, new_job
 
 SYNC = {"_abaco_synchronous": "true"}
 
@@ -39,20 +38,6 @@ SYNC = {"_abaco_synchronous": "true"}
 @pytest.fixture(params=["live_server", "live_server_sqlite"], ids=["mongodb", "sqlite"])
 def server(request: pytest.FixtureRequest) -> LiveServer:
     return request.getfixturevalue(request.param)
-
-
-def new_job(server: LiveServer) -> tuple[str, str]:
-    store = server.open_store()
-    try:
-        store.save_pipeline(
-            {"id": EXAMPLE_PIPELINE_ID, "uuid": EXAMPLE_PIPELINE_UUID, "components": EXAMPLE_PIPELINE_COMPONENTS}
-        )
-    finally:
-        store.close()
-    create = {"pipeline_uuid": EXAMPLE_PIPELINE_UUID, "archive_path": "/products/t", "data": {"n": uuidlib.uuid4().hex}}
-    outcome = httpx.post(server.messages_url, params=SYNC, headers=server.auth, json=create).json()
-    assert outcome["state"] == "CREATED", outcome
-    return outcome["uuid"], outcome["token"]
 
 
 def record(n: int, actor: str = "actor1") -> dict[str, Any]:

@@ -22,8 +22,8 @@ import pytest
 
 from pipelinejobs.server import ui
 from tests.conftest import ROOT, stop_process
-from tests.server_fixtures import ACTOR_ID, LiveServer, _wait_until_ready, free_port, start_server
-from tests.test_server import job, new_job
+from tests.server_fixtures import ACTOR_ID, LiveServer, _wait_until_ready, free_port, new_job, start_server
+from tests.test_server import job
 
 CLIENTS, EVENTS = 8, 15
 

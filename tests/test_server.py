@@ -12,15 +12,13 @@ import json
 import re
 import shutil
 import subprocess
-import uuid as uuidlib
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import EXAMPLE_PIPELINE_COMPONENTS, EXAMPLE_PIPELINE_ID, EXAMPLE_PIPELINE_UUID
-from tests.server_fixtures import LiveServer
+from tests.server_fixtures import LiveServer, new_job
 
 CURL = shutil.which("curl")
 DATA = {"arbitrary": "key value data"}
@@ -32,23 +30,6 @@ def server(request: pytest.FixtureRequest) -> LiveServer:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def new_job(server: LiveServer) -> tuple[str, str]:
-    """Register the example pipeline and create a job through the server; returns (uuid, token)."""
-    store = server.open_store()
-    try:
-        store.save_pipeline(
-            {"id": EXAMPLE_PIPELINE_ID, "uuid": EXAMPLE_PIPELINE_UUID, "components": EXAMPLE_PIPELINE_COMPONENTS}
-        )
-    finally:
-        store.close()
-    create = {"pipeline_uuid": EXAMPLE_PIPELINE_UUID, "archive_path": "/products/t", "data": {"n": uuidlib.uuid4().hex}}
-    response = httpx.post(server.messages_url, params={"_abaco_synchronous": "true"}, headers=server.auth, json=create)
-    assert response.status_code == 200, response.text
-    outcome = response.json()
-    assert outcome["status"] == "ok" and outcome["state"] == "CREATED", outcome
-    return outcome["uuid"], outcome["token"]
-
-
 def job(server: LiveServer, uuid: str) -> dict[str, Any] | None:
     store = server.open_store()
     try:

@@ -23,8 +23,8 @@ import pytest
 from pipelinejobs import fsm
 from pipelinejobs.server import ui
 from tests import server_fixtures
-from tests.conftest import EXAMPLE_PIPELINE_COMPONENTS, EXAMPLE_PIPELINE_ID, EXAMPLE_PIPELINE_UUID
-from tests.server_fixtures import LiveServer, start_server
+from tests.conftest import EXAMPLE_PIPELINE_UUID
+from tests.server_fixtures import LiveServer, register_example_pipeline, start_server
 from tests.test_read_api import OTHER_PIPELINE, T0, make_nonce, post, seed
 
 HOSTILE = {
@@ -54,18 +54,7 @@ def sign_in(server: LiveServer) -> Iterator[httpx.Client]:
 
 
 def register_pipeline(server: LiveServer) -> None:
-    store = server.open_store()
-    try:
-        store.save_pipeline(
-            {
-                "id": EXAMPLE_PIPELINE_ID,
-                "uuid": EXAMPLE_PIPELINE_UUID,
-                "name": "Tacobot <b>pipeline</b>",
-                "components": EXAMPLE_PIPELINE_COMPONENTS,
-            }
-        )
-    finally:
-        store.close()
+    register_example_pipeline(server, name="Tacobot <b>pipeline</b>")  # markup in a name shown on pages
 
 
 def salt_of(server: LiveServer, uuid: str) -> str:
