@@ -11,7 +11,9 @@ hostile ``event.data`` string, and oversized bodies.
 
 Counts: through serve, 300 examples synchronous and 300 asynchronous per store
 (1,200 messages); through reactor.py as Abaco runs it (a process per message),
-60 per store (120 messages).
+60 per store (120 messages). Serve's newer surfaces get the same treatment, 60 per
+store each: ``POST /subscriptions`` bodies, and hostile filters on the read API
+and the web view (no read may change the store).
 
 Every answer is 200 or 400 (413 for a body over serve's cap), never 5xx; the
 result is ``ok`` or an ``error`` whose kind is not ``internal`` and which never
@@ -728,6 +730,81 @@ def test_serve_answers_every_hostile_message_and_changes_nothing_it_refuses(serv
     OUTCOMES.clear()
     run()
     print(sorted(OUTCOMES.items()))
+
+
+# -- the subscriptions API and the read side (issues 10 and 11) ----------------------------------
+SURFACE_EXAMPLES = 60  # per store: subscription bodies, then read and web-view queries
+SUBSCRIPTION_FIELDS = ["job", "pipeline", "url", "actor", "nonce", "bearer", "states", "events", "include_data"]
+
+
+@st.composite
+def subscription_body(draw: Any, target: Target) -> Any:
+    """A ``POST /subscriptions`` body: mostly a plausible one with a hostile field or two, else anything."""
+    if draw(st.integers(0, 3)) == 0:
+        return draw(hostile_data)
+    body: dict[str, Any] = {"job": target.uuid, "url": "http://127.0.0.1:9/hook", "events": ["finish"]}
+    for name in draw(st.lists(st.sampled_from(SUBSCRIPTION_FIELDS), min_size=1, max_size=3, unique=True)):
+        body[name] = draw(st.one_of(hostile_value, near_misses(target.uuid), wrong_type))
+    return body
+
+
+@st.composite
+def read_query(draw: Any, target: Target) -> tuple[str, str]:
+    """A read path (the API's or the web view's) with hostile query parameters."""
+    path = draw(st.sampled_from(["/jobs", "/jobs/counts", "/ui/jobs", "/ui/pipelines", f"/ui/jobs/{target.uuid}"]))
+    names = ["state", "pipeline", "session", "child_of", "archive_path", "created_after", "updated_before"]
+    names += ["limit", "after", "hidden", "counts"]
+    pairs = [(draw(st.sampled_from(names)), draw(hostile_text)) for _ in range(draw(st.integers(1, 4)))]
+    query = "&".join(f"{name}={quote_from_bytes(_wire(value), safe='')}" for name, value in pairs)
+    return path, query
+
+
+def _log_since(server: LiveServer, start: int) -> str:
+    with open(server.log_path, "rb") as log:
+        log.seek(start)
+        return log.read().decode("utf-8", "replace")
+
+
+def test_serve_answers_hostile_subscriptions_and_read_queries_and_changes_nothing(served: Served) -> None:
+    server = served.server
+
+    @settings(RELAXED, max_examples=SURFACE_EXAMPLES)
+    @given(st.data())
+    def subscribe(data: st.DataObject) -> None:
+        body = data.draw(subscription_body(served.target))
+        log_start, before = server.log_path.stat().st_size, served.snapshot()
+        headers = {**server.auth, "Content-Type": "application/json"}
+        response = httpx.post(f"{server.url}/subscriptions", content=_wire(to_json(body)), headers=headers, timeout=60)
+        what = (body, response.status_code, response.text[:2000])
+        assert response.status_code in (200, 400, 404, 413), what
+        answer = response.json()
+        assert served.target.token not in response.text, what
+        written = _log_since(server, log_start)
+        assert "Traceback" not in written and "internal error" not in written, (written, what)
+        if response.status_code != 200:
+            assert answer["status"] == "error" and answer["message"], what
+            assert served.snapshot() == before, ("store changed after a refusal", what)
+            return
+        created = answer["result"]
+        assert created["secret"] not in written, what
+        removed = httpx.delete(f"{server.url}/subscriptions/{created['id']}", headers=server.auth, timeout=60)
+        assert removed.status_code == 200, (removed.text, what)
+
+    @settings(RELAXED, max_examples=SURFACE_EXAMPLES)
+    @given(st.data())
+    def read(data: st.DataObject) -> None:
+        path, query = data.draw(read_query(served.target))
+        log_start, before = server.log_path.stat().st_size, served.snapshot()
+        response = httpx.get(f"{server.url}{path}?{query}", headers=server.auth, timeout=60)
+        what = (path, query, response.status_code, response.text[:2000])
+        assert response.status_code in (200, 400, 404), what
+        assert served.target.token not in response.text and server.api_token not in response.text, what
+        written = _log_since(server, log_start)
+        assert "Traceback" not in written and "internal error" not in written, (written, what)
+        assert served.snapshot() == before, ("a read changed the store", what)
+
+    subscribe()
+    read()
 
 
 # -- reactor.py, as Abaco runs it --------------------------------------------------------------
