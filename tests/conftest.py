@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +137,42 @@ def db(mongo_client: pymongo.MongoClient, database_name: str) -> Iterator[Any]:
     database = mongo_client[database_name]
     yield database
     mongo_client.drop_database(database_name)
+
+
+#: opens a job store on this test's catalog (options go to the store's constructor)
+StoreFactory = Callable[..., Any]
+
+
+@pytest.fixture(params=["mongodb", "sqlite"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Job stores on both backends: a fresh MongoDB database or SQLite file per test, indexes made; closed after."""
+    from pipelinejobs.store.mongo import MongoJobStore
+    from pipelinejobs.store.sqlite import SqliteJobStore
+
+    opened: list[Any] = []
+    if request.param == "mongodb":
+        uri, name = request.getfixturevalue("mongodb_uri"), request.getfixturevalue("database_name")
+        request.getfixturevalue("db")
+
+        def factory(**options: Any) -> Any:
+            opened.append(MongoJobStore(uri, name, **options))
+            return opened[-1]
+    else:
+        path = tmp_path / "jobs.sqlite3"
+
+        def factory(**options: Any) -> Any:
+            opened.append(SqliteJobStore(path, **options))
+            return opened[-1]
+
+    factory().ensure_indexes()
+    yield factory
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(open_store: StoreFactory) -> Any:
+    return open_store()
 
 
 def authn_for(uri: str) -> str:

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +20,6 @@ from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.messages import EventMessage
 from pipelinejobs.settings import Identity, Settings, load_settings
 from pipelinejobs.store.base import JobStore, Outcome, iter_history
-from pipelinejobs.store.mongo import MongoJobStore
-from pipelinejobs.store.sqlite import SqliteJobStore
 from tests.conftest import EXAMPLE_PIPELINE_UUID, ROOT
 
 IDENTITY = Identity("tester", "SD2E-Community", "sd2e", "sd2e.org")
@@ -33,34 +30,6 @@ Factory = Callable[..., JobStore]
 @pytest.fixture(scope="module")
 def settings() -> Settings:
     return load_settings({}, ROOT / "config.yml")
-
-
-@pytest.fixture(params=["mongodb", "sqlite"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
-    opened: list[JobStore] = []
-    if request.param == "mongodb":
-        uri, name = request.getfixturevalue("mongodb_uri"), request.getfixturevalue("database_name")
-        request.getfixturevalue("db")
-
-        def factory(**options: Any) -> JobStore:
-            opened.append(MongoJobStore(uri, name, **options))
-            return opened[-1]
-    else:
-        path = tmp_path / "jobs.sqlite3"
-
-        def factory(**options: Any) -> JobStore:
-            opened.append(SqliteJobStore(path, **options))
-            return opened[-1]
-
-    factory().ensure_indexes()
-    yield factory
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(open_store: Factory) -> JobStore:
-    return open_store()
 
 
 def new_job(store: JobStore, data: dict[str, Any] | None = None) -> tuple[str, str]:

@@ -51,33 +51,6 @@ def settings() -> Settings:
     return load_settings(FAST, ROOT / "config.yml")
 
 
-@pytest.fixture(params=["mongodb", "sqlite"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
-    opened: list[JobStore] = []
-    if request.param == "mongodb":
-        uri, name = request.getfixturevalue("mongodb_uri"), request.getfixturevalue("database_name")
-        request.getfixturevalue("db")
-
-        def factory() -> JobStore:
-            opened.append(MongoJobStore(uri, name))
-            return opened[-1]
-    else:
-
-        def factory() -> JobStore:
-            opened.append(SqliteJobStore(tmp_path / "jobs.sqlite3"))
-            return opened[-1]
-
-    factory().ensure_indexes()
-    yield factory
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(open_store: Factory) -> JobStore:
-    return open_store()
-
-
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     started = Receiver().start()

@@ -6,7 +6,6 @@ import dataclasses
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ from pipelinejobs import service, watch
 from pipelinejobs.messages import CreateMessage, DeleteMessage, EventMessage
 from pipelinejobs.settings import Settings, load_settings
 from pipelinejobs.store.base import JobStore, iter_history
-from pipelinejobs.store.mongo import MongoJobStore
 from pipelinejobs.store.sqlite import SqliteJobStore
 from tests.conftest import EXAMPLE_PIPELINE_UUID, ROOT
 
@@ -31,20 +29,12 @@ def configured(**retention: Any) -> Settings:
     return dataclasses.replace(base, config={**base.config, "retention": section})
 
 
-@pytest.fixture(params=["mongodb", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    if request.param == "mongodb":
-        request.getfixturevalue("db")
-        opened: JobStore = MongoJobStore(
-            request.getfixturevalue("mongodb_uri"), request.getfixturevalue("database_name")
-        )
-    else:
-        opened = SqliteJobStore(tmp_path / "jobs.sqlite3")
-    opened.ensure_indexes()
+@pytest.fixture
+def store(store: JobStore) -> JobStore:
+    """conftest's store on both backends, with this module's two pipelines registered."""
     for uuid in (EXAMPLE_PIPELINE_UUID, KEEPER):
-        opened.save_pipeline({"uuid": uuid, "id": f"p-{uuid[-4:]}", "components": []})
-    yield opened
-    opened.close()
+        store.save_pipeline({"uuid": uuid, "id": f"p-{uuid[-4:]}", "components": []})
+    return store
 
 
 def job(store: JobStore, settings: Settings, n: int, events: list[str], *, at: datetime, pipeline: str = "") -> str:

@@ -10,7 +10,7 @@ import json
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -37,35 +37,13 @@ def configured(**deadlines: Any) -> Settings:
     return dataclasses.replace(base, config={**base.config, "deadlines": section})
 
 
-@pytest.fixture(params=["mongodb", "sqlite"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
-    opened: list[JobStore] = []
-    if request.param == "mongodb":
-        uri, name = request.getfixturevalue("mongodb_uri"), request.getfixturevalue("database_name")
-        request.getfixturevalue("db")
-
-        def factory() -> JobStore:
-            opened.append(MongoJobStore(uri, name))
-            return opened[-1]
-    else:
-        path = tmp_path / "jobs.sqlite3"
-
-        def factory() -> JobStore:
-            opened.append(SqliteJobStore(path))
-            return opened[-1]
-
-    first = factory()
-    first.ensure_indexes()
+@pytest.fixture
+def open_store(open_store: Factory) -> Factory:
+    """conftest's stores, with this module's two pipelines registered."""
+    first = open_store()
     for uuid in (EXAMPLE_PIPELINE_UUID, OTHER_PIPELINE):
         first.save_pipeline({"uuid": uuid, "id": f"p-{uuid[-4:]}", "components": []})
-    yield factory
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(open_store: Factory) -> JobStore:
-    return open_store()
+    return open_store
 
 
 def create(
