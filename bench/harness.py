@@ -17,6 +17,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 from collections import Counter
@@ -244,6 +245,35 @@ def update_in_process(store: Any, settings: Any, job: Job, i: int) -> dict[str, 
 
     message = EventMessage(job.uuid, "update", job.token, {"i": i})
     return service.handle(message, store=store, settings=settings, now=utc_now())
+
+
+def timed_burst(ops: list[Callable[[int], None]], seconds: float) -> tuple[int, float]:
+    """Each op in its own thread, called over and over for ``seconds``; returns (calls, all threads; seconds)."""
+    counts = [0] * len(ops)
+    errors: list[BaseException] = []
+    gate = threading.Barrier(len(ops) + 1)
+
+    def worker(k: int) -> None:
+        gate.wait()
+        deadline = time.perf_counter() + seconds
+        try:
+            while time.perf_counter() < deadline:
+                ops[k](counts[k])
+                counts[k] += 1
+        except BaseException as exc:  # reported by the caller's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(len(ops))]
+    for thread in threads:
+        thread.start()
+    gate.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return sum(counts), elapsed
 
 
 class KeepAlive:

@@ -33,6 +33,7 @@ from harness import (  # bench/ is not a package: found through run.py's path
     send_update,
     serve,
     stop,
+    timed_burst,
     wait_until,
 )
 
@@ -83,30 +84,16 @@ def _received(base: str) -> int:
 
 def _burst(url: str, jobs: list[Job], seconds: float) -> tuple[int, float]:
     """8 clients, a job each, for ``seconds``: (events sent, elapsed)."""
-    import threading
-
-    counts = [0] * len(jobs)
     clients = [KeepAlive(url, HEADERS) for _ in jobs]
-    gate = threading.Barrier(len(jobs) + 1)
-
-    def worker(k: int) -> None:
-        gate.wait()
-        deadline = time.perf_counter() + seconds
-        while time.perf_counter() < deadline:
-            send_update(clients[k], url, jobs[k], counts[k])
-            counts[k] += 1
-
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(len(jobs))]
-    for thread in threads:
-        thread.start()
-    gate.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
-    for client in clients:
-        client.close()
-    return sum(counts), elapsed
+    try:
+        ops = [
+            (lambda i, http=http, job=job: send_update(http, url, job, i))
+            for http, job in zip(clients, jobs, strict=True)
+        ]
+        return timed_burst(ops, seconds)
+    finally:
+        for client in clients:
+            client.close()
 
 
 def bench_notify(plain: Backend, notified: Backend) -> tuple[list[Ratio], dict[str, list[Job]]]:

@@ -74,6 +74,7 @@ from harness import (  # bench/ is not a package: found through the path above
     send_update,
     serve,
     spread,
+    timed_burst,
     update_in_process,
     utc_now,
     verify,
@@ -198,31 +199,8 @@ def measure_latency(url: str, small: list[Job], big: Job) -> tuple[list[float], 
 
 def burst(ops: list[Callable[[int], None]], seconds: float) -> float:
     """Each op in its own thread, called over and over for ``seconds``; returns calls per second, all threads."""
-    counts = [0] * len(ops)
-    errors: list[BaseException] = []
-    gate = threading.Barrier(len(ops) + 1)
-
-    def worker(k: int) -> None:
-        gate.wait()
-        deadline = time.perf_counter() + seconds
-        try:
-            while time.perf_counter() < deadline:
-                ops[k](counts[k])
-                counts[k] += 1
-        except BaseException as exc:  # reported by the caller's thread
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(len(ops))]
-    for thread in threads:
-        thread.start()
-    gate.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    elapsed = time.perf_counter() - start
-    if errors:
-        raise errors[0]
-    return sum(counts) / elapsed
+    calls, elapsed = timed_burst(ops, seconds)
+    return calls / elapsed
 
 
 class RawMongo:
