@@ -32,21 +32,23 @@ def settings() -> Settings:
     return load_settings({}, ROOT / "config.yml")
 
 
-def new_job(store: JobStore, data: dict[str, Any] | None = None) -> tuple[str, str]:
-    """A job in CREATED; returns (uuid, token)."""
+def new_job(
+    store: JobStore, data: dict[str, Any] | None = None, *, pipeline: str = EXAMPLE_PIPELINE_UUID, at: Any = NOW
+) -> tuple[str, str]:
+    """A job in CREATED, written through the store (created ``at``); returns (uuid, token)."""
     data = {"n": 1} if data is None else data
     job = documents.new_job(
-        uuid=identifiers.job_uuid(EXAMPLE_PIPELINE_UUID, [], data),
-        pipeline_uuid=EXAMPLE_PIPELINE_UUID,
+        uuid=identifiers.job_uuid(pipeline, [], data),
+        pipeline_uuid=pipeline,
         archive_path="/products/x",
         archive_system=None,
         data=data,
         session=None,
         child_of=[],
         identity=IDENTITY,
-        now=NOW,
+        now=at,
     )
-    stored, _ = store.insert_job(job, documents.audit_record(job["uuid"], "create", {}, job["_admin"], NOW))
+    stored, _ = store.insert_job(job, documents.audit_record(job["uuid"], "create", {}, job["_admin"], at))
     return job["uuid"], identifiers.job_token(stored["_salt"], job["uuid"], stored["_admin"])
 
 

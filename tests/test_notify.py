@@ -19,17 +19,17 @@ from typing import Any
 
 import pytest
 
-from pipelinejobs import documents, identifiers, notify, service
+from pipelinejobs import documents, notify, service
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.messages import EventMessage
-from pipelinejobs.settings import Identity, Settings, load_settings
+from pipelinejobs.settings import Settings, load_settings
 from pipelinejobs.store.base import EventRecord, JobStore
 from pipelinejobs.store.mongo import MongoJobStore
 from pipelinejobs.store.sqlite import SqliteJobStore
 from tests.conftest import EXAMPLE_PIPELINE_UUID, ROOT
 from tests.notify_fixtures import Receiver, verify_by_hand, verify_with_library
+from tests.test_event_log import new_job as stored_job
 
-IDENTITY = Identity("tester", "SD2E-Community", "sd2e", "sd2e.org")
 OTHER_PIPELINE = "10650844-1baa-55c5-a481-000000000000"
 FAST = {
     "_REACTOR_NOTIFICATIONS_BACKOFF_BASE_SECONDS": "0.01",
@@ -61,21 +61,8 @@ def receiver() -> Iterator[Receiver]:
 def new_job(
     store: JobStore, data: dict[str, Any] | None = None, pipeline: str = EXAMPLE_PIPELINE_UUID
 ) -> tuple[str, str]:
-    data = {"n": 1} if data is None else data
-    at = documents.utc_seconds(now())
-    job = documents.new_job(
-        uuid=identifiers.job_uuid(pipeline, [], data),
-        pipeline_uuid=pipeline,
-        archive_path="/products/x",
-        archive_system=None,
-        data=data,
-        session=None,
-        child_of=[],
-        identity=IDENTITY,
-        now=at,
-    )
-    stored, _ = store.insert_job(job, documents.audit_record(job["uuid"], "create", {}, job["_admin"], at))
-    return job["uuid"], identifiers.job_token(stored["_salt"], job["uuid"], stored["_admin"])
+    """A job in CREATED, created now (the dispatcher's clock is the real one)."""
+    return stored_job(store, data, pipeline=pipeline, at=documents.utc_seconds(now()))
 
 
 def send(store: JobStore, settings: Settings, uuid: str, token: str, name: str, **fields: Any) -> dict[str, Any]:
