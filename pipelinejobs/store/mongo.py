@@ -312,8 +312,11 @@ class MongoJobStore:
         """Apply the record that holds seq ``revision + 1`` if the document does not show it yet."""
         found = self.events.find_one({"uuid": uuid, "seq": revision + 1, "slot": ""}, {"_id": False})
         if found is not None:
-            record = EventRecord.from_document(found)
-            self.jobs.update_one(_at_revision(uuid, revision), self._apply_update(record))
+            self._apply_logged(EventRecord.from_document(found))
+
+    def _apply_logged(self, record: EventRecord) -> None:
+        """Apply a logged record to the job if the document is still one revision behind it (full write concern)."""
+        self.jobs.update_one(_at_revision(record.uuid, record.seq - 1), self._apply_update(record))
 
     # -- protocol --------------------------------------------------------
     def ensure_indexes(self) -> None:
@@ -441,7 +444,7 @@ class MongoJobStore:
                     if existing is not None:
                         # its writer may not have made it durable yet: apply it with the full concern first
                         if existing.outcome is Outcome.APPLIED and existing.slot == "" and existing.seq > 0:
-                            self._roll_forward(uuid, existing.seq - 1)
+                            self._apply_logged(existing)
                         return AppendResult(Append.REPLAYED, existing)
                 # another writer took this revision: make sure the job shows it, then read again
                 self._roll_forward(uuid, expected_revision)
