@@ -58,13 +58,27 @@ def test_indexes_are_created_once_and_unique(mongodb_uri: str, database_name: st
     store.ensure_indexes()
     assert store.missing_indexes() == []
     jobs = db.jobs.index_information()
-    assert jobs["uuid_unique"]["unique"] is True and "state" in jobs and "pipeline_uuid" in jobs
+    assert jobs["uuid_unique"]["unique"] is True and "state_created" in jobs and "pipeline_created" in jobs
     pipelines = db.pipelines.index_information()
     assert pipelines["uuid_unique"]["unique"] is True and pipelines["id_unique"]["unique"] is True
     events = db.events.index_information()
     assert events["uuid_seq_unique"]["unique"] is True
     assert events["uuid_event_id_unique"]["partialFilterExpression"] == {"event_id": {"$exists": True}}
     store.close()
+
+
+def test_db_init_drops_the_indexes_earlier_versions_made(mongodb_uri: str, database_name: str, db: Any) -> None:
+    """An upgraded catalog loses the single-field indexes that compound ones now cover, and keeps its others."""
+    db.jobs.create_index([("state", 1)], name="state")
+    db.jobs.create_index([("pipeline_uuid", 1)], name="pipeline_uuid")
+    db.jobs.create_index([("state", 1), ("pipeline_uuid", 1)], name="state_pipeline")
+    db.jobs.create_index([("data.sample", 1)], name="an_operators_own")
+    with MongoJobStore(mongodb_uri, database_name) as store:
+        store.ensure_indexes()
+        assert store.missing_indexes() == []
+    names = set(db.jobs.index_information())
+    assert not names & {"state", "pipeline_uuid", "state_pipeline"}
+    assert {"an_operators_own", "state_created", "pipeline_created", "uuid_unique"} <= names
 
 
 def test_a_database_without_indexes_is_reported_not_used(mongodb_uri: str, database_name: str, db: Any) -> None:

@@ -68,8 +68,6 @@ CREATED = "_properties.created_date"  # the job list's order: (created desc, uui
 #: index name -> (collection, keys, options): what `pipelinejobs db init` creates
 INDEXES: dict[str, tuple[str, list[tuple[str, int]], dict[str, Any]]] = {
     "jobs.uuid_unique": ("jobs", [("uuid", 1)], {"unique": True}),
-    "jobs.state": ("jobs", [("state", 1)], {}),
-    "jobs.pipeline_uuid": ("jobs", [("pipeline_uuid", 1)], {}),
     "jobs.updated": ("jobs", [("updated", -1)], {}),
     # the read API (issue 11): one index per list filter, each ending in the list's order
     "jobs.created_uuid": ("jobs", [(CREATED, -1), ("uuid", -1)], {}),
@@ -78,7 +76,6 @@ INDEXES: dict[str, tuple[str, list[tuple[str, int]], dict[str, Any]]] = {
     "jobs.session_created": ("jobs", [("session", 1), (CREATED, -1), ("uuid", -1)], {}),
     "jobs.child_of_created": ("jobs", [("child_of", 1), (CREATED, -1), ("uuid", -1)], {}),
     "jobs.archive_path": ("jobs", [("archive_path", 1)], {}),
-    "jobs.state_pipeline": ("jobs", [("state", 1), ("pipeline_uuid", 1)], {}),
     "pipelines.uuid_unique": ("pipelines", [("uuid", 1)], {"unique": True}),
     "pipelines.id_unique": ("pipelines", [("id", 1)], {"unique": True}),
     "updates.uuid": ("updates", [("uuid", 1)], {}),
@@ -103,6 +100,11 @@ INDEXES: dict[str, tuple[str, list[tuple[str, int]], dict[str, Any]]] = {
     "deliveries.subscription_at": ("deliveries", [("subscription", 1), ("at", -1)], {}),
     "deliveries.expires_at_ttl": ("deliveries", [("expires_at", 1)], {"expireAfterSeconds": 0}),
 }
+#: indexes of earlier versions that `db init` drops. `state` and `pipeline_uuid` are prefixes of the
+#: (state|pipeline, created) indexes above, which answer the same queries; (state, pipeline) served the
+#: metrics totals, which read every visible job anyway. Each index is one more entry a server may rewrite
+#: on every event's job update (secantusd-py rewrites them all), so fewer is faster, not just smaller.
+SUPERSEDED_INDEXES = {"jobs": ("state", "pipeline_uuid", "state_pipeline")}
 _RETENTION_HEAD = {
     "_id": False,
     **dict.fromkeys(("uuid", "state", "pipeline_uuid", "updated", "_visible", "_properties", "_admin"), True),
@@ -327,6 +329,11 @@ class MongoJobStore:
                 by_collection.setdefault(collection, []).append(index)
             for collection, models in by_collection.items():
                 self.database[collection].create_indexes(models)
+            for collection, names in SUPERSEDED_INDEXES.items():
+                present = set(self.database[collection].index_information())
+                for name in present.intersection(names):
+                    self.database[collection].drop_index(name)
+                    log.info("dropped index %s.%s: a compound index now answers its queries", collection, name)
         self._indexes_ok.update(INDEXES)
 
     def missing_indexes(self) -> list[str]:
