@@ -145,6 +145,9 @@ class JobStore(Protocol):
     """The storage protocol shared by the MongoDB and the embedded backends (each a context manager)."""
 
     backend: str
+    #: True when a call is short CPU work in this process (SQLite), not a wait on a server: serve then runs
+    #: a message in place, as a worker-thread hop (GIL hand-offs) costs more than the call itself
+    local: bool
 
     def __enter__(self) -> JobStore: ...
 

@@ -168,6 +168,7 @@ def hosts_of(uri: str) -> str:
 
 class MongoJobStore:
     backend = "mongodb"
+    local = False
 
     def __init__(
         self,

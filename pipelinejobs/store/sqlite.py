@@ -296,6 +296,7 @@ class SqliteJobStore:
     """:class:`~pipelinejobs.store.base.JobStore` on one SQLite file, safe across processes and threads."""
 
     backend = "sqlite"
+    local = True
 
     def __init__(
         self,
