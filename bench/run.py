@@ -325,18 +325,24 @@ def measure_throughput(
     """Rounds of a serve burst (8 clients, a job each) and a raw burst, the order swapped each round.
 
     Each burst starts on fresh jobs (``job_sets[r]``; the first set warms up) and fresh raw documents,
-    so a round's figures do not depend on how much earlier rounds wrote.
+    so a round's figures do not depend on how much earlier rounds wrote. Each serve burst also opens
+    fresh keep-alive connections: with ``--workers``, where a connection lands (which worker accepts
+    it) is a draw made once per connection, and 8 long-lived connections split 8/0 or 4/4 change
+    the figure by a third; new connections per round make the median a median of draws.
     """
-    clients = [KeepAlive(url, HEADERS) for _ in range(CLIENTS)]
+    clients: list[KeepAlive] = []
 
     def serve_ops(jobs: list[Job]) -> list[Callable[[int], None]]:
+        for http in clients:
+            http.close()
+        clients[:] = [KeepAlive(url, HEADERS) for _ in range(CLIENTS)]
         return [
             (lambda i, http=http, job=job: send_update(http, url, job, i))
             for http, job in zip(clients, jobs, strict=True)
         ]
 
     try:
-        burst(serve_ops(job_sets[0]), 0.5)  # warm up: connections, threads, caches
+        burst(serve_ops(job_sets[0]), 0.5)  # warm up: threads, caches
         burst(raw.fresh(), 0.5)
         serve_rates: list[float] = []
         raw_rates: list[float] = []
