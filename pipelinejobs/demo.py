@@ -132,6 +132,11 @@ class Demo:
         print(f"   -> HTTP {response.status_code}: {self.hide(self.summary(body))}")
         return body
 
+    def outcome_of(self, message: dict[str, Any]) -> Any:
+        """A message sent synchronously, its outcome returned unprinted (the extra jobs of ``--keep``)."""
+        headers, synchronous = {"Authorization": f"Bearer {self.api_token}"}, {"_abaco_synchronous": "true"}
+        return self.http.post(self.messages, params=synchronous, headers=headers, json=message).json()
+
     @staticmethod
     def summary(body: dict[str, Any]) -> str:
         result = body.get("result")
@@ -325,22 +330,12 @@ class Demo:
         for label, names in walks.items():
             data = {"sample": f"s-{label}"}
             create = {"pipeline_uuid": pipeline, "archive_path": f"/products/v2/tacobot/{label}", "data": data}
-            created = self.http.post(
-                self.messages,
-                params={"_abaco_synchronous": "true"},
-                headers={"Authorization": f"Bearer {self.api_token}"},
-                json=create,
-            ).json()
+            created = self.outcome_of(create)
             if created.get("status") != "ok":
                 raise DemoFailed(f"a job was not created: {self.hide(json.dumps(created))}")
             for i, name in enumerate(names):
                 event = {"uuid": created["uuid"], "name": name, "token": created["token"], "data": {"step": i}}
-                answer = self.http.post(
-                    self.messages,
-                    params={"_abaco_synchronous": "true"},
-                    headers={"Authorization": f"Bearer {self.api_token}"},
-                    json=event,
-                ).json()
+                answer = self.outcome_of(event)
                 if answer.get("status") != "ok":
                     raise DemoFailed(f"event {name} was refused: {answer.get('message')}")
             first = first or created["uuid"]
