@@ -405,18 +405,22 @@ def test_the_test_command_sends_a_signed_sample(store: JobStore, settings: Setti
 
 
 # -- MongoDB: the outbox rides on the log record, the commit point -------------------------------
+def logged_run_not_applied(store: MongoJobStore, settings: Settings, receiver: Receiver, event_uuid: str) -> str:
+    """A new job with a subscription, and its `run` only logged (the commit point) with the outbox fields."""
+    store.ensure_indexes()
+    uuid, _ = new_job(store)
+    subscribe(store, settings, url=receiver.url)
+    ids = tuple(notify.subscriptions(store, settings).by_id)
+    at = documents.utc_seconds(now())
+    store._insert_record(EventRecord(uuid, 1, event_uuid, "run", at, None, "RUNNING", notify=ids))
+    return uuid
+
+
 def test_mongodb_a_record_logged_by_a_writer_that_died_is_rolled_forward_then_delivered(
     mongodb_uri: str, database_name: str, db: Any, settings: Settings, receiver: Receiver
 ) -> None:
     with MongoJobStore(mongodb_uri, database_name) as store:
-        store.ensure_indexes()
-        uuid, _ = new_job(store)
-        subscribe(store, settings, url=receiver.url)
-        at = documents.utc_seconds(now())
-        record = EventRecord(
-            uuid, 1, "ev-1", "run", at, None, "RUNNING", notify=tuple(notify.subscriptions(store, settings).by_id)
-        )
-        store._insert_record(record)  # logged (the commit point), and the writer died before the job's update
+        uuid = logged_run_not_applied(store, settings, receiver, "ev-1")  # the writer died before the job's update
         assert drain(store, settings).waiting == 1 and receiver.received == []
         threading.Event().wait(1.1)  # grace_seconds is 1 here
         for _ in range(60):
@@ -432,12 +436,7 @@ def test_mongodb_a_record_whose_job_moved_on_is_never_delivered(
     mongodb_uri: str, database_name: str, db: Any, settings: Settings, receiver: Receiver
 ) -> None:
     with MongoJobStore(mongodb_uri, database_name) as store:
-        store.ensure_indexes()
-        uuid, _ = new_job(store)
-        subscribe(store, settings, url=receiver.url)
-        at = documents.utc_seconds(now())
-        ids = tuple(notify.subscriptions(store, settings).by_id)
-        store._insert_record(EventRecord(uuid, 1, "ev-lost", "run", at, None, "RUNNING", notify=ids))
+        uuid = logged_run_not_applied(store, settings, receiver, "ev-lost")
         # something else took revision 1 (a hide bumps the revision without a record)
         db.jobs.update_one({"uuid": uuid}, {"$set": {"_properties.revision": 1}})
         assert drain(store, settings).dropped == 1
