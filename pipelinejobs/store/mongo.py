@@ -334,7 +334,7 @@ class MongoJobStore:
                 present = set(self.database[collection].index_information())
                 for name in present.intersection(names):
                     self.database[collection].drop_index(name)
-                    log.info("dropped index %s.%s: a compound index now answers its queries", collection, name)
+                    log.info("dropped index %s.%s of an earlier version: no query needs it now", collection, name)
         self._indexes_ok.update(INDEXES)
 
     def missing_indexes(self) -> list[str]:
