@@ -561,10 +561,18 @@ def _first_serve_token() -> str | None:
 
 
 # -- serve ---------------------------------------------------------------------------------------
-def _listen(host: str, port: int) -> Any:
-    """Bind the listening socket before anything says "listening": a busy port is a clear error, not exit 3."""
+def _listen(host: str, port: int, *, workers: int = 1) -> Any:
+    """Bind the listening socket before anything says "listening": a busy port is a clear error, not exit 3.
+
+    With several workers the socket allows each worker a listening socket of its own on the same port
+    (``SO_REUSEPORT``, see ``server.workers.WorkerListener``). A first bind without that option checks that
+    nothing listens there yet: with it, a second serve on the port would silently share the traffic.
+    """
     import socket
 
+    from .server.workers import can_spread
+
+    spread = workers > 1 and can_spread()
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, address = infos[0]
@@ -574,6 +582,13 @@ def _listen(host: str, port: int) -> Any:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        if spread:  # the port is free (and chosen, for port 0): bind again, open to the workers' sockets
+            address = sock.getsockname()
+            sock.close()
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
         sock.listen(2048)
     except OSError as exc:
         sock.close()
@@ -657,7 +672,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port or int(section.get("port") or 8000)
     workers = _workers(args.workers if args.workers is not None else section.get("workers"))
     tls = _tls_files(args, section)
-    sock = _listen(host, port)
+    sock = _listen(host, port, workers=workers)
     waiting = _start_wait_notice(settings)
     try:
         server = open_server(settings, config, plain)

@@ -281,12 +281,18 @@ def _serve(tmp_path: Path, *argv: str, port: int, **extra: str) -> subprocess.Po
     )
 
 
-def test_serve_on_a_busy_port_says_so_before_anything_else(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["plain", "so_reuseport"])
+def test_serve_on_a_busy_port_says_so_before_anything_else(tmp_path: Path, workers: str, reuse_port: bool) -> None:
+    """Also with --workers 2, whose sockets share the port among themselves (SO_REUSEPORT): a listener
+    that allows sharing too (another serve --workers 2, say) must not end up sharing the traffic."""
     with socket.socket() as taken:
+        if reuse_port:
+            taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         port = taken.getsockname()[1]
-        proc = _serve(tmp_path, port=port)
+        proc = _serve(tmp_path, "--workers", workers, port=port)
         out, _ = proc.communicate(timeout=60)
     text = out.decode()
     assert proc.returncode == CODE[ErrorKind.CONFIGURATION]

@@ -7,6 +7,7 @@ once (in the supervisor), and SIGTERM stops every process.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -88,6 +89,52 @@ def test_concurrent_events_through_two_workers_all_land_once(workers_server: Liv
     assert len(lines) == CLIENTS * (EVENTS + 1)
     assert all(re.search(r"messages 200 \(execution \w{13} exit code 0\)$", line) for line in lines), lines[:3]
     assert "_abaco_synchronous" not in server.read_log()
+
+
+def _listening_inodes(port: int, *, state: str) -> list[str]:
+    """Socket inodes of /proc/net/tcp entries on 127.0.0.1:``port`` in ``state`` (0A: LISTEN, 01: ESTABLISHED)."""
+    found = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == state:
+            found.append(fields[9])
+    return found
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    return inodes
+
+
+def test_each_worker_listens_on_a_socket_of_its_own_and_connections_spread(workers_server: LiveServer) -> None:
+    """A socket per worker (SO_REUSEPORT) besides the shared one: new connections are spread by the kernel,
+    not all taken by whichever worker wakes first (what 8 keep-alive clients mostly met before)."""
+    server = workers_server
+    port = int(server.url.rsplit(":", 1)[1])
+    workers = [pid for pid in children(server.proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    listening = set(_listening_inodes(port, state="0A"))
+    assert len(listening) == 3, "the supervisor's socket and one per worker"
+    own = [_socket_inodes(pid) & listening for pid in workers]
+    assert all(len(inodes) == 2 for inodes in own), "each worker serves the shared socket and its own"
+    assert len(own[0] & own[1]) == 1, "they share only the supervisor's"
+
+    clients = [httpx.Client(timeout=10) for _ in range(24)]
+    try:
+        for client in clients:
+            assert client.get(f"{server.url}/healthz").status_code == 200  # each client keeps its connection
+        established = set(_listening_inodes(port, state="01"))
+        served = [len(_socket_inodes(pid) & established) for pid in workers]
+    finally:
+        for client in clients:
+            client.close()
+    assert sum(served) == 24, served
+    # all on one worker: under 2 in 10^4 even if the shared socket always gave its third to the same worker
+    assert min(served) >= 1, f"24 connections all on one worker: {served}"
 
 
 def test_an_execution_is_readable_from_every_worker(workers_server: LiveServer) -> None:
