@@ -280,11 +280,35 @@ def _head(uuid: str, state: Any, pipeline_uuid: Any, updated: Any, visible: Any,
 
 def _log(conn: sqlite3.Connection, *records: EventRecord, ignore_taken: bool = False) -> None:
     """Append log rows; a taken (uuid, seq, slot) or delivery id raises IntegrityError unless ``ignore_taken``."""
+    _log_rows(conn, [_record_row(record) for record in records], ignore_taken=ignore_taken)
+
+
+def _log_rows(conn: sqlite3.Connection, rows: list[tuple[Any, ...]], *, ignore_taken: bool = False) -> None:
     verb = "INSERT OR IGNORE" if ignore_taken else "INSERT"
-    conn.executemany(
-        f"{verb} INTO events (uuid, seq, slot, event_id, outcome, record) VALUES (?, ?, ?, ?, ?, ?)",
-        [_record_row(record) for record in records],
-    )
+    conn.executemany(f"{verb} INTO events (uuid, seq, slot, event_id, outcome, record) VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+
+#: an event that leaves the state as it was does not assign it: SQLite rewrites the entries of every
+#: index on an assigned column (four hold `state`), and each rewritten page is one more to write and sync
+_ADVANCE_SAME_STATE = (
+    "UPDATE jobs SET last_event = ?, updated = ?, revision = ?"
+    " WHERE uuid = ? AND revision = ? AND visible = 1 AND logged = 1 AND state = ?"
+)
+_ADVANCE = (
+    "UPDATE jobs SET last_event = ?, updated = ?, revision = ?, state = ?"
+    " WHERE uuid = ? AND revision = ? AND visible = 1 AND logged = 1"
+)
+
+
+def _advance(conn: sqlite3.Connection, values: tuple[Any, ...]) -> bool:
+    """Move the visible, logged job at the expected revision to the record's; False if it is not there.
+
+    ``values``: (name, date, seq, uuid, expected revision, state).
+    """
+    if conn.execute(_ADVANCE_SAME_STATE, values).rowcount:
+        return True
+    name, date, seq, uuid, expected, state = values
+    return bool(conn.execute(_ADVANCE, (name, date, seq, state, uuid, expected)).rowcount)
 
 
 def _record(text: str) -> EventRecord:
@@ -560,18 +584,15 @@ class SqliteJobStore:
     def append_event(
         self, record: EventRecord, *, expected_revision: int, job_source: str | None = None
     ) -> AppendResult:
-        change = (
-            "UPDATE jobs SET state = ?, last_event = ?, updated = ?, revision = ?"
-            " WHERE uuid = ? AND revision = ? AND visible = 1 AND logged = 1"
-        )
-        values = (record.state, record.name, _timestamp(record.date), record.seq, record.uuid, expected_revision)
+        values = (record.name, _timestamp(record.date), record.seq, record.uuid, expected_revision, record.state)
+        row = _record_row(record)  # serialized before the write lock is taken, not while others wait for it
         with self._transaction() as conn:
-            if conn.execute(change, values).rowcount == 0:
+            if not _advance(conn, values):
                 self._import_history(conn, record.uuid)  # a version-1 job: log its history first
-                if conn.execute(change, values).rowcount == 0:
+                if not _advance(conn, values):
                     return AppendResult(Append.MOVED)
             try:
-                _log(conn, record)
+                _log_rows(conn, [row])
             except sqlite3.IntegrityError:
                 existing = self._delivery(conn, record.uuid, record.event_id)
                 conn.execute("ROLLBACK")  # the job's update goes too
