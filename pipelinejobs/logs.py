@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterable
 
 MASK = "*****"
@@ -27,14 +28,17 @@ class RedactingFormatter(logging.Formatter):
     """Formats a record, then removes every secret from the text."""
 
     #: Secrets added after start-up (job tokens of messages at hand). A long-running server
-    #: keeps only the most recent ones; the token patterns below still mask older ones.
-    MAX_RECENT = 256
+    #: keeps only the most recent ones; the token patterns below still mask older ones. A token
+    #: matters while its message is handled, and serve handles at most 40 at once (its thread pool);
+    #: every one kept costs each line a substring search (256 made a line 45 us instead of 27).
+    MAX_RECENT = 64
 
     def __init__(self, fmt: str | None = None, secrets: Iterable[str] = ()) -> None:
         super().__init__(fmt or "%(asctime)s %(levelname)s %(name)s: %(message)s")
         self._fixed = {s for s in secrets if s and len(s) >= 4}
         self._recent: dict[str, None] = {}  # insertion-ordered set
         self._ordered: tuple[str, ...] | None = None  # the known secrets, longest first
+        self._second, self._second_text = -1, ""  # formatTime's cache
 
     def add_secrets(self, secrets: Iterable[str]) -> None:
         for secret in secrets:
@@ -59,6 +63,15 @@ class RedactingFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return self.redact(super().format(record))
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """logging's own text, with the seconds part made once per second rather than once per line."""
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._second_text = second, time.strftime(self.default_time_format, self.converter(second))
+        return f"{self._second_text},{int(record.msecs):03d}"  # logging's default_msec_format, "%s,%03d"
 
 
 def configure(level: str = "INFO", secrets: Iterable[str] = (), stream=None) -> RedactingFormatter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 
 from pipelinejobs import logs
 
@@ -55,6 +56,18 @@ def test_set_level_ignores_nonsense() -> None:
 def test_recent_secrets_are_bounded_for_long_running_servers() -> None:
     formatter = logs.RedactingFormatter(secrets=["fixed-secret-value"])
     formatter.add_secrets(f"token-number-{i:05d}" for i in range(formatter.MAX_RECENT + 10))
-    text = formatter.redact("fixed-secret-value token-number-00000 token-number-00265")
-    assert "fixed-secret-value" not in text and "token-number-00265" not in text
-    assert "token-number-00000" in text  # evicted: only the newest MAX_RECENT are kept
+    oldest_kept, newest = f"token-number-{10:05d}", f"token-number-{formatter.MAX_RECENT + 9:05d}"
+    text = formatter.redact(f"fixed-secret-value token-number-00000 token-number-00009 {oldest_kept} {newest}")
+    assert "fixed-secret-value" not in text and oldest_kept not in text and newest not in text
+    assert "token-number-00000" in text and "token-number-00009" in text  # evicted: the newest MAX_RECENT are kept
+    assert formatter.MAX_RECENT >= 40, "at least as many as serve handles at once (its thread pool)"
+
+
+def test_line_times_read_as_loggings_own() -> None:
+    """The formatter remembers the seconds part of its time stamps; the text stays logging's, second by second."""
+    ours, standard = logs.RedactingFormatter(), logging.Formatter("%(asctime)s %(message)s")
+    for created in (1700000000.0004, 1700000000.9996, 1700000001.25, 1700000001.5, 1699999999.0, time.time()):
+        record = logging.LogRecord("pipelinejobs.x", logging.INFO, "", 0, "event", (), None)
+        record.created, record.msecs = created, (created - int(created)) * 1000
+        assert ours.formatTime(record) == standard.formatTime(record)
+        assert ours.format(record).startswith(standard.formatTime(record) + " INFO pipelinejobs.x: event")
