@@ -151,7 +151,29 @@ def _server(request: Request) -> Server:
 
 
 def _base(request: Request) -> str:
-    return _server(request).config.api_server or str(request.base_url).rstrip("/")
+    return _server(request).config.api_server or _request_base(request)
+
+
+_BASES: dict[tuple[Any, ...], str] = {}  # what Starlette's base_url gives for (scheme, server, Host, root path)
+
+
+def _request_base(request: Request) -> str:
+    """The request's base URL, remembered by what it is made of: Starlette builds it anew (URL
+    objects, a scope copy) for each request, and every message's environment needs it."""
+    scope = request.scope
+    key = (
+        scope["scheme"],
+        scope.get("server"),
+        request.headers.get("host"),
+        scope.get("app_root_path"),
+        scope.get("root_path"),
+    )
+    base = _BASES.get(key)
+    if base is None:
+        if len(_BASES) >= 256:  # the Host header is the client's to choose: keep a few, not all
+            _BASES.clear()
+        base = _BASES[key] = str(request.base_url).rstrip("/")
+    return base
 
 
 def _actor_root(request: Request, actor: str) -> str:

@@ -200,6 +200,19 @@ class RequestObserver:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._labelled: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def _children(self, method: str, route: str, code: int) -> tuple[Any, Any]:
+        """The latency and request-count series of (method, route, status), looked up once each.
+
+        ``labels()`` validates and locks on every call; the series are few (routes are templates).
+        """
+        key = (method, route, code)
+        found = self._labelled.get(key)
+        if found is None:
+            found = (self.metrics.latency.labels(method, route), self.metrics.requests.labels(method, route, str(code)))
+            self._labelled[key] = found
+        return found
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -219,8 +232,9 @@ class RequestObserver:
             elapsed = time.perf_counter() - start
             matched = scope.get("route")  # set by Starlette's router on the scope we passed down
             route, method, code = str(getattr(matched, "path", "(unmatched)")), str(scope.get("method")), status["code"]
-            self.metrics.latency.labels(method, route).observe(elapsed)
-            self.metrics.requests.labels(method, route, str(code)).inc()
+            latency, requests = self._children(method, route, code)
+            latency.observe(elapsed)
+            requests.inc()
             path = _NONCE_IN_PATH.sub(lambda m: m.group(1) + logs.MASK, scope.get("path", ""))
             access_log.info(
                 "%s %s %s%s", method, path, code, f" ({scope[EXECUTION_NOTE]})" if EXECUTION_NOTE in scope else ""

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from ..errors import ErrorKind, PipelineJobsError
 from ..settings import Settings
 from ..store.sqlite import SqliteJobStore
-from .jsontext import surrogate_safe
+from .jsontext import dumps_utf8, surrogate_safe
 
 Record = dict[str, Any]
 
@@ -562,7 +562,7 @@ class SqliteRegistry:
     def save_executions(self, executions: list[Record]) -> None:
         if not executions:
             return
-        rows = [(e["id"], e["actorId"], e["messageReceivedTime"], json.dumps(surrogate_safe(e))) for e in executions]
+        rows = [(e["id"], e["actorId"], e["messageReceivedTime"], dumps_utf8(e).decode()) for e in executions]
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")  # one transaction, one commit for the batch
             try:
