@@ -3,7 +3,8 @@
 Two stores of the same kind (two SQLite files, or two databases on one MongoDB-wire
 server), each with its own `pipelinejobs serve`: on one, a subscription to the bench's
 pipeline sends every event to a receiver on loopback (a separate process answering 204);
-the other has no subscription. Bursts of 8 clients alternate between the two. A burst
+the other has no subscription. Both run `--workers 2`, as the throughput part does, so the
+dispatcher runs in the supervisor process. Bursts of 8 clients alternate between the two. A burst
 with the subscription counts until the receiver has every event it accepted (the
 dispatcher's lag after the burst is added to its time) in a second ratio, so the first
 (events/s during the bursts, as issue 10 asks) cannot hide a backlog left behind.
@@ -40,6 +41,8 @@ from harness import (  # bench/ is not a package: found through run.py's path
 ROUNDS = 5
 BURST = 2.0
 CLIENTS = 8
+WORKERS = 2  # as the throughput part runs serve (one per core); the dispatcher then runs in the supervisor
+WORKERS = 2  # as the throughput part runs serve: one per core; the dispatcher runs in the supervisor
 DRAIN_TIMEOUT = 120.0
 # the receiver: a loopback HTTP/1.1 server on asyncio that counts POSTs and answers 204 (GET: the count);
 # it shares the two cores with serve, so it is kept to the least work an HTTP answer takes
@@ -117,7 +120,7 @@ def bench_notify(plain: Backend, notified: Backend) -> tuple[list[Ratio], dict[s
                         now=notify.utc_now(), pipeline_uuid=PIPELINE["uuid"], url=receiver_base + "hook"
                     )
                     notify.add_subscription(store, settings, sub)
-        with serve(plain) as plain_url, serve(notified) as notified_url:
+        with serve(plain, WORKERS) as plain_url, serve(notified, WORKERS) as notified_url:
             rates = _rounds(plain_url, notified_url, sets, receiver_base)
         delivered = _received(receiver_base)
     finally:
