@@ -18,6 +18,8 @@ It reads the outbox and the subscriptions; it never touches a job document.
 
 from __future__ import annotations
 
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -332,10 +334,93 @@ def matching(store: JobStore, settings: Settings, head: Document, event: str, st
 
 
 def wake(store: JobStore) -> None:
-    """Tell this process's dispatcher (if any) that an outbox item was just committed."""
+    """Tell the dispatcher that an outbox item was just committed: this process's, if it runs one, and
+    under ``serve --workers`` the supervisor's (see :class:`WakeSocket`)."""
+    _wake_here(store)
+    if os.environ.get(WAKE_SOCKET_ENV):
+        _WAKE_SENDER.send(os.environ[WAKE_SOCKET_ENV])
+
+
+def _wake_here(store: JobStore) -> None:
     cached: _Cached | None = getattr(store, _CACHE, None)
     if cached is not None:
         cached.wake.set()
+
+
+#: serve --workers: the path of the supervisor's wake-up socket, in its workers' environment
+WAKE_SOCKET_ENV = "PIPELINEJOBS_NOTIFY_WAKE"
+WAKE_EVERY_SECONDS = 0.01  # a process sends at most one wake-up in this long (the dispatcher gathers for 50 ms)
+
+
+class _WakeSender:
+    """A worker's side of :class:`WakeSocket`: one datagram, without waiting, at most every 10 ms."""
+
+    def __init__(self) -> None:
+        self._sock: socket.socket | None = None
+        self._sent = 0.0
+
+    def send(self, path: str) -> None:
+        now = time.monotonic()
+        if now - self._sent < WAKE_EVERY_SECONDS:
+            return
+        self._sent = now
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+                self._sock.setblocking(False)
+            self._sock.sendto(b"!", path)
+        except OSError:  # full (the dispatcher is awake already) or gone: its poll finds the item
+            pass
+
+
+_WAKE_SENDER = _WakeSender()
+
+
+class WakeSocket:
+    """Where serve's workers tell the supervisor's dispatcher of new outbox items (``serve --workers``).
+
+    The dispatcher runs once, in the supervisor; without this it found the workers' items only by its
+    ``every_seconds`` poll, so under a steady flow of events notifications went out in 2 s lumps and
+    piled up behind a busy serve. A Unix datagram socket in a private directory: a worker sends a byte
+    after committing an item (``wake``), and a thread here wakes the dispatcher. A lost datagram costs
+    a poll's delay, nothing else.
+    """
+
+    def __init__(self) -> None:
+        import tempfile
+
+        self.directory = tempfile.mkdtemp(prefix="pipelinejobs-notify-")  # mode 0700: this user only
+        self.path = os.path.join(self.directory, "wake")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.path)
+        self._sock.settimeout(0.5)
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def listen(self, store: JobStore) -> None:
+        """Wake ``store``'s dispatcher (this process's) for each datagram, until ``close``."""
+
+        def loop() -> None:
+            while not self._stopping.is_set():
+                try:
+                    self._sock.recv(64)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                _wake_here(store)
+
+        self._thread = threading.Thread(target=loop, name="pipelinejobs-notify-wake", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        import shutil
+
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._sock.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 def add_subscription(store: Any, settings: Settings, subscription: Document) -> Document:

@@ -218,3 +218,24 @@ def test_serve_can_be_the_next_actor(serve: Serve) -> None:
     rows = wait_until(lambda: deliveries(server, f"/jobs/{uuid}/deliveries"))
     assert [(r["outcome"], r["status"]) for r in rows] == [("delivered", 200)]
     assert nonce not in server.read_log() and nonce not in str(rows)
+
+
+def test_under_workers_an_event_wakes_the_supervisors_dispatcher(tmp_path: Path, receiver: Receiver) -> None:
+    """`serve --workers 2`: the dispatcher runs in the supervisor, the events arrive in the workers. A worker's
+    outbox item wakes it at once (a datagram), so notifications do not wait for its poll, set to a minute here."""
+    path = tmp_path / "catalog.sqlite3"
+    env = {"_REACTOR_STORE_SQLITE_PATH": str(path), **FAST, "_REACTOR_NOTIFICATIONS_EVERY_SECONDS": "60"}
+    running = start_server(tmp_path, "sqlite", env, {"path": path}, args=("--workers", "2"))
+    server = next(running)
+    try:
+        uuid, token = new_job(server)
+        sub = subscribe(server, job=uuid, url=receiver.url, events=["run", "update"])
+        time.sleep(1.5)  # the supervisor's dispatcher and the other worker reread the list every 0.5 s (FAST)
+        event(server, uuid, token, "run")
+        for i in range(5):
+            event(server, uuid, token, "update", data={"i": i})
+        got = receiver.wait_for(6, timeout=20)  # the poll alone would take up to 60 s
+        events = sorted(verify_with_library(sub["secret"], one)["event"] for one in got)
+        assert events == ["run", "update", "update", "update", "update", "update"]
+    finally:
+        running.close()

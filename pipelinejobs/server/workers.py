@@ -34,7 +34,7 @@ from typing import Any, cast
 
 from starlette.applications import Starlette
 
-from .. import logs
+from .. import logs, notify
 from ..settings import Settings, load_settings
 from .app import create_app, start_background
 from .execution import Server, open_server, serve_config
@@ -135,12 +135,16 @@ def run_workers(
         lifespan="on",
         **uvicorn_options,
     )
+    wake = notify.WakeSocket()  # the workers' outbox items wake the dispatcher, which runs here
+    os.environ[notify.WAKE_SOCKET_ENV] = wake.path
     stop_background = start_background(server)
+    wake.listen(server.store)
     try:
         spread = sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) if can_spread() else 0
         sockets = [sock, WorkerListener(sock)] if spread else [sock]
         Multiprocess(config, sockets=cast(list[socket.socket], sockets)).run()
     finally:
         stop_background()
+        wake.close()
         server.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
