@@ -41,6 +41,8 @@ from .execution import Server, open_server, serve_config
 from .registry import words
 from .ui import SESSION_KEY_ENV
 
+log = logs.get_logger("server.workers")
+
 SPEC_ENV = "PIPELINEJOBS_SERVE_WORKER"
 API_TOKENS_ENV = "PIPELINEJOBS_API_TOKENS"
 METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's multiprocess mode
@@ -135,16 +137,23 @@ def run_workers(
         lifespan="on",
         **uvicorn_options,
     )
-    wake = notify.WakeSocket()  # the workers' outbox items wake the dispatcher, which runs here
-    os.environ[notify.WAKE_SOCKET_ENV] = wake.path
+    try:  # the workers' outbox items wake the dispatcher, which runs here
+        wake: notify.WakeSocket | None = notify.WakeSocket()
+    except OSError as exc:  # no Unix sockets here: the dispatcher's poll finds the items
+        log.warning("notifications wait for the dispatcher's poll: no wake-up socket (%s)", exc)
+        wake = None
+    if wake is not None:
+        os.environ[notify.WAKE_SOCKET_ENV] = wake.path
     stop_background = start_background(server)
-    wake.listen(server.store)
+    if wake is not None:
+        wake.listen(server.store)
     try:
         spread = sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) if can_spread() else 0
         sockets = [sock, WorkerListener(sock)] if spread else [sock]
         Multiprocess(config, sockets=cast(list[socket.socket], sockets)).run()
     finally:
         stop_background()
-        wake.close()
+        if wake is not None:
+            wake.close()
         server.close()
         shutil.rmtree(metrics_dir, ignore_errors=True)
