@@ -17,9 +17,6 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import petname
-from hashids import Hashids
-
 TYPE_PREFIXES: dict[str, str] = {
     "generic": "100",
     "experiment": "102",
@@ -57,6 +54,8 @@ def archive_hashid(text: str, domain: str = DEFAULT_DNS_DOMAIN, salt: str = TYPE
     Hashids (default alphabet and length) encodes the UUID's 128-bit integer, so the
     name is shorter than the UUID yet the same wherever the library computed it.
     """
+    from hashids import Hashids  # new jobs' archive paths only: a reactor.py event does not pay its import
+
     return Hashids(salt=salt).encode(uuid.UUID(catalog_uuid(text, "generic", domain)).int)
 
 
@@ -66,6 +65,8 @@ def session_name(seed: str | None = None) -> str:
     With a ``seed`` (e.g. an Abaco execution id) the name is always the same for it, so
     every message one execution sends carries one session.
     """
+    import petname  # its word lists: about 1 ms to import, for new jobs and the client only
+
     chooser = random.Random(seed) if seed is not None else random.SystemRandom()
     adjectives = [w for w in petname.adjectives if len(w) <= SESSION_WORD_LETTERS]
     animals = [w for w in petname.names if len(w) <= SESSION_WORD_LETTERS]

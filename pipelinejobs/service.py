@@ -12,7 +12,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from . import auth, documents, fsm, identifiers, notify, watch
+from . import auth, documents, fsm, identifiers, notify
 from .errors import ErrorKind, PipelineJobsError
 from .intake import Origin
 from .logs import add_secrets, get_logger
@@ -166,6 +166,8 @@ def apply_event(message: EventMessage, *, store: JobStore, settings: Settings, n
                 message.via,
             )
             if record.state != state:
+                from . import watch  # here, not at the top: an event that keeps the state never needs it
+
                 watch.note_transition(store, settings, message.uuid, record.state, record.seq, now)
             if record.notify:
                 notify.wake(store)
@@ -255,6 +257,8 @@ def delete_job(message: DeleteMessage, *, store: JobStore, settings: Settings, n
 def create_job(
     message: CreateMessage, *, store: JobStore, settings: Settings, now: datetime, origin: Origin
 ) -> Outcome:
+    from . import watch  # imported by the paths that use it (see apply_event)
+
     now = documents.utc_seconds(now)
     if store.find_pipeline(message.pipeline_uuid) is None:
         raise PipelineJobsError(
@@ -335,6 +339,8 @@ def apply_heartbeat(message: EventMessage, *, store: JobStore, settings: Setting
     per ``deadlines.heartbeat_log_interval_seconds``, decided by a compare-and-set on the watch
     record's ``logged_at``, so a job beating every 10 s for a month costs a few hundred records.
     """
+    from . import watch
+
     precise = now
     now = documents.utc_seconds(now)
     head = store.find_head(message.uuid)
@@ -445,6 +451,8 @@ def fail_overdue(
     if result.status is not Append.APPLIED:
         raise PipelineJobsError(ErrorKind.CONFLICT, f"job {uuid} changed after it was judged; not failed", uuid=uuid)
     log.info("job %s: %s -> FAILED by 'fail' (%s, via watchdog)", uuid, state, auth.Grant.SYSTEM.value)
+    from . import watch
+
     watch.note_transition(store, settings, uuid, record.state, record.seq, now)
     if record.notify:
         notify.wake(store)
