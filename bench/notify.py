@@ -42,7 +42,6 @@ ROUNDS = 5
 BURST = 2.0
 CLIENTS = 8
 WORKERS = 2  # as the throughput part runs serve (one per core); the dispatcher then runs in the supervisor
-WORKERS = 2  # as the throughput part runs serve: one per core; the dispatcher runs in the supervisor
 DRAIN_TIMEOUT = 120.0
 # the receiver: a loopback HTTP/1.1 server on asyncio that counts POSTs and answers 204 (GET: the count);
 # it shares the two cores with serve, so it is kept to the least work an HTTP answer takes
