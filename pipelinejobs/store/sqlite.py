@@ -300,15 +300,12 @@ _ADVANCE = (
 )
 
 
-def _advance(conn: sqlite3.Connection, values: tuple[Any, ...]) -> bool:
-    """Move the visible, logged job at the expected revision to the record's; False if it is not there.
-
-    ``values``: (name, date, seq, uuid, expected revision, state).
-    """
-    if conn.execute(_ADVANCE_SAME_STATE, values).rowcount:
+def _advance(conn: sqlite3.Connection, record: EventRecord, expected_revision: int) -> bool:
+    """Move the visible, logged job from ``expected_revision`` to the record's; False if it is not there."""
+    moved = (record.name, _timestamp(record.date), record.seq)
+    if conn.execute(_ADVANCE_SAME_STATE, (*moved, record.uuid, expected_revision, record.state)).rowcount:
         return True
-    name, date, seq, uuid, expected, state = values
-    return bool(conn.execute(_ADVANCE, (name, date, seq, state, uuid, expected)).rowcount)
+    return bool(conn.execute(_ADVANCE, (*moved, record.state, record.uuid, expected_revision)).rowcount)
 
 
 def _record(text: str) -> EventRecord:
@@ -584,12 +581,11 @@ class SqliteJobStore:
     def append_event(
         self, record: EventRecord, *, expected_revision: int, job_source: str | None = None
     ) -> AppendResult:
-        values = (record.name, _timestamp(record.date), record.seq, record.uuid, expected_revision, record.state)
         row = _record_row(record)  # serialized before the write lock is taken, not while others wait for it
         with self._transaction() as conn:
-            if not _advance(conn, values):
+            if not _advance(conn, record, expected_revision):
                 self._import_history(conn, record.uuid)  # a version-1 job: log its history first
-                if not _advance(conn, values):
+                if not _advance(conn, record, expected_revision):
                     return AppendResult(Append.MOVED)
             try:
                 _log_rows(conn, [row])
