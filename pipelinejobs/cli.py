@@ -570,7 +570,7 @@ def _listen(host: str, port: int, *, workers: int = 1) -> Any:
     """
     import socket
 
-    from .server.workers import can_spread
+    from .server.workers import can_spread, shared_listener
 
     spread = workers > 1 and can_spread()
     try:
@@ -585,11 +585,9 @@ def _listen(host: str, port: int, *, workers: int = 1) -> Any:
         if spread:  # the port is free (and chosen, for port 0): bind again, open to the workers' sockets
             address = sock.getsockname()
             sock.close()
-            sock = socket.socket(family, kind, proto)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.bind(address)
-        sock.listen(2048)
+            sock = shared_listener(family, address)
+        else:
+            sock.listen(2048)
     except OSError as exc:
         sock.close()
         reason = exc.strerror or str(exc)

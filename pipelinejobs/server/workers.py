@@ -94,15 +94,21 @@ class WorkerListener:
         self.family, self.address = sock.family, sock.getsockname()
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return (_own_listener, (self.family, self.address))
+        return (shared_listener, (self.family, self.address))
 
 
-def _own_listener(family: int, address: Any) -> socket.socket:
+def shared_listener(family: int, address: Any) -> socket.socket:
+    """A listening socket on ``address`` that other ``SO_REUSEPORT`` sockets of this user may join:
+    the supervisor's (``cli._listen``) and each worker's (``WorkerListener``)."""
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
-    sock.listen(2048)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -137,13 +143,12 @@ def run_workers(
         lifespan="on",
         **uvicorn_options,
     )
+    wake: notify.WakeSocket | None = None
     try:  # the workers' outbox items wake the dispatcher, which runs here
-        wake: notify.WakeSocket | None = notify.WakeSocket()
+        wake = notify.WakeSocket()
+        os.environ[notify.WAKE_SOCKET_ENV] = wake.path
     except OSError as exc:  # no Unix sockets here: the dispatcher's poll finds the items
         log.warning("notifications wait for the dispatcher's poll: no wake-up socket (%s)", exc)
-        wake = None
-    if wake is not None:
-        os.environ[notify.WAKE_SOCKET_ENV] = wake.path
     stop_background = start_background(server)
     if wake is not None:
         wake.listen(server.store)
