@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pymongo import monitoring
 
 from pipelinejobs import documents, notify, service
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
@@ -457,26 +458,27 @@ def test_mongodb_without_subscriptions_an_event_writes_no_outbox_field(
         assert logged["notify"] and logged["notify_attempts"] == 0
 
 
+class CommandLog(monitoring.CommandListener):
+    """The commands a MongoDB client sends, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, dict[str, Any]]] = []
+
+    def started(self, event: Any) -> None:
+        self.seen.append((event.command_name, dict(event.command)))
+
+    def succeeded(self, event: Any) -> None:
+        pass
+
+    def failed(self, event: Any) -> None:
+        pass
+
+
 def test_mongodb_a_notified_event_still_costs_three_commands(
     mongodb_uri: str, database_name: str, db: Any, settings: Settings
 ) -> None:
     """The outbox rides on the log record's insert: a matching subscription adds no command."""
-    from pymongo import monitoring
-
-    class Commands(monitoring.CommandListener):
-        def __init__(self) -> None:
-            self.seen: list[tuple[str, dict[str, Any]]] = []
-
-        def started(self, event: monitoring.CommandStartedEvent) -> None:
-            self.seen.append((event.command_name, dict(event.command)))
-
-        def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-            pass
-
-        def failed(self, event: monitoring.CommandFailedEvent) -> None:
-            pass
-
-    listener = Commands()
+    listener = CommandLog()
     with MongoJobStore(mongodb_uri, database_name, client_options={"event_listeners": [listener]}) as store:
         store.ensure_indexes()
         uuid, token = new_job(store)
@@ -489,6 +491,36 @@ def test_mongodb_a_notified_event_still_costs_three_commands(
             assert [c for c, _ in listener.seen] == ["find", "insert", "update"]
         inserted = listener.seen[1][1]["documents"][0]
         assert inserted["name"] == "update" and len(inserted["notify"]) == 1
+
+
+def test_mongodb_a_busy_dispatcher_pass_is_four_commands_that_name_records_by_an_index(
+    mongodb_uri: str, database_name: str, db: Any, settings: Settings, receiver: Receiver
+) -> None:
+    """While its lease is young a dispatcher neither rereads nor rewrites it; it settles the records it
+    delivered by ``_id``. (A filter no index matches as a whole, such as a ``notify_due`` bound with an
+    event-uuid list, makes the MongoDB-wire server decode the whole log on every pass.)"""
+    listener = CommandLog()
+    with MongoJobStore(mongodb_uri, database_name, client_options={"event_listeners": [listener]}) as store:
+        store.ensure_indexes()
+        subscribe(store, settings, url=receiver.url)
+        dispatcher = notify.Dispatcher(store, settings)
+        try:
+            for n in range(3):
+                uuid, token = new_job(store, {"n": n})
+                send(store, settings, uuid, token, "run")
+                listener.seen.clear()
+                assert dispatcher.run_pass().delivered == 1
+                names = [(c, str(cmd.get(c))) for c, cmd in listener.seen]
+                expected = [("find", "events"), ("find", "jobs"), ("insert", "deliveries"), ("update", "events")]
+                if n == 0:  # the first pass finds something due, then takes the lease
+                    expected = [("find", "events"), ("update", "notify_leases"), *expected]
+                assert names == expected, (n, names)
+                settle = listener.seen[-1][1]["updates"]
+                assert [list(u["q"]) for u in settle] == [["_id"]] and list(settle[0]["q"]["_id"]) == ["$in"]
+        finally:
+            dispatcher.close()
+    assert len(receiver.wait_for(3)) == 3
+    assert db.events.count_documents({"notify_due": {"$exists": True}}) == 0
 
 
 # -- SQLite: files of version 2 are migrated -----------------------------------------------------------

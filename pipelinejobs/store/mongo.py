@@ -217,6 +217,7 @@ class MongoJobStore:
         self.inline_data_bytes = inline_data_bytes
         self._transactions: bool | None = None  # learnt on first use
         self._logged: OrderedDict[str, None] = OrderedDict()
+        self._held: dict[str, tuple[datetime, datetime]] = {}  # dispatcher -> (lease taken at, held until)
         self._indexes_ok: set[str] = set()  # required indexes seen to exist (see _require_indexes)
 
     def __enter__(self) -> MongoJobStore:
@@ -685,21 +686,26 @@ class MongoJobStore:
             return self.subscriptions.delete_one({"id": subscription_id}).deleted_count == 1
 
     def claim_notifications(self, now: datetime, *, until: datetime, owner: str, limit: int) -> list[OutboxItem]:
-        """One dispatcher at a time holds the outbox (a lease document, renewed each pass, that runs out
-        when its holder dies), so a claim writes one small document, not every record it delivers."""
+        """One dispatcher at a time holds the outbox (a lease document that runs out when its holder
+        dies), so a claim writes one small document, not every record it delivers. A holder renews the
+        lease once half of it has passed: a busy pass is then one query."""
         from .outbox import OutboxItem
 
         self._require_indexes("events.notify_due")
-        lease = {"_id": "outbox", "$or": [{"until": {"$lt": now}}, {"owner": owner}]}
+        due_now = {"notify_due": {"$lte": now}}
+        held = self._held.get(owner)
         with self._translate():
-            if self.events.find_one({"notify_due": {"$lte": now}}, {"_id": True}) is None:
-                return []  # nothing due: no lease written (an idle dispatcher writes nothing)
-            try:
-                self.leases.update_one(lease, {"$set": {"owner": owner, "until": until}}, upsert=True)
-            except DuplicateKeyError:  # another dispatcher's lease is live
-                return []
-            due = self.events.find({"notify_due": {"$lte": now}}, {"_id": False})
-            docs = list(due.sort("notify_due", pymongo.ASCENDING).limit(max(1, limit)))
+            if held is None or not held[0] <= now < held[0] + (held[1] - held[0]) / 2:
+                self._held.pop(owner, None)
+                if self.events.find_one(due_now, {"_id": True}) is None:
+                    return []  # nothing due: no lease written (an idle dispatcher writes nothing)
+                lease = {"_id": "outbox", "$or": [{"until": {"$lt": now}}, {"owner": owner}]}
+                try:
+                    self.leases.update_one(lease, {"$set": {"owner": owner, "until": until}}, upsert=True)
+                except DuplicateKeyError:  # another dispatcher's lease is live
+                    return []
+                self._held[owner] = (now, until)
+            docs = list(self.events.find(due_now).sort("notify_due", pymongo.ASCENDING).limit(max(1, limit)))
         return [
             OutboxItem(
                 uuid=doc["uuid"],
@@ -709,22 +715,28 @@ class MongoJobStore:
                 attempts=int(doc.get("notify_attempts") or 0),
                 due=doc["notify_due"],
                 record=EventRecord.from_document(doc),
+                ref=doc["_id"],
             )
             for doc in docs
         ]
 
     def settle_notifications(self, owner: str, settled: list[Settled], deliveries: list[Document]) -> int:
-        """Items still pending: one conditional update each (rare). The done ones: one update over the
-        outbox index's range of the batch, picked by their event uuids (exact, and no write per record)."""
-        done_fields = dict.fromkeys(("notify", "notify_attempts", "notify_due"), "")
-        retries = []
-        done = [one.item for one in settled if not one.pending and one.item.record is not None]
-        for one in settled:
-            if one.pending:
-                item = one.item
-                query = {"uuid": item.uuid, "seq": item.seq, "slot": item.slot, "notify_due": item.due}
-                changes = {"notify": list(one.pending), "notify_attempts": one.attempts, "notify_due": one.due}
-                retries.append(pymongo.UpdateOne(query, {"$set": changes}))
+        """The done items: one update of their records, named by ``_id``. Items still pending (rare):
+        one update each, by the record's unique (uuid, seq, slot) key.
+
+        Every statement names its records by a whole index and nothing else: the MongoDB-wire server
+        scans and decodes the whole log for a filter no index matches as a whole (one that also bounds
+        ``notify_due``, say). Only the lease's holder writes these fields; one whose lease ran out in a
+        long pass settles what it did, which at worst repeats a delivery (same ``webhook-id``)."""
+        done = [one.item.ref for one in settled if not one.pending]
+        retries = [
+            pymongo.UpdateOne(
+                {"uuid": one.item.uuid, "seq": one.item.seq, "slot": one.item.slot},
+                {"$set": {"notify": list(one.pending), "notify_attempts": one.attempts, "notify_due": one.due}},
+            )
+            for one in settled
+            if one.pending
+        ]
         count = 0
         with self._translate():
             if deliveries:
@@ -732,13 +744,13 @@ class MongoJobStore:
             if retries:
                 count += self.events.bulk_write(retries, ordered=False).matched_count
             if done:
-                events = sorted(item.record.event_uuid for item in done if item.record is not None)
-                query = {"notify_due": {"$lte": max(item.due for item in done)}, "event_uuid": {"$in": events}}
-                count += self.events.update_many(query, {"$unset": done_fields}).matched_count
+                cleared = dict.fromkeys(("notify", "notify_attempts", "notify_due"), "")
+                count += self.events.update_many({"_id": {"$in": done}}, {"$unset": cleared}).matched_count
         return count
 
     def release_notifications(self, owner: str) -> None:
         with self._translate():
+            self._held.pop(owner, None)
             self.leases.delete_one({"_id": "outbox", "owner": owner})
 
     def event_fates(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from .base import Document, EventRecord
 
@@ -29,6 +29,7 @@ class OutboxItem(NamedTuple):
     attempts: int
     due: datetime
     record: EventRecord | None  # None: the event is gone (its job was removed or purged)
+    ref: Any = None  # the store's own handle on the item (MongoDB: its log record's _id)
 
 
 class EventFate(str, enum.Enum):
