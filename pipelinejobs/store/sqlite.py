@@ -308,6 +308,11 @@ def _advance(conn: sqlite3.Connection, record: EventRecord, expected_revision: i
     return bool(conn.execute(_ADVANCE, (*moved, record.state, record.uuid, expected_revision)).rowcount)
 
 
+def _outbox_key(settled: Settled, owner: str) -> tuple[str, int, str, str]:
+    """The outbox row of a settled item, as long as ``owner`` still holds it."""
+    return (settled.item.uuid, settled.item.seq, settled.item.slot, owner)
+
+
 def _record(text: str) -> EventRecord:
     return EventRecord.from_document(loads_document(text))
 
@@ -838,7 +843,6 @@ class SqliteJobStore:
         ]
 
     def settle_notifications(self, owner: str, settled: list[Settled], deliveries: list[Document]) -> int:
-        count = 0
         with self._transaction() as conn:
             conn.executemany(
                 "INSERT INTO deliveries (job_uuid, subscription, expires_at, doc) VALUES (?, ?, ?, ?)",
@@ -852,18 +856,21 @@ class SqliteJobStore:
                     for d in deliveries
                 ],
             )
-            for one in settled:
-                key = (one.item.uuid, one.item.seq, one.item.slot, owner)
-                if one.pending:
-                    count += conn.execute(
-                        "UPDATE outbox SET pending = ?, attempts = ?, due = ?, lease = NULL"
-                        " WHERE uuid = ? AND seq = ? AND slot = ? AND lease = ?",
-                        (json.dumps(list(one.pending)), one.attempts, _timestamp(one.due), *key),
-                    ).rowcount
-                else:
-                    sql = "DELETE FROM outbox WHERE uuid = ? AND seq = ? AND slot = ? AND lease = ?"
-                    count += conn.execute(sql, key).rowcount
-        return count
+            retried = conn.executemany(
+                "UPDATE outbox SET pending = ?, attempts = ?, due = ?, lease = NULL"
+                " WHERE uuid = ? AND seq = ? AND slot = ? AND lease = ?",
+                [
+                    (json.dumps(list(one.pending)), one.attempts, _timestamp(one.due), *_outbox_key(one, owner))
+                    for one in settled
+                    if one.pending
+                ],
+            )
+            count = max(retried.rowcount, 0)
+            done = conn.executemany(
+                "DELETE FROM outbox WHERE uuid = ? AND seq = ? AND slot = ? AND lease = ?",
+                [_outbox_key(one, owner) for one in settled if not one.pending],
+            )
+            return count + max(done.rowcount, 0)
 
     def release_notifications(self, owner: str) -> None:
         """Nothing to release: each claimed item carries its own lease."""
