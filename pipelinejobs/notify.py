@@ -479,14 +479,71 @@ def _encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
+class BadAnswer(Exception):
+    """The receiver's answer is not HTTP/1.x (or its head is too long to be one)."""
+
+
+MAX_ANSWER_HEAD = 64 * 1024  # bytes of status line and headers a receiver may send
+MAX_KEPT_BODY = 64 * 1024  # a longer answer body is not read: the connection is closed instead
+
+
+def read_answer(sock: socket.socket) -> tuple[int, bool]:
+    """Read the answer to a POST from ``sock``: (status, whether the connection can carry another).
+
+    A delivery needs the status and the answer's end, nothing else: after a 1xx, the status line
+    and headers; then no body (204, 304), a body of ``Content-Length`` (read and dropped), or
+    anything else (chunked, until-close, or too long to bother) ends the connection unread. This
+    costs a fifth of ``http.client``, whose header parser is the email package's: the dispatcher
+    shares serve's cores (see ``make bench``'s notify part).
+    """
+    buffer = b""
+    while True:
+        while (end := buffer.find(b"\r\n\r\n")) < 0:
+            if len(buffer) > MAX_ANSWER_HEAD:
+                raise BadAnswer("an answer head over 64 KiB")
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionResetError("the receiver closed the connection before answering")
+            buffer += chunk
+        if end > MAX_ANSWER_HEAD:
+            raise BadAnswer("an answer head over 64 KiB")
+        head, buffer = buffer[:end].decode("latin-1").split("\r\n"), buffer[end + 4 :]
+        version, _, rest = head[0].partition(" ")
+        code = rest[:3]
+        if version not in ("HTTP/1.1", "HTTP/1.0") or not code.isdigit() or rest[3:4] not in ("", " "):
+            raise BadAnswer("not an HTTP/1.x status line")
+        status = int(code)
+        if not 100 <= status <= 199 or status == 101:
+            break  # a 1xx (100 Continue, 103 Early Hints) comes before the real answer
+    fields: dict[str, str] = {}
+    for line in head[1:]:
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise BadAnswer("a header line without a colon")
+        fields[name.strip().lower()] = value.strip().lower()
+    keep = version == "HTTP/1.1" and "close" not in fields.get("connection", "") and status != 101
+    if status in (204, 304):
+        return status, keep and not buffer
+    length = fields.get("content-length", "")
+    if "transfer-encoding" in fields or not length.isdigit() or int(length) > MAX_KEPT_BODY:
+        return status, False  # chunked, until close, or long: not worth reading to keep the connection
+    remaining = int(length) - len(buffer)
+    while remaining > 0:
+        chunk = sock.recv(min(remaining, 65536))
+        if not chunk:
+            raise ConnectionResetError("the receiver closed the connection in the middle of its answer")
+        remaining -= len(chunk)
+    return status, keep and remaining == 0
+
+
 class Senders:
     """The HTTP clients a dispatcher delivers with, kept between deliveries (keep-alive).
 
     Webhooks go over kept-alive sockets, one idle pool per origin, each request in one write
-    and each answer read by the standard library's ``http.client`` parser: a POST costs a
-    fraction of httpx's CPU, and serve's requests share the cores with its dispatcher (see
-    ``make bench``'s notify part). Actor messages go through ``abaco.send_message`` (httpx),
-    as every other message the package sends.
+    and each answer read by :func:`read_answer`: a POST costs a fraction of httpx's CPU, and
+    serve's requests share the cores with its dispatcher (see ``make bench``'s notify part).
+    Actor messages go through ``abaco.send_message`` (httpx), as every other message the
+    package sends.
     """
 
     def __init__(self, timeout: float) -> None:
@@ -520,10 +577,8 @@ class Senders:
     def post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
         """POST and read the answer; the status. A kept connection the receiver closed is replaced once.
 
-        The request goes out in one write (http.client writes headers and body apart); the answer is
-        read by http.client's own parser.
+        The request goes out in one write; the answer is read by :func:`read_answer`.
         """
-        import http.client
         from urllib.parse import urlsplit
 
         parts = urlsplit(url)
@@ -539,20 +594,18 @@ class Senders:
             sock = self._connect(*key) if fresh else kept
             try:
                 sock.sendall(request)
-                response = http.client.HTTPResponse(sock, method="POST")
-                response.begin()
-                response.read()
-            except (OSError, http.client.HTTPException):
+                status, keep = read_answer(sock)
+            except (OSError, BadAnswer) as exc:
                 sock.close()
-                if fresh:
+                if fresh or isinstance(exc, BadAnswer):
                     raise
                 continue  # a kept-alive connection the receiver had closed: once more on a new one
-            if response.will_close:
-                sock.close()
-            else:
+            if keep:
                 with self._lock:
                     self._idle.setdefault(key, []).append(sock)
-            return response.status
+            else:
+                sock.close()
+            return status
         raise AssertionError("unreachable")
 
     def close(self) -> None:
@@ -597,10 +650,10 @@ def deliver(subscription: Document, body: dict[str, Any], *, senders: Senders) -
     url = str(subscription["url"])
     try:
         status = senders.post(url, payload, headers)
-    except (OSError, ValueError) as exc:  # refused, reset, timed out, a bad host; http.client's errors
+    except (OSError, ValueError) as exc:  # refused, reset, timed out, a bad host
         return Attempt(False, None, f"{type(exc).__name__} reaching {shown_url(url)}", took())
-    except Exception as exc:  # http.client.HTTPException: a malformed answer
-        return Attempt(False, None, f"{type(exc).__name__} from {shown_url(url)}", took())
+    except BadAnswer as exc:
+        return Attempt(False, None, f"{exc} from {shown_url(url)}", took())
     if 200 <= status < 300:
         return Attempt(True, status, None, took())
     return Attempt(False, status, f"HTTP {status}", took())

@@ -8,6 +8,7 @@ tests/test_notify_e2e.py runs the same through `pipelinejobs serve` processes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -329,6 +330,121 @@ def test_a_receiver_that_does_not_answer_costs_a_pass_one_try(store: JobStore, s
     assert sum(e.startswith("ConnectionRefusedError") for e in errors) == 1
     assert sum(e.startswith("not sent") for e in errors) == 2
     assert all(r["outcome"] == "failed" and r["attempt"] == 1 for r in rows)
+
+
+class ScriptedReceiver:
+    """A loopback TCP server that reads each HTTP request whole and writes the next scripted answer
+    verbatim (bytes no HTTP library made); it counts the connections it accepted."""
+
+    def __init__(self, answers: list[bytes]) -> None:
+        import socket
+
+        self.answers = list(answers)
+        self.connections = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hook"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        with conn, contextlib.suppress(OSError):  # the client may hang up on a bad answer
+            buffer = b""
+            while self.answers:
+                while b"\r\n\r\n" not in buffer:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                while len(buffer) < length:
+                    buffer += conn.recv(65536)
+                buffer = buffer[length:]
+                conn.sendall(self.answers.pop(0))
+                if not self.answers:
+                    return
+
+    def close(self) -> None:
+        self.server.close()
+
+
+OK_204 = b"HTTP/1.1 204 No Content\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "kept"),
+    [
+        (OK_204, 204, True),
+        (b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 12\r\n\r\n{"ok": true}', 200, True),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n", 202, True),
+        (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\noops!", 500, True),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", 200, False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", 200, False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", 200, False),
+        (b"HTTP/1.1 200 OK\r\n\r\nuntil the connection closes", 200, False),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100_000, 200, False),
+    ],
+)
+def test_an_answer_is_read_to_its_end_and_the_connection_kept_only_when_that_is_safe(
+    answer: bytes, status: int, kept: bool
+) -> None:
+    """Two POSTs: the second goes over the first's connection exactly when the first answer's end
+    was found and the receiver allows it; either way the second gets its own answer."""
+    receiver = ScriptedReceiver([answer, OK_204])
+    senders = notify.Senders(timeout=5)
+    try:
+        assert senders.post(receiver.url, b'{"a": 1}', {"webhook-id": "msg_1"}) == status
+        assert senders.post(receiver.url, b'{"a": 2}', {"webhook-id": "msg_2"}) == 204
+        assert receiver.connections == (1 if kept else 2)
+    finally:
+        senders.close()
+        receiver.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SMTP ready\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/1.1 OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",  # then the receiver hangs up
+        b"",  # the receiver hangs up without a word
+    ],
+)
+def test_a_malformed_or_cut_answer_is_a_failed_attempt_with_a_short_error(answer: bytes) -> None:
+    receiver = ScriptedReceiver([answer])
+    senders = notify.Senders(timeout=5)
+    subscription = {"id": "sub_x", "url": receiver.url + "?key=s3cret", "secret": notify.new_secret()}
+    record = EventRecord(
+        uuid="u",
+        seq=1,
+        slot="",
+        event_uuid="e",
+        name="update",
+        date=datetime.now(timezone.utc),
+        data={},
+        state="RUNNING",
+    )
+    try:
+        tried = notify.deliver(
+            subscription, notify.notification_body(subscription, record, None, "msg_x"), senders=senders
+        )
+    finally:
+        senders.close()
+        receiver.close()
+    assert not tried.ok and tried.status is None and tried.error
+    assert "s3cret" not in tried.error and receiver.url.split("/hook")[0] in tried.error
+    assert len(tried.error) <= notify.MAX_ERROR_CHARS
 
 
 def test_a_crashed_dispatchers_lease_runs_out_and_the_same_webhook_id_is_sent(
