@@ -18,6 +18,7 @@ It reads the outbox and the subscriptions; it never touches a job document.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import threading
@@ -114,6 +115,7 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(os.urandom(24)).decode()
 
 
+@functools.lru_cache(maxsize=256)
 def secret_key(secret: str) -> bytes:
     """The HMAC key of a ``whsec_`` secret: its base64-decoded part (as the Standard Webhooks spec says)."""
     import base64
@@ -180,6 +182,7 @@ def _url(value: str, what: str) -> str:
     return value
 
 
+@functools.lru_cache(maxsize=256)
 def shown_url(url: str) -> str:
     """Scheme, host and path only: a URL's query may hold a key (Slack-style hooks, nonces)."""
     from urllib.parse import urlsplit, urlunsplit
@@ -826,13 +829,19 @@ class Dispatcher:
             msg_id = message_id(item.record, sub_id)
 
             def row(
-                outcome: str, tried: Attempt | None, at: datetime, note: str | None = None, *, sub_id: str = sub_id
+                outcome: str,
+                tried: Attempt | None,
+                at: datetime,
+                note: str | None = None,
+                *,
+                sub_id: str = sub_id,
+                msg_id: str = msg_id,
             ) -> Document:
                 return delivery_record(
                     subscription=index.by_id.get(sub_id),
                     subscription_id=sub_id,
                     record=item.record,
-                    msg_id=message_id(item.record, sub_id) if item.record else "",
+                    msg_id=msg_id,
                     attempt=item.attempts + 1,
                     outcome=outcome,
                     tried=tried,

@@ -205,17 +205,20 @@ def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})  # JSON as they are: no call to _tagged
+
+
 def _tagged(value: Any) -> Any:
     """``value`` with datetimes replaced by ``{"$date": iso}``; dict key order is kept."""
     if isinstance(value, datetime):
         return {_DATE: _utc(value).isoformat()}
     if isinstance(value, dict):
-        plain = {str(key): _tagged(item) for key, item in value.items()}
+        plain = {str(key): item if type(item) in _SCALARS else _tagged(item) for key, item in value.items()}
         if len(plain) == 1 and next(iter(plain)) in _TAGS:  # a stored dict that looks like a tag:
             return {_LITERAL: list(plain.items())}  # kept as pairs, which the decoder never untags
         return plain
     if isinstance(value, (list, tuple)):
-        return [_tagged(item) for item in value]
+        return [item if type(item) in _SCALARS else _tagged(item) for item in value]
     return value
 
 
