@@ -612,14 +612,19 @@ def test_mongodb_a_notified_event_still_costs_three_commands(
 def test_mongodb_a_busy_dispatcher_pass_is_four_commands_that_name_records_by_an_index(
     mongodb_uri: str, database_name: str, db: Any, settings: Settings, receiver: Receiver
 ) -> None:
-    """While its lease is young a dispatcher neither rereads nor rewrites it; it settles the records it
-    delivered by ``_id``. (A filter no index matches as a whole, such as a ``notify_due`` bound with an
-    event-uuid list, makes the MongoDB-wire server decode the whole log on every pass.)"""
+    """While its lease is young a dispatcher neither rereads nor rewrites it (it renews it once half has
+    passed); it settles the records it delivered by ``_id``. (A filter no index matches as a whole, such
+    as a ``notify_due`` bound with an event-uuid list, makes the MongoDB-wire server decode the whole log
+    on every pass.)"""
     listener = CommandLog()
+    lease = notify.budget(settings).lease_seconds
+    start = now() + timedelta(seconds=10)  # the dispatcher's clock: every event below is due by then
+    # pass 1 takes the lease; pass 2 comes within the lease's first half; pass 3 after it, and renews it
+    moments = [start, start + timedelta(seconds=lease / 4), start + timedelta(seconds=lease * 3 / 4)]
     with MongoJobStore(mongodb_uri, database_name, client_options={"event_listeners": [listener]}) as store:
         store.ensure_indexes()
         subscribe(store, settings, url=receiver.url)
-        dispatcher = notify.Dispatcher(store, settings)
+        dispatcher = notify.Dispatcher(store, settings, clock=lambda: moments[0])
         try:
             for n in range(3):
                 uuid, token = new_job(store, {"n": n})
@@ -628,11 +633,16 @@ def test_mongodb_a_busy_dispatcher_pass_is_four_commands_that_name_records_by_an
                 assert dispatcher.run_pass().delivered == 1
                 names = [(c, str(cmd.get(c))) for c, cmd in listener.seen]
                 expected = [("find", "events"), ("find", "jobs"), ("insert", "deliveries"), ("update", "events")]
-                if n == 0:  # the first pass finds something due, then takes the lease
+                if n != 1:  # something is due: the lease is taken (or renewed) first
                     expected = [("find", "events"), ("update", "notify_leases"), *expected]
                 assert names == expected, (n, names)
                 settle = listener.seen[-1][1]["updates"]
                 assert [list(u["q"]) for u in settle] == [["_id"]] and list(settle[0]["q"]["_id"]) == ["$in"]
+                held = db.notify_leases.find_one({"_id": "outbox"})
+                taken = moments[0] if n != 1 else start
+                assert held["owner"] == dispatcher.owner
+                assert abs((held["until"].replace(tzinfo=timezone.utc) - taken).total_seconds() - lease) < 0.01
+                moments.pop(0) if n < 2 else None
         finally:
             dispatcher.close()
     assert len(receiver.wait_for(3)) == 3
