@@ -649,6 +649,51 @@ def test_mongodb_a_busy_dispatcher_pass_is_four_commands_that_name_records_by_an
     assert db.events.count_documents({"notify_due": {"$exists": True}}) == 0
 
 
+def test_mongodb_a_pass_records_its_attempts_in_one_document_listed_row_by_row(
+    mongodb_uri: str, database_name: str, db: Any, settings: Settings, receiver: Receiver
+) -> None:
+    with MongoJobStore(mongodb_uri, database_name) as store:
+        store.ensure_indexes()
+        first = subscribe(store, settings, url=receiver.url)
+        second = subscribe(store, settings, url=receiver.url + "?second")
+        jobs = [new_job(store, {"n": n}) for n in range(3)]
+        for uuid, token in jobs:
+            send(store, settings, uuid, token, "run")
+        assert drain(store, settings).delivered == 6
+        (stored,) = list(db.deliveries.find())
+        assert len(stored["rows"]) == 6 and stored["jobs"] == sorted(uuid for uuid, _ in jobs)
+        assert stored["subscriptions"] == sorted([first["id"], second["id"]])
+        uuid, token = jobs[0]
+        send(store, settings, uuid, token, "finish")
+        assert drain(store, settings).delivered == 2
+        assert db.deliveries.count_documents({}) == 2
+        rows = store.list_deliveries(job_uuid=uuid)
+        assert [r["event"] for r in rows] == ["finish", "finish", "run", "run"]  # newest first
+        assert {r["job_uuid"] for r in rows} == {uuid}
+        mine = store.list_deliveries(job_uuid=uuid, subscription=first["id"])
+        assert [(r["event"], r["subscription"]) for r in mine] == [("finish", first["id"]), ("run", first["id"])]
+        assert [r["event"] for r in store.list_deliveries(subscription=second["id"], limit=2)] == ["finish", "run"]
+        assert len(store.list_deliveries(limit=5)) == 5 and len(store.list_deliveries()) == 8
+
+
+def test_mongodb_db_init_regroups_delivery_records_of_an_earlier_version(
+    mongodb_uri: str, database_name: str, db: Any, settings: Settings
+) -> None:
+    """Before pass documents, each attempt was a document, indexed by (job_uuid, at) and (subscription, at)."""
+    at = now()
+    for n, outcome in enumerate(("failed", "delivered")):
+        row = {"webhook_id": "msg_1", "subscription": "sub_1", "job_uuid": "job-1", "event": "run", "attempt": n + 1}
+        db.deliveries.insert_one({**row, "outcome": outcome, "at": at + timedelta(seconds=n), "expires_at": at})
+    db.deliveries.create_index([("job_uuid", 1), ("at", -1)], name="job_at")
+    db.deliveries.create_index([("subscription", 1), ("at", -1)], name="subscription_at")
+    with MongoJobStore(mongodb_uri, database_name) as store:
+        store.ensure_indexes()
+        assert [r["outcome"] for r in store.list_deliveries(job_uuid="job-1")] == ["delivered", "failed"]
+        assert [r["attempt"] for r in store.list_deliveries(subscription="sub_1")] == [2, 1]
+    assert not set(db.deliveries.index_information()) & {"job_at", "subscription_at"}
+    assert db.deliveries.count_documents({"rows": {"$exists": False}}) == 0
+
+
 # -- SQLite: files of version 2 are migrated -----------------------------------------------------------
 def test_sqlite_a_version_2_file_gains_the_notification_tables(tmp_path: Path, settings: Settings) -> None:
     path = tmp_path / "old.sqlite3"

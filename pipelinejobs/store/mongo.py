@@ -96,15 +96,19 @@ INDEXES: dict[str, tuple[str, list[tuple[str, int]], dict[str, Any]]] = {
     # sparse, not partial: some MongoDB-wire servers (secantusd-py) only use a partial index for its own filter
     "events.notify_due": ("events", [("notify_due", 1)], {"sparse": True}),
     "subscriptions.id_unique": ("subscriptions", [("id", 1)], {"unique": True}),
-    "deliveries.job_at": ("deliveries", [("job_uuid", 1), ("at", -1)], {}),
-    "deliveries.subscription_at": ("deliveries", [("subscription", 1), ("at", -1)], {}),
+    # a delivery document holds one pass's attempts (``rows``), listed under the jobs and subscriptions they name
+    "deliveries.jobs_at": ("deliveries", [("jobs", 1), ("at", -1)], {}),
+    "deliveries.subscriptions_at": ("deliveries", [("subscriptions", 1), ("at", -1)], {}),
     "deliveries.expires_at_ttl": ("deliveries", [("expires_at", 1)], {"expireAfterSeconds": 0}),
 }
 #: indexes of earlier versions that `db init` drops. `state` and `pipeline_uuid` are prefixes of the
 #: (state|pipeline, created) indexes above, which answer the same queries; (state, pipeline) served the
 #: metrics totals, which read every visible job anyway. Each index is one more entry a server may rewrite
 #: on every event's job update (secantusd-py rewrites them all), so fewer is faster, not just smaller.
-SUPERSEDED_INDEXES = {"jobs": ("state", "pipeline_uuid", "state_pipeline")}
+SUPERSEDED_INDEXES = {
+    "jobs": ("state", "pipeline_uuid", "state_pipeline"),
+    "deliveries": ("job_at", "subscription_at"),  # a document per attempt, before pass documents
+}
 _RETENTION_HEAD = {
     "_id": False,
     **dict.fromkeys(("uuid", "state", "pipeline_uuid", "updated", "_visible", "_properties", "_admin"), True),
@@ -153,6 +157,19 @@ def _retry_once(write: Callable[[], T]) -> T:
         return write()
     except ConnectionFailure:
         return write()
+
+
+def _pass_document(rows: list[Document]) -> Document:
+    """One pass's delivery records as one document: one insert and a few index entries, not a document
+    and three index entries per attempt (on a MongoDB-wire server that costs ~1 ms of CPU per statement,
+    the difference is a twentieth of an event's cost). It expires with its last row."""
+    return {
+        "at": min(row["at"] for row in rows),
+        "expires_at": max(row["expires_at"] for row in rows),
+        "jobs": sorted({str(row["job_uuid"]) for row in rows if row.get("job_uuid") is not None}),
+        "subscriptions": sorted({str(row["subscription"]) for row in rows}),
+        "rows": [dict(row) for row in rows],
+    }
 
 
 def _at_revision(uuid: str, revision: int) -> dict[str, Any]:
@@ -336,7 +353,18 @@ class MongoJobStore:
                 for name in present.intersection(names):
                     self.database[collection].drop_index(name)
                     log.info("dropped index %s.%s of an earlier version: no query needs it now", collection, name)
+            self._regroup_deliveries()
         self._indexes_ok.update(INDEXES)
+
+    def _regroup_deliveries(self) -> None:
+        """Delivery records of an earlier version, a document per attempt, become one-row pass documents."""
+        earlier = list(self.deliveries.find({"rows": {"$exists": False}}))
+        if earlier:
+            self.deliveries.bulk_write(
+                [pymongo.ReplaceOne({"_id": doc.pop("_id")}, _pass_document([doc])) for doc in earlier],
+                ordered=False,
+            )
+            log.info("regrouped %d delivery records of an earlier version", len(earlier))
 
     def missing_indexes(self) -> list[str]:
         return self._absent(list(INDEXES))
@@ -721,8 +749,9 @@ class MongoJobStore:
         ]
 
     def settle_notifications(self, owner: str, settled: list[Settled], deliveries: list[Document]) -> int:
-        """The done items: one update of their records, named by ``_id``. Items still pending (rare):
-        one update each, by the record's unique (uuid, seq, slot) key.
+        """The pass's delivery records: one document. The done items: one update of their log records,
+        named by ``_id``. Items still pending (rare): one update each, by the record's unique (uuid, seq,
+        slot) key.
 
         Every statement names its records by a whole index and nothing else: the MongoDB-wire server
         scans and decodes the whole log for a filter no index matches as a whole (one that also bounds
@@ -740,7 +769,8 @@ class MongoJobStore:
         count = 0
         with self._translate():
             if deliveries:
-                self.deliveries.insert_many([dict(d) for d in deliveries], ordered=False)
+                self._require_indexes("deliveries.jobs_at")  # the records' shape is this version's
+                self.deliveries.insert_one(_pass_document(deliveries))
             if retries:
                 count += self.events.bulk_write(retries, ordered=False).matched_count
             if done:
@@ -798,15 +828,24 @@ class MongoJobStore:
     def list_deliveries(
         self, *, job_uuid: str | None = None, subscription: str | None = None, limit: int = 100
     ) -> list[Document]:
+        """Newest first: pass documents newest first (by their ``jobs``/``subscriptions`` index), each one's
+        rows last to first, until ``limit`` rows match."""
         query: dict[str, Any] = {}
         if job_uuid is not None:
-            query["job_uuid"] = job_uuid
+            query["jobs"] = job_uuid
         if subscription is not None:
-            query["subscription"] = subscription
-        order = "at" if query else "_id"  # (job_uuid, at) and (subscription, at) are indexed; else insertion order
+            query["subscriptions"] = subscription
+        order = "at" if query else "_id"
+        wanted = {"job_uuid": job_uuid, "subscription": subscription}
+        rows: list[Document] = []
         with self._translate():
-            cursor = self.deliveries.find(query, {"_id": False}).sort(order, pymongo.DESCENDING)
-            return list(cursor.limit(max(1, limit)))
+            for doc in self.deliveries.find(query, {"_id": False, "rows": True}).sort(order, pymongo.DESCENDING):
+                for row in reversed(doc.get("rows") or []):
+                    if all(value is None or row.get(key) == value for key, value in wanted.items()):
+                        rows.append(row)
+                        if len(rows) >= max(1, limit):
+                            return rows
+        return rows
 
     def expire_deliveries(self, now: datetime) -> int:
         with self._translate():
