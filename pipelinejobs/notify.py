@@ -47,7 +47,8 @@ TEST_TYPE = "pipelinejob.test"
 USER_AGENT = "pipelinejobs-notify"
 MAX_ERROR_CHARS = 200
 GATHER_SECONDS = 0.05  # after a wake-up, serve's dispatcher waits at least this long so a burst makes one batch
-MAX_GATHER_SECONDS = 0.5  # ... and as long as its last pass took, up to this: at most half its time in passes
+GATHER_PER_PASS = 2.0  # ... and this many times as long as its last pass took: at most a third of its time in passes
+MAX_GATHER_SECONDS = 0.5  # ... up to this
 EXPIRE_EVERY_SECONDS = 3600  # serve forgets delivery records past delivery_days this often
 RECHECK_SECONDS = 0.1  # (MongoDB) an item whose event is logged but not yet applied is looked at again after this
 #: a subscription's fields that are secrets: stored, used, never shown after creation
@@ -964,8 +965,8 @@ def start_background(store: JobStore, settings: Settings, clock: Callable[[], da
             woken.wait(pause)
             woken.clear()
             # let a burst gather into a batch: under load, bigger batches cost less per notification (the
-            # batch's reads are shared), and the dispatcher leaves at least half of its time to the events
-            gather = min(max(GATHER_SECONDS, took), MAX_GATHER_SECONDS, plan.every_seconds)
+            # batch's reads are shared), and the dispatcher leaves two thirds of its time to the events
+            gather = min(max(GATHER_SECONDS, GATHER_PER_PASS * took), MAX_GATHER_SECONDS, plan.every_seconds)
             stopping.wait(gather)
 
     thread = threading.Thread(target=loop, name="pipelinejobs-notify", daemon=True)
