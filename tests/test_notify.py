@@ -27,7 +27,7 @@ from pipelinejobs.messages import EventMessage
 from pipelinejobs.settings import Settings, load_settings
 from pipelinejobs.store.base import EventRecord, JobStore
 from pipelinejobs.store.mongo import MongoJobStore
-from pipelinejobs.store.sqlite import SqliteJobStore
+from pipelinejobs.store.sqlite import SCHEMA_VERSION, SqliteJobStore
 from tests.conftest import EXAMPLE_PIPELINE_UUID, ROOT
 from tests.notify_fixtures import Receiver, verify_by_hand, verify_with_library
 from tests.test_event_log import new_job as stored_job
@@ -707,5 +707,52 @@ def test_sqlite_a_version_2_file_gains_the_notification_tables(tmp_path: Path, s
         send(store, settings, uuid, token, "run")
         assert len(outbox(store)) == 1
     conn = sqlite3.connect(path)
-    assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     conn.close()
+
+
+def test_sqlite_a_version_3_file_gains_the_outbox_lease_and_its_items_are_delivered(
+    tmp_path: Path, settings: Settings, receiver: Receiver
+) -> None:
+    """Version 3 leased each outbox row; version 4 leases the outbox as a whole (one row, as on MongoDB)."""
+    path = tmp_path / "v3.sqlite3"
+    with SqliteJobStore(path) as store:
+        uuid, token = new_job(store)
+        subscribe(store, settings, url=receiver.url)
+        send(store, settings, uuid, token, "run")
+    conn = sqlite3.connect(path)
+    conn.executescript("DROP TABLE notify_lease; PRAGMA user_version = 3;")
+    conn.close()
+    with SqliteJobStore(path) as store:
+        assert drain(store, settings).delivered == 1 and outbox(store) == []
+    assert receiver.wait_for(1)[0].json()["job_uuid"] == uuid
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT COUNT(*) FROM notify_lease").fetchone() == (0,)  # released when the drain ended
+    conn.close()
+
+
+def test_sqlite_one_dispatcher_holds_the_outbox_and_renews_its_lease_after_half_of_it(
+    tmp_path: Path, settings: Settings, receiver: Receiver
+) -> None:
+    with SqliteJobStore(tmp_path / "lease.sqlite3") as store:
+        subscribe(store, settings, url=receiver.url)
+        uuid, token = new_job(store)
+        send(store, settings, uuid, token, "run")
+        start = now() + timedelta(seconds=10)
+
+        def claim(owner: str, at: datetime) -> int:
+            return len(store.claim_notifications(at, until=at + timedelta(seconds=60), owner=owner, limit=10))
+
+        def lease() -> tuple[str, float]:
+            with store._reading() as conn:
+                return conn.execute("SELECT owner, until FROM notify_lease").fetchone()
+
+        assert claim("first", start) == 1
+        taken = lease()
+        assert taken == ("first", (start + timedelta(seconds=60)).timestamp())
+        assert claim("second", start + timedelta(seconds=59)) == 0  # the first's lease is live
+        assert claim("first", start + timedelta(seconds=29)) == 1 and lease() == taken  # young: not rewritten
+        assert claim("first", start + timedelta(seconds=31)) == 1 and lease()[1] > taken[1]  # renewed
+        assert claim("second", start + timedelta(seconds=92)) == 1 and lease()[0] == "second"  # ran out
+        store.release_notifications("second")
+        assert lease() is None

@@ -719,7 +719,9 @@ class MongoJobStore:
         lease once half of it has passed: a busy pass is then one query."""
         from .outbox import OutboxItem
 
-        self._require_indexes("events.notify_due")
+        # before anything is sent: a catalog db init has not prepared for this version's delivery records
+        # would refuse each settlement, and every notification would be sent again on every pass
+        self._require_indexes("events.notify_due", "deliveries.jobs_at")
         due_now = {"notify_due": {"$lte": now}}
         held = self._held.get(owner)
         with self._translate():
@@ -769,7 +771,6 @@ class MongoJobStore:
         count = 0
         with self._translate():
             if deliveries:
-                self._require_indexes("deliveries.jobs_at")  # the records' shape is this version's
                 self.deliveries.insert_one(_pass_document(deliveries))
             if retries:
                 count += self.events.bulk_write(retries, ordered=False).matched_count

@@ -69,9 +69,9 @@ class NotifyStore(Protocol):
         """Lease up to ``limit`` due outbox items to dispatcher ``owner`` until ``until`` and return them.
 
         While the lease lasts no other dispatcher is given them; a crashed holder's lease runs out.
-        SQLite leases each item (its ``due`` moves to ``until`` in one conditional write); MongoDB
-        leases the whole outbox to one dispatcher at a time (one small document per pass), so
-        delivering costs no extra write per record. ``owner`` renews its own lease.
+        Both stores lease the whole outbox to one dispatcher at a time (one small row or document,
+        renewed by its holder once half of it has passed), so delivering costs no write per item
+        before the settlement.
         """
 
     def settle_notifications(self, owner: str, settled: list[Settled], deliveries: list[Document]) -> int:

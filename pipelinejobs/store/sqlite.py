@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 
 _IDLE_READERS = 8  # read connections kept open between reads
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for the file's lock before giving up
-SCHEMA_VERSION = 3  # 3: notifications (outbox, subscriptions, deliveries)
+SCHEMA_VERSION = 4  # 3: notifications (outbox, subscriptions, deliveries); 4: one lease on the outbox
 _DATE = "$date"  # JSON tag of a datetime
 _LITERAL = "$literal"  # JSON tag of a stored dict that would otherwise look like a tag
 _TAGS = frozenset({_DATE, _LITERAL})
@@ -146,6 +146,12 @@ _SCHEMA = (
         PRIMARY KEY (uuid, seq, slot)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS outbox_due ON outbox (due)",
+    # one dispatcher at a time holds the outbox, until its lease runs out (outbox.lease is unused since)
+    """CREATE TABLE IF NOT EXISTS notify_lease (
+        name TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        until REAL NOT NULL
+    ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS subscriptions (
         id TEXT PRIMARY KEY,
         created REAL,
@@ -311,9 +317,9 @@ def _advance(conn: sqlite3.Connection, record: EventRecord, expected_revision: i
     return bool(conn.execute(_ADVANCE, (*moved, record.state, record.uuid, expected_revision)).rowcount)
 
 
-def _outbox_key(settled: Settled, owner: str) -> tuple[str, int, str, str]:
-    """The outbox row of a settled item, as long as ``owner`` still holds it."""
-    return (settled.item.uuid, settled.item.seq, settled.item.slot, owner)
+def _outbox_key(settled: Settled) -> tuple[str, int, str]:
+    """The outbox row of a settled item."""
+    return (settled.item.uuid, settled.item.seq, settled.item.slot)
 
 
 def _record(text: str) -> EventRecord:
@@ -343,6 +349,7 @@ class SqliteJobStore:
         self._conn: sqlite3.Connection | None = None
         self._readers: queue.SimpleQueue[sqlite3.Connection] = queue.SimpleQueue()  # idle read connections
         self._writer_lock: int | None = None  # the ``<file>-lock`` descriptor processes take turns on
+        self._held: dict[str, tuple[datetime, datetime]] = {}  # dispatcher -> (outbox lease taken at, until)
         with self._translate_errors():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer_lock = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -818,19 +825,33 @@ class SqliteJobStore:
             return conn.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,)).rowcount == 1
 
     def claim_notifications(self, now: datetime, *, until: datetime, owner: str, limit: int) -> list[OutboxItem]:
+        """One dispatcher at a time holds the outbox (a lease row that runs out when its holder dies):
+        a claim writes nothing per item, and a holder renews the lease once half of it has passed, so a
+        busy pass is one read; its one write, the settlement, is the only time it takes the write lock."""
         from .outbox import OutboxItem
 
-        with self._transaction() as conn:
-            conn.execute(
-                "UPDATE outbox SET due = ?, lease = ? WHERE (uuid, seq, slot) IN"
-                " (SELECT uuid, seq, slot FROM outbox WHERE due <= ? ORDER BY due LIMIT ?)",
-                (_timestamp(until), owner, _timestamp(now), max(1, limit)),
-            )
+        held = self._held.get(owner)
+        if held is None or not held[0] <= now < held[0] + (held[1] - held[0]) / 2:
+            self._held.pop(owner, None)
+            with self._reading() as conn:
+                if conn.execute("SELECT 1 FROM outbox WHERE due <= ? LIMIT 1", (_timestamp(now),)).fetchone() is None:
+                    return []  # nothing due: no lease written (an idle dispatcher writes nothing)
+            with self._transaction() as conn:
+                taken = conn.execute(
+                    "INSERT INTO notify_lease (name, owner, until) VALUES ('outbox', ?, ?) ON CONFLICT (name)"
+                    " DO UPDATE SET owner = excluded.owner, until = excluded.until"
+                    " WHERE notify_lease.until < ? OR notify_lease.owner = excluded.owner",
+                    (owner, _timestamp(until), _timestamp(now)),
+                ).rowcount
+            if not taken:  # another dispatcher's lease is live
+                return []
+            self._held[owner] = (now, until)
+        with self._reading() as conn:
             rows = conn.execute(
-                "SELECT o.uuid, o.seq, o.slot, o.pending, o.attempts, o.due, e.record FROM outbox AS o"
-                " LEFT JOIN events AS e ON e.uuid = o.uuid AND e.seq = o.seq AND e.slot = o.slot"
-                " WHERE o.lease = ? AND o.due = ?",
-                (owner, _timestamp(until)),
+                "SELECT o.uuid, o.seq, o.slot, o.pending, o.attempts, o.due, e.record"
+                " FROM (SELECT * FROM outbox WHERE due <= ? ORDER BY due LIMIT ?) AS o"
+                " LEFT JOIN events AS e ON e.uuid = o.uuid AND e.seq = o.seq AND e.slot = o.slot",
+                (_timestamp(now), max(1, limit)),
             ).fetchall()
         return [
             OutboxItem(
@@ -846,6 +867,8 @@ class SqliteJobStore:
         ]
 
     def settle_notifications(self, owner: str, settled: list[Settled], deliveries: list[Document]) -> int:
+        """Only the lease's holder writes outbox rows; one whose lease ran out in a long pass settles what
+        it did, which at worst repeats a delivery (same ``webhook-id``) that another holder also made."""
         with self._transaction() as conn:
             conn.executemany(
                 "INSERT INTO deliveries (job_uuid, subscription, expires_at, doc) VALUES (?, ?, ?, ?)",
@@ -860,23 +883,24 @@ class SqliteJobStore:
                 ],
             )
             retried = conn.executemany(
-                "UPDATE outbox SET pending = ?, attempts = ?, due = ?, lease = NULL"
-                " WHERE uuid = ? AND seq = ? AND slot = ? AND lease = ?",
+                "UPDATE outbox SET pending = ?, attempts = ?, due = ? WHERE uuid = ? AND seq = ? AND slot = ?",
                 [
-                    (json.dumps(list(one.pending)), one.attempts, _timestamp(one.due), *_outbox_key(one, owner))
+                    (json.dumps(list(one.pending)), one.attempts, _timestamp(one.due), *_outbox_key(one))
                     for one in settled
                     if one.pending
                 ],
             )
             count = max(retried.rowcount, 0)
             done = conn.executemany(
-                "DELETE FROM outbox WHERE uuid = ? AND seq = ? AND slot = ? AND lease = ?",
-                [_outbox_key(one, owner) for one in settled if not one.pending],
+                "DELETE FROM outbox WHERE uuid = ? AND seq = ? AND slot = ?",
+                [_outbox_key(one) for one in settled if not one.pending],
             )
             return count + max(done.rowcount, 0)
 
     def release_notifications(self, owner: str) -> None:
-        """Nothing to release: each claimed item carries its own lease."""
+        self._held.pop(owner, None)
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM notify_lease WHERE name = 'outbox' AND owner = ?", (owner,))
 
     def event_fates(
         self, items: list[OutboxItem], *, now: datetime, grace_seconds: float
