@@ -676,6 +676,26 @@ def test_mongodb_a_pass_records_its_attempts_in_one_document_listed_row_by_row(
         assert len(store.list_deliveries(limit=5)) == 5 and len(store.list_deliveries()) == 8
 
 
+def test_mongodb_a_catalog_db_init_has_not_upgraded_sends_nothing_and_says_so(
+    mongodb_uri: str, database_name: str, db: Any, settings: Settings, receiver: Receiver
+) -> None:
+    with MongoJobStore(mongodb_uri, database_name) as store:
+        store.ensure_indexes()
+        subscribe(store, settings, url=receiver.url)
+        uuid, token = new_job(store)
+        send(store, settings, uuid, token, "run")
+    db.deliveries.drop_index("jobs_at")  # as an earlier version's catalog lacks it
+    with MongoJobStore(mongodb_uri, database_name) as store:
+        dispatcher = notify.Dispatcher(store, settings)
+        with pytest.raises(PipelineJobsError) as refused:
+            dispatcher.run_pass()
+        dispatcher.close()
+        assert refused.value.kind is ErrorKind.CONFIGURATION and "db init" in refused.value.message
+        store.ensure_indexes()
+        assert drain(store, settings).delivered == 1
+    assert len(receiver.wait_for(1)) == 1 and len(receiver.received) == 1
+
+
 def test_mongodb_db_init_regroups_delivery_records_of_an_earlier_version(
     mongodb_uri: str, database_name: str, db: Any, settings: Settings
 ) -> None:
