@@ -18,7 +18,6 @@ It reads the outbox and the subscriptions; it never touches a job document.
 
 from __future__ import annotations
 
-import functools
 import os
 import socket
 import threading
@@ -117,7 +116,6 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(os.urandom(24)).decode()
 
 
-@functools.lru_cache(maxsize=256)
 def secret_key(secret: str) -> bytes:
     """The HMAC key of a ``whsec_`` secret: its base64-decoded part (as the Standard Webhooks spec says)."""
     import base64
@@ -184,7 +182,6 @@ def _url(value: str, what: str) -> str:
     return value
 
 
-@functools.lru_cache(maxsize=256)
 def shown_url(url: str) -> str:
     """Scheme, host and path only: a URL's query may hold a key (Slack-style hooks, nonces)."""
     from urllib.parse import urlsplit, urlunsplit
