@@ -339,13 +339,12 @@ def wake(store: JobStore) -> None:
     """Tell the dispatcher that an outbox item was just committed: this process's, if it runs one, and
     under ``serve --workers`` the supervisor's (see :class:`WakeSocket`)."""
     _wake_here(store)
-    if os.environ.get(WAKE_SOCKET_ENV):
-        _WAKE_SENDER.send(os.environ[WAKE_SOCKET_ENV])
+    _WAKE_SENDER.send()
 
 
 def _wake_here(store: JobStore) -> None:
     cached: _Cached | None = getattr(store, _CACHE, None)
-    if cached is not None:
+    if cached is not None and not cached.wake.is_set():  # set() takes the event's lock and notifies
         cached.wake.set()
 
 
@@ -361,11 +360,15 @@ class _WakeSender:
         self._sock: socket.socket | None = None
         self._sent = 0.0
 
-    def send(self, path: str) -> None:
+    def send(self) -> None:
+        """To the socket named in the environment, if any (looked up only when a datagram is due)."""
         now = time.monotonic()
         if now - self._sent < WAKE_EVERY_SECONDS:
             return
         self._sent = now
+        path = os.environ.get(WAKE_SOCKET_ENV)
+        if not path:
+            return
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
