@@ -313,8 +313,8 @@ class KeepAlive:
             received += self._receive()
         lines = received[:end].decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
-        headers = dict(line.split(": ", 1) for line in lines[1:])
-        length = int({k.lower(): v for k, v in headers.items()}.get("content-length", "-1"))
+        headers = {name.lower(): value for name, value in (line.split(": ", 1) for line in lines[1:])}
+        length = int(headers.get("content-length", "-1"))
         if length < 0:
             raise RuntimeError(f"an answer without Content-Length: {lines[0]}")
         while len(received) < end + 4 + length:
@@ -338,12 +338,8 @@ class KeepAlive:
 @dataclass
 class KeepAliveResponse:
     status_code: int
-    raw_headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     content: bytes
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {k.lower(): v for k, v in self.raw_headers.items()}
 
     def json(self) -> Any:
         return json_module.loads(self.content)

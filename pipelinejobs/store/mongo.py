@@ -717,7 +717,7 @@ class MongoJobStore:
         """One dispatcher at a time holds the outbox (a lease document that runs out when its holder
         dies), so a claim writes one small document, not every record it delivers. A holder renews the
         lease once half of it has passed: a busy pass is then one query."""
-        from .outbox import OutboxItem
+        from .outbox import OutboxItem, lease_is_young
 
         # before anything is sent: a catalog db init has not prepared for this version's delivery records
         # would refuse each settlement, and every notification would be sent again on every pass
@@ -725,7 +725,7 @@ class MongoJobStore:
         due_now = {"notify_due": {"$lte": now}}
         held = self._held.get(owner)
         with self._translate():
-            if held is None or not held[0] <= now < held[0] + (held[1] - held[0]) / 2:
+            if not lease_is_young(held, now):
                 self._held.pop(owner, None)
                 if self.events.find_one(due_now, {"_id": True}) is None:
                     return []  # nothing due: no lease written (an idle dispatcher writes nothing)

@@ -49,6 +49,15 @@ class Settled(NamedTuple):
     due: datetime
 
 
+def lease_is_young(held: tuple[datetime, datetime] | None, now: datetime) -> bool:
+    """Whether a lease its holder took at ``held[0]``, until ``held[1]``, is in its first half at ``now``.
+
+    Both stores let a dispatcher skip the lease write then: it renews once half has passed, so a
+    lease never runs out under a live holder (unless a pass outlasts half of it).
+    """
+    return held is not None and held[0] <= now < held[0] + (held[1] - held[0]) / 2
+
+
 def outbox_fields(record: EventRecord) -> Document:
     """The outbox fields a log record carries on MongoDB while subscriptions wait for it (due now)."""
     return {"notify": list(record.notify), "notify_due": record.date, "notify_attempts": 0}

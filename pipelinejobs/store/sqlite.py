@@ -828,10 +828,10 @@ class SqliteJobStore:
         """One dispatcher at a time holds the outbox (a lease row that runs out when its holder dies):
         a claim writes nothing per item, and a holder renews the lease once half of it has passed, so a
         busy pass is one read; its one write, the settlement, is the only time it takes the write lock."""
-        from .outbox import OutboxItem
+        from .outbox import OutboxItem, lease_is_young
 
         held = self._held.get(owner)
-        if held is None or not held[0] <= now < held[0] + (held[1] - held[0]) / 2:
+        if not lease_is_young(held, now):
             self._held.pop(owner, None)
             with self._reading() as conn:
                 if conn.execute("SELECT 1 FROM outbox WHERE due <= ? LIMIT 1", (_timestamp(now),)).fetchone() is None:
