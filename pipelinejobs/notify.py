@@ -492,6 +492,11 @@ MAX_ANSWER_HEAD = 64 * 1024  # bytes of status line and headers a receiver may s
 MAX_KEPT_BODY = 64 * 1024  # a longer answer body is not read: the connection is closed instead
 
 
+def _ascii_digits(text: str) -> bool:
+    """0-9 only: ``str.isdigit`` also takes "²" (a byte of a latin-1 answer), which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def read_answer(sock: socket.socket) -> tuple[int, bool]:
     """Read the answer to a POST from ``sock``: (status, whether the connection can carry another).
 
@@ -515,7 +520,7 @@ def read_answer(sock: socket.socket) -> tuple[int, bool]:
         head, buffer = buffer[:end].decode("latin-1").split("\r\n"), buffer[end + 4 :]
         version, _, rest = head[0].partition(" ")
         code = rest[:3]
-        if version not in ("HTTP/1.1", "HTTP/1.0") or not code.isdigit() or rest[3:4] not in ("", " "):
+        if version not in ("HTTP/1.1", "HTTP/1.0") or not _ascii_digits(code) or rest[3:4] not in ("", " "):
             raise BadAnswer("not an HTTP/1.x status line")
         status = int(code)
         if not 100 <= status <= 199 or status == 101:
@@ -530,7 +535,7 @@ def read_answer(sock: socket.socket) -> tuple[int, bool]:
     if status in (204, 304):
         return status, keep and not buffer
     length = fields.get("content-length", "")
-    if "transfer-encoding" in fields or not length.isdigit() or int(length) > MAX_KEPT_BODY:
+    if "transfer-encoding" in fields or not _ascii_digits(length) or int(length) > MAX_KEPT_BODY:
         return status, False  # chunked, until close, or long: not worth reading to keep the connection
     remaining = int(length) - len(buffer)
     while remaining > 0:

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 from pymongo import monitoring
 
 from pipelinejobs import documents, notify, service
@@ -445,6 +448,61 @@ def test_a_malformed_or_cut_answer_is_a_failed_attempt_with_a_short_error(answer
     assert not tried.ok and tried.status is None and tried.error
     assert "s3cret" not in tried.error and receiver.url.split("/hook")[0] in tried.error
     assert len(tried.error) <= notify.MAX_ERROR_CHARS
+
+
+_ANSWER_PARTS = st.one_of(
+    st.binary(max_size=40),
+    st.sampled_from(
+        [
+            *(b"HTTP/1.1 ", b"HTTP/1.0 ", b"200", b"204", b"100", b"\xb2\xb3\xb9", b" OK", b"\r\n", b"\r\n\r\n"),
+            *(b"Content-Length: ", b"Connection: close", b"Transfer-Encoding: chunked", b":", b"\x00", b"\xff"),
+        ]
+    ),
+    st.integers(min_value=-(10**30), max_value=10**30).map(lambda n: str(n).encode()),
+)
+_FIELD_VALUES = st.one_of(
+    st.integers(min_value=-(10**30), max_value=10**30).map(lambda n: str(n).encode()),
+    st.binary(max_size=12),
+    st.sampled_from([b"\xb2", b"\xb9\xb9", b"close", b"keep-alive", b"chunked", b""]),
+)
+_STRUCTURED_ANSWERS = st.builds(
+    lambda version, code, fields, body: version + b" " + code + b" Reason\r\n" + b"".join(fields) + b"\r\n" + body,
+    st.sampled_from([b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.1", b"HTTP/1.0", b"HTTP/2", b"ICY"]),
+    st.one_of(st.sampled_from([b"200", b"204", b"100", b"101", b"304", b"500"]), st.binary(min_size=1, max_size=4)),
+    st.lists(
+        st.builds(
+            lambda name, value: name + b": " + value + b"\r\n",
+            st.sampled_from([b"Content-Length", b"Connection", b"Transfer-Encoding", b"X-Any"]),
+            _FIELD_VALUES,
+        ),
+        max_size=4,
+    ),
+    st.binary(max_size=64),
+)
+
+
+@examples(max_examples=500, deadline=None)
+@example(answer=b"HTTP/1.1 \xb2\xb3\xb9 OK\r\n\r\n")  # digits to str.isdigit(), not to int()
+@example(answer=b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n")
+@given(answer=st.one_of(_STRUCTURED_ANSWERS, st.lists(_ANSWER_PARTS, max_size=12).map(b"".join)))
+def test_any_answer_bytes_give_a_status_or_a_clear_failure(answer: bytes) -> None:
+    """Whatever a receiver writes before hanging up: a status and whether to keep the connection, or
+    BadAnswer, or a reset connection; nothing else escapes, and nothing waits for more than was sent."""
+    import socket
+
+    ours, theirs = socket.socketpair()
+    try:
+        ours.settimeout(5)
+        theirs.sendall(answer)
+        theirs.shutdown(socket.SHUT_WR)
+        try:
+            status, keep = notify.read_answer(ours)
+        except (notify.BadAnswer, ConnectionResetError):
+            return
+        assert 100 <= status <= 999 and isinstance(keep, bool)
+    finally:
+        ours.close()
+        theirs.close()
 
 
 def test_a_crashed_dispatchers_lease_runs_out_and_the_same_webhook_id_is_sent(
