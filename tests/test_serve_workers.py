@@ -91,7 +91,7 @@ def test_concurrent_events_through_two_workers_all_land_once(workers_server: Liv
     assert "_abaco_synchronous" not in server.read_log()
 
 
-def _listening_inodes(port: int, *, state: str) -> list[str]:
+def _tcp_inodes_on_port(port: int, *, state: str) -> list[str]:
     """Socket inodes of /proc/net/tcp entries on 127.0.0.1:``port`` in ``state`` (0A: LISTEN, 01: ESTABLISHED)."""
     found = []
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
@@ -117,7 +117,7 @@ def test_each_worker_listens_on_a_socket_of_its_own_and_connections_spread(worke
     server = workers_server
     port = int(server.url.rsplit(":", 1)[1])
     workers = [pid for pid in children(server.proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-    listening = set(_listening_inodes(port, state="0A"))
+    listening = set(_tcp_inodes_on_port(port, state="0A"))
     assert len(listening) == 3, "the supervisor's socket and one per worker"
     own = [_socket_inodes(pid) & listening for pid in workers]
     assert all(len(inodes) == 2 for inodes in own), "each worker serves the shared socket and its own"
@@ -127,7 +127,7 @@ def test_each_worker_listens_on_a_socket_of_its_own_and_connections_spread(worke
     try:
         for client in clients:
             assert client.get(f"{server.url}/healthz").status_code == 200  # each client keeps its connection
-        established = set(_listening_inodes(port, state="01"))
+        established = set(_tcp_inodes_on_port(port, state="01"))
         served = [len(_socket_inodes(pid) & established) for pid in workers]
     finally:
         for client in clients:
