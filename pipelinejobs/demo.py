@@ -152,7 +152,7 @@ class Demo:
         return found.json()["result"]
 
     def show_job(self, expect_state: str | None) -> dict[str, Any] | None:
-        from .cli import job_text
+        from .cli.jobs import job_text
         from .runtime import open_store
         from .settings import load_settings
 

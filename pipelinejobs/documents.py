@@ -21,6 +21,19 @@ def utc_seconds(moment: datetime) -> datetime:
     return moment.astimezone(timezone.utc).replace(microsecond=0)
 
 
+def as_utc(moment: Any, default: datetime) -> datetime:
+    """A stored time as aware UTC (naive times are UTC, as BSON's are); ``default`` when it is not a time."""
+    if not isinstance(moment, datetime):
+        return default
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+
+
+def revision(job: dict[str, Any]) -> int:
+    """A job's ``_properties.revision`` (0 for a job the old library wrote without one)."""
+    found = (job.get("_properties") or {}).get("revision")
+    return found if isinstance(found, int) and not isinstance(found, bool) else 0
+
+
 def admin_block(identity: Identity) -> dict[str, str]:
     # key order matters: the job token hashes repr() of this dict
     return {"owner": identity.owner, "project": identity.project, "tenant": identity.tenant}

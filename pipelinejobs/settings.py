@@ -403,3 +403,11 @@ def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Se
         identity=_identity(env),
         secrets=tuple(sorted(secrets, key=len, reverse=True)),
     )
+
+
+def words(value: Any) -> list[str]:
+    """A list from a YAML list or a comma/space separated string (config values, env variables)."""
+    if value is None:
+        return []
+    items = value if isinstance(value, list | tuple) else re.split(r"[\s,]+", str(value))
+    return [str(item).strip() for item in items if str(item).strip()]

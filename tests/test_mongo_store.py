@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pipelinejobs import documents, identifiers
+from pipelinejobs import deadlines, documents, identifiers
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.settings import Identity
 from pipelinejobs.store.base import Append, EventRecord, Outcome, iter_history
@@ -155,7 +155,7 @@ def test_an_event_costs_three_commands_and_reads_no_whole_document(
     """The hot path as serve runs it (one store, warm): head read, log insert, conditional update."""
     from pymongo import monitoring
 
-    from pipelinejobs import notify, service, watch
+    from pipelinejobs import notify, service
     from pipelinejobs.messages import EventMessage
     from pipelinejobs.settings import load_settings
     from tests.conftest import ROOT
@@ -191,7 +191,7 @@ def test_an_event_costs_three_commands_and_reads_no_whole_document(
         assert "history" not in head_read["projection"] and "data" not in head_read["projection"]
         # a job with deadlines (issue 10) also has a watch record: a state change moves it in one more write
         store.put_watch(
-            watch.new_record(
+            deadlines.new_record(
                 uuid=UUID,
                 pipeline_uuid=None,
                 state="CREATED",

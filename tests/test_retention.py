@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pipelinejobs import service, watch
+from pipelinejobs import retention, service
 from pipelinejobs.messages import CreateMessage, DeleteMessage, EventMessage
 from pipelinejobs.settings import Settings, load_settings
 from pipelinejobs.store.base import JobStore, iter_history
@@ -82,12 +82,12 @@ POLICY = {"days": 20, "pipelines": {KEEPER: {"days": 60}}, "tombstone_days": 10}
 def test_retention_purges_exactly_the_jobs_it_should(store: JobStore, population: dict[str, str]) -> None:
     settings = configured(**POLICY)
     before = {name: store.find_job(uuid) for name, uuid in population.items()}
-    dry = watch.retention_pass(store, settings, NOW, dry_run=True)
+    dry = retention.retention_pass(store, settings, NOW, dry_run=True)
     expected = {population["retired_old"], population["hidden_old"]}
     assert set(dry.purged) == expected and dry.as_dict()["would_purge"] == 2
     assert {name: store.find_job(uuid) for name, uuid in population.items()} == before  # a dry run changes nothing
 
-    report = watch.retention_pass(store, settings, NOW)
+    report = retention.retention_pass(store, settings, NOW)
     assert set(report.purged) == expected
     for name, uuid in population.items():
         if uuid in expected:
@@ -100,23 +100,23 @@ def test_retention_purges_exactly_the_jobs_it_should(store: JobStore, population
             )
         else:
             assert store.find_job(uuid) == before[name], name
-    assert watch.retention_pass(store, settings, NOW).purged == []  # nothing left to do
+    assert retention.retention_pass(store, settings, NOW).purged == []  # nothing left to do
 
 
 def test_failed_jobs_go_too_when_chosen(store: JobStore, population: dict[str, str]) -> None:
     settings = configured(**POLICY, states=["RETIRED", "FAILED"], hidden=False)
-    report = watch.retention_pass(store, settings, NOW)
+    report = retention.retention_pass(store, settings, NOW)
     assert set(report.purged) == {population["retired_old"], population["failed_old"]}
     assert store.find_job(population["hidden_old"]) is not None
 
 
 def test_tombstones_expire_after_their_days(store: JobStore, population: dict[str, str]) -> None:
     settings = configured(**POLICY)
-    watch.retention_pass(store, settings, NOW)
+    retention.retention_pass(store, settings, NOW)
     later = NOW + timedelta(days=10)
-    assert watch.retention_pass(store, settings, later - timedelta(seconds=1), dry_run=True).tombstones_expired == 0
-    assert watch.retention_pass(store, settings, later, dry_run=True).tombstones_expired == 2
-    assert watch.retention_pass(store, settings, later).tombstones_expired == 2
+    assert retention.retention_pass(store, settings, later - timedelta(seconds=1), dry_run=True).tombstones_expired == 0
+    assert retention.retention_pass(store, settings, later, dry_run=True).tombstones_expired == 2
+    assert retention.retention_pass(store, settings, later).tombstones_expired == 2
     for name in ("retired_old", "hidden_old"):
         actions = [u["action"] for u in store.audit_trail(population[name])]
         assert "purge" not in actions
@@ -133,7 +133,7 @@ def test_a_job_that_changed_since_it_was_judged_is_kept(store: JobStore, populat
 
 
 def test_no_retention_configured_purges_nothing(store: JobStore, population: dict[str, str]) -> None:
-    report = watch.retention_pass(store, configured(), NOW + timedelta(days=3650))
+    report = retention.retention_pass(store, configured(), NOW + timedelta(days=3650))
     assert report.purged == [] and all(store.find_head(u) is not None for u in population.values())
 
 

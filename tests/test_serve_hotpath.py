@@ -23,12 +23,12 @@ import pytest
 
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.intake import from_env, parse_message
-from pipelinejobs.server.app import abaco_message
+from pipelinejobs.server.abaco_api import abaco_message
 from pipelinejobs.server.recorder import WriteBehind
-from pipelinejobs.server.registry import MongoRegistry, SqliteRegistry
 from pipelinejobs.settings import load_settings
 from pipelinejobs.store.factory import open_registry
 from pipelinejobs.store.mongo import MongoJobStore
+from pipelinejobs.store.registry import MongoRegistry, SqliteRegistry
 from tests.conftest import EXAMPLE_PIPELINE_UUID, stop_process
 from tests.server_fixtures import LiveServer, new_job
 

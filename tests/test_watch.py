@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pipelinejobs import service, watch
+from pipelinejobs import deadlines, service, watch
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.messages import CreateMessage, EventMessage
 from pipelinejobs.settings import Settings, load_settings
@@ -70,24 +70,24 @@ def fails_of(store: JobStore, uuid: str) -> list[Any]:
 def test_judge_picks_the_deadline_that_ran_out_first() -> None:
     limits = {"created_seconds": 100, "silent_seconds": 60, "running_seconds": 3600, "validating_seconds": 50}
     since, seen = T0, T0 + timedelta(seconds=30)
-    assert watch.judge("RUNNING", since, seen, limits, T0 + timedelta(seconds=89)) is None
-    late = watch.judge("RUNNING", since, seen, limits, T0 + timedelta(seconds=90))
+    assert deadlines.judge("RUNNING", since, seen, limits, T0 + timedelta(seconds=89)) is None
+    late = deadlines.judge("RUNNING", since, seen, limits, T0 + timedelta(seconds=90))
     assert late is not None and (late.deadline, late.seconds, late.last_seen) == ("silent_seconds", 60, seen)
-    total = watch.judge("RUNNING", since, T0 + timedelta(seconds=3599), limits, T0 + timedelta(seconds=3600))
+    total = deadlines.judge("RUNNING", since, T0 + timedelta(seconds=3599), limits, T0 + timedelta(seconds=3600))
     assert total is not None and total.deadline == "running_seconds"
-    assert watch.judge("CREATED", since, seen, limits, T0 + timedelta(seconds=100)).deadline == "created_seconds"
-    assert watch.judge("INDEXING", since, seen, limits, T0 + timedelta(seconds=50)).deadline == "validating_seconds"
+    assert deadlines.judge("CREATED", since, seen, limits, T0 + timedelta(seconds=100)).deadline == "created_seconds"
+    assert deadlines.judge("INDEXING", since, seen, limits, T0 + timedelta(seconds=50)).deadline == "validating_seconds"
     for state in ("FINISHED", "FAILED", "RETIRED", "VALIDATED"):
-        assert watch.judge(state, since, seen, limits, T0 + timedelta(days=999)) is None
-        assert watch.due_at(state, since, seen, limits) is None
-    assert watch.due_at("RUNNING", since, seen, limits) == T0 + timedelta(seconds=90)
-    assert watch.due_at("RUNNING", since, seen, dict(limits, silent_seconds=None)) == T0 + timedelta(hours=1)
+        assert deadlines.judge(state, since, seen, limits, T0 + timedelta(days=999)) is None
+        assert deadlines.due_at(state, since, seen, limits) is None
+    assert deadlines.due_at("RUNNING", since, seen, limits) == T0 + timedelta(seconds=90)
+    assert deadlines.due_at("RUNNING", since, seen, dict(limits, silent_seconds=None)) == T0 + timedelta(hours=1)
 
 
 def test_deadlines_layer_config_pipeline_and_job() -> None:
     settings = configured(created_seconds=10, pipelines={OTHER_PIPELINE: {"created_seconds": 20, "silent_seconds": 5}})
-    assert watch.effective_deadlines(settings, EXAMPLE_PIPELINE_UUID, None)["created_seconds"] == 10
-    layered = watch.effective_deadlines(settings, OTHER_PIPELINE, {"silent_seconds": None, "running_seconds": 7})
+    assert deadlines.effective_deadlines(settings, EXAMPLE_PIPELINE_UUID, None)["created_seconds"] == 10
+    layered = deadlines.effective_deadlines(settings, OTHER_PIPELINE, {"silent_seconds": None, "running_seconds": 7})
     assert layered == {"created_seconds": 20, "silent_seconds": None, "running_seconds": 7, "validating_seconds": 86400}
 
 
@@ -436,5 +436,5 @@ def test_a_heartbeat_after_the_judgement_spares_the_job(store: JobStore) -> None
     record = store.watch_record(uuid)
     send(store, settings, uuid, token, "heartbeat", T0 + timedelta(seconds=100))  # lands after the record was read
     report = watch.PassReport()
-    watch._judge_one(store, settings, record, T0 + timedelta(seconds=90), report, False, service.fail_overdue)
+    watch._judge_one(store, settings, record, T0 + timedelta(seconds=90), report, False)
     assert report.failed == [] and report.lost_races == 1 and store.find_head(uuid)["state"] == "RUNNING"

@@ -19,11 +19,13 @@ from typing import Any
 from .. import logs
 from ..errors import ErrorKind, PipelineJobsError
 from ..runtime import dumps, handle_env, open_store
-from ..settings import Settings, collect_secrets
+from ..settings import Settings, collect_secrets, words
 from ..store.base import JobStore
 from ..store.factory import open_registry
+from ..store.registry import Record, Registry, abaco_time
+from .abaco_records import nonce_tenant
+from .api_tokens import ApiTokens
 from .recorder import WriteBehind
-from .registry import ApiTokens, Record, Registry, abaco_time, nonce_tenant, words
 
 MAX_LOG_CHARS = 1_000_000  # Abaco caps execution logs at 1 MB
 
@@ -80,18 +82,29 @@ class Server:
     observe: Callable[[dict[str, Any]], None] | None = None
 
     def execute(
-        self, env: dict[str, str], execution: Record, secrets: Iterable[str], parsed: dict[str, Any] | None = None
+        self,
+        env: dict[str, str],
+        execution: Record,
+        secrets: Iterable[str],
+        parsed: dict[str, Any] | None = None,
+        operator: bool = False,
     ) -> tuple[Record, Any]:
         """Handle one message like a container run; record and return (execution, result).
 
-        ``parsed`` is the JSON object whose repr is ``env["MSG"]``, so it is not parsed again.
+        ``parsed`` is the JSON object whose repr is ``env["MSG"]``, so it is not parsed again;
+        ``operator``: the request held one of serve's API tokens (``runtime.handle_intake``).
         The logs hide what reactor.py's would (``collect_secrets`` of the message's environment),
         plus ``secrets`` (e.g. the caller's bearer token) and a token the result hands out.
         """
         start = self.clock()
         with self.capture.records() as records:
             code, result = handle_env(
-                env, settings=self.settings, get_store=lambda: self.store, now=self.clock(), parsed=parsed
+                env,
+                settings=self.settings,
+                get_store=lambda: self.store,
+                now=self.clock(),
+                parsed=parsed,
+                operator=operator,
             )
         finish = self.clock()
         if self.observe is not None:

@@ -31,11 +31,13 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import logs
 from ..errors import ErrorKind, PipelineJobsError
 from ..store.base import ReadStore
+from .http import JSONResponse
 
 log = logs.get_logger("server.metrics")
 DEFAULT_REFRESH_SECONDS = 30.0
@@ -250,8 +252,6 @@ async def metrics_endpoint(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """200 when the store answers a trivial read within 2 s; 503 with the reason when it does not."""
-    from .app import JSONResponse
-
     server = request.app.state.server
     try:
         await run_in_threadpool(server.store.ping)
@@ -260,6 +260,10 @@ async def readyz(request: Request) -> Response:
         body = {"status": "unavailable", "store": server.store.backend, "reason": exc.message}
         return JSONResponse(body, status_code=503)
     return JSONResponse({"status": "ready", "store": server.store.backend})
+
+
+def metrics_routes() -> list[Route]:
+    return [Route("/readyz", readyz, methods=["GET"]), Route("/metrics", metrics_endpoint, methods=["GET"])]
 
 
 def install(app: Any, server: Any) -> Metrics:

@@ -22,39 +22,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import __version__, queries
+from .. import queries
 from ..errors import PipelineJobsError
 from ..store.base import ReadStore
-from .app import INVALID_JWT, NO_CREDENTIALS, JSONResponse, _bearer, _server
-from .registry import NONCE_MISSING, Level, Refused
+from .abaco_records import Refused
+from .auth import authorize_read
+from .http import JSONResponse, envelope, server_of
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _answer(request: Request, result: Any, message: str = "The request was successful") -> Response:
-    body: dict[str, Any] = {"status": "success", "message": message, "version": __version__, "result": result}
-    if request.url.path.startswith("/v3/"):
-        body["metadata"] = {}
-    return JSONResponse(body)
-
-
-async def authorize_read(request: Request) -> str:
-    """The user a read acts as, or Refused (401) with Abaco's texts; a nonce use is counted."""
-    server = _server(request)
-    token = _bearer(request)
-    nonce = request.query_params.get("x-nonce") or None
-    if token:
-        if server.config.api_tokens.check(token):
-            return server.config.owner
-        raise Refused(INVALID_JWT, 401)
-    if not nonce:
-        raise Refused(NO_CREDENTIALS, 401)
-    registry = server.registry
-    for actor in server.config.actors:
-        if await run_in_threadpool(registry.get_nonce, actor, nonce) is not None:
-            used = await run_in_threadpool(registry.use_nonce, actor, nonce, Level.READ, server.clock())
-            return str(used.get("owner") or server.config.owner)
-    raise Refused(NONCE_MISSING, 401)
+def answer(request: Request, result: Any, message: str = "The request was successful") -> Response:
+    """Abaco's envelope around a read result, whose keys are already snake case (v3 rewrites none)."""
+    return envelope(request, result, message, snake_case=False)
 
 
 def _reader(handler: Handler, *, public: bool = False) -> Handler:
@@ -92,27 +72,27 @@ async def list_jobs(request: Request) -> Response:
     where = queries.parse_job_filter(params)
     limit = queries.parse_limit(params.get("limit"))
     counts = params.get("counts", "").strip().lower() in ("1", "true", "yes", "on")
-    store = cast(ReadStore, _server(request).store)  # both stores implement the read side
+    store = cast(ReadStore, server_of(request).store)  # both stores implement the read side
     body = await run_in_threadpool(
         lambda: queries.list_jobs(store, where, after=params.get("after") or None, limit=limit, counts=counts)
     )
-    return _answer(request, body, "Jobs retrieved successfully.")
+    return answer(request, body, "Jobs retrieved successfully.")
 
 
 async def count_jobs(request: Request) -> Response:
     """``GET /jobs/counts``: jobs per state under the list's filters (``state`` aside)."""
     where = queries.parse_job_filter(request.query_params)
-    store = cast(ReadStore, _server(request).store)  # both stores implement the read side
+    store = cast(ReadStore, server_of(request).store)  # both stores implement the read side
     counts = await run_in_threadpool(queries.count_jobs, store, where)
-    return _answer(request, {"counts": counts, "total": sum(counts.values())}, "Job counts retrieved successfully.")
+    return answer(request, {"counts": counts, "total": sum(counts.values())}, "Job counts retrieved successfully.")
 
 
 async def get_job(request: Request) -> Response:
     uuid = request.path_params["uuid"]
-    job = await run_in_threadpool(queries.get_job, _server(request).store, uuid)
+    job = await run_in_threadpool(queries.get_job, server_of(request).store, uuid)
     if job is None:
         raise _not_found("job", uuid)
-    return _answer(request, job, "Job retrieved successfully.")
+    return answer(request, job, "Job retrieved successfully.")
 
 
 async def job_events(request: Request) -> Response:
@@ -120,30 +100,30 @@ async def job_events(request: Request) -> Response:
     uuid = request.path_params["uuid"]
     params = request.query_params
     limit = queries.parse_limit(params.get("limit"), default=100, maximum=1000)
-    store = _server(request).store
+    store = server_of(request).store
     page = await run_in_threadpool(
         lambda: queries.job_events(store, uuid, after=params.get("after") or None, limit=limit)
     )
     if page is None:
         raise _not_found("job", uuid)
-    return _answer(request, page, "Job events retrieved successfully.")
+    return answer(request, page, "Job events retrieved successfully.")
 
 
 async def list_pipelines(request: Request) -> Response:
-    found = await run_in_threadpool(queries.list_pipelines, _server(request).store)
-    return _answer(request, found, "Pipelines retrieved successfully.")
+    found = await run_in_threadpool(queries.list_pipelines, server_of(request).store)
+    return answer(request, found, "Pipelines retrieved successfully.")
 
 
 async def get_pipeline(request: Request) -> Response:
     uuid = request.path_params["uuid"]
-    found = await run_in_threadpool(queries.get_pipeline, _server(request).store, uuid)
+    found = await run_in_threadpool(queries.get_pipeline, server_of(request).store, uuid)
     if found is None:
         raise _not_found("pipeline", uuid)
-    return _answer(request, found, "Pipeline retrieved successfully.")
+    return answer(request, found, "Pipeline retrieved successfully.")
 
 
 async def list_schemas(request: Request) -> Response:
-    return _answer(request, queries.schema_names(), "Schemas retrieved successfully.")
+    return answer(request, queries.schema_names(), "Schemas retrieved successfully.")
 
 
 async def get_schema(request: Request) -> Response:
@@ -159,7 +139,7 @@ async def state_machine(request: Request) -> Response:
     if request.query_params.get("format", "").lower() == "svg" or request.url.path.endswith(".svg"):
         path = [s.strip().upper() for s in request.query_params.get("path", "").split(",") if s.strip()]
         return Response(queries.state_machine_svg(path[:100]), media_type="image/svg+xml")
-    return _answer(request, queries.state_machine(), "State machine retrieved successfully.")
+    return answer(request, queries.state_machine(), "State machine retrieved successfully.")
 
 
 def read_routes() -> list[Route]:

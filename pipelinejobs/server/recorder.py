@@ -26,8 +26,8 @@ from datetime import datetime
 
 from .. import logs
 from ..errors import PipelineJobsError
-from .jsontext import surrogate_safe
-from .registry import Level, Record, Registry, Totals
+from ..jsontext import surrogate_safe
+from ..store.registry import Level, Record, Registry, Totals
 
 log = logs.get_logger("server.recorder")
 
@@ -143,7 +143,7 @@ class WriteBehind:
     def delete_nonce(self, actor_id: str, nonce_id: str) -> bool:
         return self.inner.delete_nonce(actor_id, nonce_id)
 
-    def use_nonce(self, actor_id: str, nonce_id: str, level: Level, now: datetime) -> Record:
+    def use_nonce(self, actor_id: str, nonce_id: str, level: Level, now: datetime) -> Record | None:
         return self.inner.use_nonce(actor_id, nonce_id, level, now)
 
     def ensure_indexes(self) -> None:

@@ -24,14 +24,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from .. import notify, queries
-from ..errors import ErrorKind, PipelineJobsError
-from .app import INVALID_JWT, _bearer, _read_body, _server
-from .read import _answer as _json_answer
-from .registry import Refused
+from ..errors import PipelineJobsError
+from .abaco_records import Refused
+from .auth import authorize_operator
+from .http import read_body, server_of, status_of
+from .read import answer as _json_answer
 
 Handler = Callable[[Request], Awaitable[Response]]
-BEARER_ONLY = "Subscriptions are managed with an API token (Authorization: Bearer); nonces are not accepted."
-_REFUSALS = {ErrorKind.BAD_MESSAGE: 400, ErrorKind.NOT_FOUND: 404}
 _FIELDS = {
     "pipeline",
     "job",
@@ -56,18 +55,14 @@ def _authorized(handler: Handler) -> Handler:
     """Bearer API tokens only; a store or validation error becomes a 400/404/503 without secrets."""
 
     async def endpoint(request: Request) -> Response:
-        token = _bearer(request)
-        if not token:
-            raise Refused(BEARER_ONLY, 401)
-        if not _server(request).config.api_tokens.check(token):
-            raise Refused(INVALID_JWT, 401)
+        authorize_operator(request)
         try:
             return await handler(request)
         except queries.QueryError as exc:
             raise Refused(str(exc), 400) from None
         except PipelineJobsError as exc:
-            if exc.kind in _REFUSALS:
-                raise Refused(exc.message, _REFUSALS[exc.kind]) from None
+            if status_of(exc.kind) < 500:  # the caller's mistake: said in Abaco's envelope, without secrets
+                raise Refused(exc.message, status_of(exc.kind)) from None
             raise
 
     return endpoint
@@ -84,8 +79,8 @@ def _names(value: Any, what: str) -> list[str]:
 
 
 async def create_subscription(request: Request) -> Response:
-    server = _server(request)
-    raw = await _read_body(request, 65536)
+    server = server_of(request)
+    raw = await read_body(request, 65536)
     try:
         body = json.loads(raw or b"{}")
     except (ValueError, RecursionError):
@@ -121,13 +116,13 @@ async def create_subscription(request: Request) -> Response:
 
 
 async def list_subscriptions(request: Request) -> Response:
-    store: Any = _server(request).store
+    store: Any = server_of(request).store
     found = await run_in_threadpool(store.list_subscriptions)
     return _answer(request, [notify.public_view(s) for s in found], "Subscriptions retrieved successfully.")
 
 
 async def _subscription(request: Request) -> dict[str, Any]:
-    store: Any = _server(request).store
+    store: Any = server_of(request).store
     subscription_id = request.path_params["id"]
     found = await run_in_threadpool(store.find_subscription, subscription_id)
     if found is None:
@@ -136,13 +131,13 @@ async def _subscription(request: Request) -> dict[str, Any]:
 
 
 async def delete_subscription(request: Request) -> Response:
-    server = _server(request)
+    server = server_of(request)
     await run_in_threadpool(notify.remove_subscription, server.store, request.path_params["id"])
     return _answer(request, None, "Subscription deleted successfully.")
 
 
 async def test_subscription(request: Request) -> Response:
-    server = _server(request)
+    server = server_of(request)
     subscription = await _subscription(request)
     result = await run_in_threadpool(
         lambda: notify.send_test(server.store, server.settings, subscription, now=server.clock())
@@ -151,7 +146,7 @@ async def test_subscription(request: Request) -> Response:
 
 
 async def subscription_deliveries(request: Request) -> Response:
-    store: Any = _server(request).store
+    store: Any = server_of(request).store
     subscription = await _subscription(request)
     limit = queries.parse_limit(request.query_params.get("limit"), default=100, maximum=1000)
     rows = await run_in_threadpool(lambda: store.list_deliveries(subscription=subscription["id"], limit=limit))
@@ -159,7 +154,7 @@ async def subscription_deliveries(request: Request) -> Response:
 
 
 async def job_deliveries(request: Request) -> Response:
-    store: Any = _server(request).store
+    store: Any = server_of(request).store
     limit = queries.parse_limit(request.query_params.get("limit"), default=100, maximum=1000)
     uuid = request.path_params["uuid"]
     rows = await run_in_threadpool(lambda: store.list_deliveries(job_uuid=uuid, limit=limit))

@@ -42,11 +42,11 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from .. import __version__, fsm, logs, queries
-from ..errors import ErrorKind, PipelineJobsError
+from ..errors import PipelineJobsError
 from ..store.base import ReadStore
-from .app import JSONResponse, _bearer, _server
-from .read import authorize_read
-from .registry import Refused
+from .abaco_records import Refused
+from .auth import authorize_read
+from .http import JSONResponse, bearer, server_of, status_of
 
 log = logs.get_logger("server.ui")
 
@@ -156,13 +156,13 @@ def _sessions(request: Request) -> Sessions:
     state = request.app.state
     found = getattr(state, "ui_sessions", None)
     if found is None:
-        server = _server(request)
+        server = server_of(request)
         found = state.ui_sessions = Sessions(session_key(server), server.clock)
     return cast(Sessions, found)
 
 
 def _session_owner(request: Request) -> str | None:
-    return _sessions(request).owner(request.cookies.get(COOKIE), _server(request).config.owner)
+    return _sessions(request).owner(request.cookies.get(COOKIE), server_of(request).config.owner)
 
 
 @dataclass(frozen=True)
@@ -196,13 +196,13 @@ async def _viewer(request: Request) -> Viewer:
     if owner is not None:
         return Viewer(owner, None, root)
     nonce = request.query_params.get("x-nonce") or None
-    if not nonce and not _bearer(request):
+    if not nonce and not bearer(request):
         raise SignInNeeded()
     try:
         owner = await authorize_read(request)
     except Refused as exc:
         raise SignInNeeded(exc.message) from None
-    return Viewer(owner, nonce if not _bearer(request) else None, root)
+    return Viewer(owner, nonce if not bearer(request) else None, root)
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -292,7 +292,7 @@ def render(template: str, **context: Any) -> str:
 def page(request: Request, template: str, status: int = 200, **context: Any) -> Response:
     """An HTML answer with the view's headers; ``viewer`` (or None) and ``now`` are always there."""
     context.setdefault("viewer", None)
-    context.setdefault("now", _server(request).clock())
+    context.setdefault("now", server_of(request).clock())
     for name in ("error", "notice", "nav"):
         context.setdefault(name, None)
     context["ago"] = lambda value: relative(value, context["now"])
@@ -335,7 +335,7 @@ def _viewing(handler: Handler, *, data: bool = False) -> Callable[[Request], Awa
             if metrics is not None:
                 metrics.store_error(exc)
             log.warning("web view: %s failed (%s)", request.url.path, exc.kind.value)
-            status, title = (503 if exc.kind is ErrorKind.STORAGE_UNAVAILABLE else 500), "The store failed"
+            status, title = status_of(exc.kind), "The store failed"
             message = "The job store cannot be reached; try again shortly." if status == 503 else exc.message
         if data:
             return JSONResponse({"error": message}, status_code=status, headers=HEADERS)
@@ -373,7 +373,7 @@ async def jobs_page(request: Request, viewer: Viewer) -> Response:
     where = queries.parse_job_filter(params)
     limit = queries.parse_limit(params.get("limit"), default=50, maximum=max(PAGE_SIZES))
     after = params.get("after") or None
-    store = cast(ReadStore, _server(request).store)
+    store = cast(ReadStore, server_of(request).store)
 
     def load() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         return queries.list_jobs(store, where, after=after, limit=limit, counts=True), _pipelines(store)
@@ -538,7 +538,7 @@ def _job_view(server: Any, uuid: str, now: datetime, after: str | None) -> dict[
 
 async def job_page(request: Request, viewer: Viewer) -> Response:
     """``/ui/jobs/{uuid}``: the job, its timeline, every event, the state graph with its path."""
-    server = _server(request)
+    server = server_of(request)
     uuid = request.path_params["uuid"]
     now = server.clock()
     after = request.query_params.get("after") or None
@@ -553,7 +553,7 @@ async def job_page(request: Request, viewer: Viewer) -> Response:
 
 async def job_updates(request: Request, viewer: Viewer) -> Response:
     """``/ui/jobs/{uuid}/updates?after=CURSOR``: the job page's parts, re-rendered when events came after CURSOR."""
-    server = _server(request)
+    server = server_of(request)
     uuid = request.path_params["uuid"]
     after = request.query_params.get("after") or None
     now = server.clock()
@@ -582,7 +582,7 @@ async def job_updates(request: Request, viewer: Viewer) -> Response:
 # -- pipelines -------------------------------------------------------------------------------------
 async def pipelines_page(request: Request, viewer: Viewer) -> Response:
     """``/ui/pipelines``: every pipeline with its visible jobs per state (one aggregate over the jobs)."""
-    store = _server(request).store
+    store = server_of(request).store
 
     def load() -> tuple[list[dict[str, Any]], dict[tuple[str, str], int]]:
         return queries.list_pipelines(store), cast(ReadStore, store).job_totals()
@@ -650,7 +650,7 @@ async def signin(request: Request) -> Response:
         return page(request, "signin.html", 400, next="/ui/", error="Send the sign-in form as the page does.")
     token = str(form.get("token") or "").strip()
     target = _next_target(str(form.get("next") or ""))
-    server = _server(request)
+    server = server_of(request)
     if not token or not server.config.api_tokens.check(token):
         return page(request, "signin.html", 401, next=target, error="That API token is not accepted here.")
     session_id = _sessions(request).open(server.config.owner)
@@ -671,7 +671,7 @@ async def signin(request: Request) -> Response:
 async def signout(request: Request) -> Response:
     if not _same_origin(request):
         return page(request, "error.html", 403, title="Not from this site", error="Sign out from the view itself.")
-    _sessions(request).close(request.cookies.get(COOKIE), _server(request).config.owner)
+    _sessions(request).close(request.cookies.get(COOKIE), server_of(request).config.owner)
     root = str(request.scope.get("root_path") or "").rstrip("/")
     response = RedirectResponse(f"{root}/ui/signin?signed_out=1", status_code=303, headers=HEADERS)
     response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict", secure=request.url.scheme == "https")

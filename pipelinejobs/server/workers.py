@@ -35,10 +35,9 @@ from typing import Any, cast
 from starlette.applications import Starlette
 
 from .. import logs, notify
-from ..settings import Settings, load_settings
+from ..settings import Settings, load_settings, words
 from .app import create_app, start_background
 from .execution import Server, open_server, serve_config
-from .registry import words
 from .ui import SESSION_KEY_ENV
 
 log = logs.get_logger("server.workers")

@@ -20,7 +20,7 @@ from ..settings import Settings
 from .base import JobStore
 
 if TYPE_CHECKING:
-    from ..server.registry import Registry
+    from .registry import Registry
 
 
 def open_job_store(settings: Settings, env: Mapping[str, str] | None = None, *, embedded: bool = True) -> JobStore:
@@ -59,8 +59,8 @@ def open_registry(settings: Settings, store: JobStore) -> Registry:
 
     It creates no MongoDB indexes (``ensure_indexes``, which ``pipelinejobs db init`` and serve run).
     """
-    from ..server.registry import MongoRegistry, SqliteRegistry, sqlite_path_for
     from .mongo import MongoJobStore
+    from .registry import MongoRegistry, SqliteRegistry, sqlite_path_for
     from .sqlite import SqliteJobStore
 
     if isinstance(store, MongoJobStore):

@@ -1,26 +1,22 @@
-"""What `pipelinejobs serve` keeps besides jobs: API tokens, Abaco-style nonces and executions.
+"""Where `pipelinejobs serve` keeps its Abaco records: nonces and executions, beside the jobs.
 
 A nonce with N uses must admit exactly N requests even when they race, so a use
 is one conditional write per backend (MongoDB ``find_one_and_update`` with a
 ``remainingUses > 0`` filter, SQLite ``UPDATE ... WHERE remaining_uses > 0``);
-the reason for a refusal is read afterwards, when nothing depends on it.
+why a use was refused is for the caller to read afterwards, when nothing depends on it.
 The registry lives where the jobs live: the same MongoDB database (through the
 job store's one client), or a SQLite file next to the embedded job store, used
-through a few pooled connections that stay open until ``close``.
+through a few pooled connections that stay open until ``close``. What the
+records mean and how Abaco shows them is the server's (``server/abaco_records.py``).
 """
 
 from __future__ import annotations
 
 import enum
-import hashlib
-import hmac
 import json
-import re
-import secrets
 import sqlite3
-import string
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,17 +24,17 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..errors import ErrorKind, PipelineJobsError
-from ..settings import Settings
-from ..store.sqlite import SqliteJobStore
-from .jsontext import dumps_utf8, surrogate_safe
+from ..jsontext import dumps_utf8, surrogate_safe
+from .sqlite import SqliteJobStore
 
 Record = dict[str, Any]
 
-_ID_ALPHABET = string.ascii_letters + string.digits
-
 
 class Level(enum.IntEnum):
-    """Abaco's permission levels; a higher level includes the lower ones (a NONE nonce admits nothing)."""
+    """Abaco's permission levels; a higher level includes the lower ones (a NONE nonce admits nothing).
+
+    Stored as ``levelRank`` / ``level_rank`` so that a use is admitted by one conditional write.
+    """
 
     NONE = 0
     READ = 1
@@ -46,230 +42,10 @@ class Level(enum.IntEnum):
     UPDATE = 3
 
 
-class Refused(Exception):
-    """A request refused with Abaco's wording; the HTTP front end answers 400."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-
-
-NONCE_MISSING = "Nonce does not exist."
-NONCE_LEVEL = "Nonce does not have sufficient permissions level."
-NONCE_USED_UP = "No remaining uses left for this nonce."
-
-
-def hashid() -> str:
-    """A 13-character id, shaped like Abaco's hashids: 80 random bits in base 62 (one read of the OS's randomness)."""
-    number = int.from_bytes(secrets.token_bytes(10), "big")
-    digits = []
-    for _ in range(13):
-        number, digit = divmod(number, 62)
-        digits.append(_ID_ALPHABET[digit])
-    return "".join(digits)
-
-
 def abaco_time(moment: datetime) -> str:
-    """UTC with milliseconds and a Z, as Abaco displays times."""
+    """UTC with milliseconds and a Z, as Abaco stores and displays times."""
     moment = moment.astimezone(timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-class ApiTokens:
-    """The bearer tokens `serve` accepts, kept only as sha256 digests."""
-
-    def __init__(self, digests: Iterable[str] = ()) -> None:
-        self._digests = tuple(sorted({d.strip().lower() for d in digests if d and d.strip()}))
-
-    @classmethod
-    def from_plain(cls, tokens: Iterable[str], digests: Iterable[str] = ()) -> ApiTokens:
-        return cls([*digests, *(sha256(t) for t in tokens if t)])
-
-    def __len__(self) -> int:
-        return len(self._digests)
-
-    def check(self, presented: str) -> bool:
-        """Constant-time in the token; every digest is compared so timing tells nothing."""
-        digest = sha256(presented)
-        found = False
-        for known in self._digests:
-            found |= hmac.compare_digest(digest, known)
-        return found
-
-
-def sha256(value: str) -> str:
-    return hashlib.sha256(value.encode()).hexdigest()
-
-
-INT64_MAX = 2**63 - 1  # the largest count either store keeps exactly (MongoDB's int64)
-
-# Abaco's texts (actors/controllers.py, models.py; the parser's help text is the Nonce model's)
-NONCE_NOT_FOUND = "Nonce not found."
-MAX_USES_NOT_INTEGER = "The max uses parameter must be an integer."
-MAX_USES_RANGE = "The max uses parameter must be a positive integer or -1 (to denote unlimited uses)."
-MAX_USES_HELP = "Maximum number of times this nonce can be redeemed. Default is unlimited."
-LEVEL_CHOICES = tuple(Level.__members__)
-BAD_LEVEL = f"Invalid nonce description. The level attribute must be one of: {LEVEL_CHOICES}"
-BAD_NONCE_BODY = "Invalid nonce description: Unable to process the JSON description."
-_DECIMAL = re.compile(r"[+-]?[0-9]+")
-
-
-def _max_uses(value: Any, field: str) -> int:
-    """maxUses as Abaco's request parser reads it (an integer), then Abaco's range check.
-
-    Deliberately stricter than Python's ``int()``: no booleans, fractions, Unicode digits or
-    ``1_000``; and a count beyond int64 is refused rather than overflowing the store.
-    """
-    unparsable = Refused(f"Invalid nonce description: {{{field!r}: {MAX_USES_HELP!r}}}")
-    if value is None:
-        raise Refused(MAX_USES_NOT_INTEGER)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, str):
-        text = value.strip()
-        if not _DECIMAL.fullmatch(text):
-            raise unparsable
-        if len(text.lstrip("+-").lstrip("0")) > 19:  # more digits than int64 holds: no int() of a huge string
-            raise Refused(f"{MAX_USES_RANGE} The largest is {INT64_MAX}.")
-        value = int(text)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise unparsable
-    if value == 0 or value < -1:
-        raise Refused(MAX_USES_RANGE)
-    if value > INT64_MAX:
-        raise Refused(f"{MAX_USES_RANGE} The largest is {INT64_MAX}.")
-    return value
-
-
-def new_nonce(
-    *,
-    actor_id: str,
-    owner: str,
-    tenant: str,
-    now: datetime,
-    max_uses: Any = -1,
-    level: Any = "EXECUTE",
-    description: Any = "",
-    roles: Iterable[str] = (),
-    field: str = "maxUses",
-) -> Record:
-    """A nonce record as Abaco stores it, after Abaco's checks of maxUses and level.
-
-    ``field`` is how the request spelled maxUses (``max_uses`` on Tapis v3), for the refusal text.
-    Levels are case-sensitive, as in Abaco.
-    """
-    uses = _max_uses(max_uses, field)
-    if not isinstance(level, str) or level not in LEVEL_CHOICES:
-        raise Refused(BAD_LEVEL)
-    return {
-        "id": f"{tenant.upper()}_{hashid()}",
-        "actorId": actor_id,
-        "owner": owner,
-        "roles": list(roles),
-        "level": level,
-        "maxUses": uses,
-        "currentUses": 0,
-        "remainingUses": uses,
-        "description": "" if description is None else str(description)[:1000],
-        "createTime": abaco_time(now),
-        "lastUseTime": None,
-    }
-
-
-def refusal(nonce: Record | None, level: Level) -> Refused:
-    """Why a use was refused, read after the conditional write missed."""
-    if nonce is None:
-        return Refused(NONCE_MISSING)
-    if Level[nonce["level"]] < level:
-        return Refused(NONCE_LEVEL)
-    return Refused(NONCE_USED_UP)
-
-
-# -- how Abaco displays records (models.py ``display()``; the API answers in these shapes) ------
-@dataclass(frozen=True)
-class Links:
-    """Where Abaco's hypermedia points: the tenant's base URL, with v2 or v3 paths."""
-
-    api_server: str
-    v3: bool = False
-
-    def actor(self, actor_id: str) -> str:
-        return f"{self.api_server}/v3/actors/{actor_id}" if self.v3 else f"{self.api_server}/actors/v2/{actor_id}"
-
-    def profile(self, user: str) -> str:
-        return f"{self.api_server}/v3/oauth2/profiles/{user}" if self.v3 else f"{self.api_server}/profiles/v2/{user}"
-
-
-def display_time(value: str | None) -> str:
-    """Abaco shows a time that was never set as the string "None" (``display_time``)."""
-    return value or "None"
-
-
-def display_nonce(nonce: Record, links: Links) -> Record:
-    actor = links.actor(nonce["actorId"])
-    shown = {
-        "id": nonce["id"],
-        "actorId": nonce["actorId"],
-        "owner": nonce["owner"],
-        "roles": list(nonce.get("roles") or []),
-        "apiServer": links.api_server,
-        "level": nonce["level"],
-        "maxUses": nonce["maxUses"],
-        "currentUses": nonce["currentUses"],
-        "remainingUses": nonce["remainingUses"],
-        "description": nonce.get("description", ""),
-        "createTime": display_time(nonce.get("createTime")),
-        "lastUseTime": display_time(nonce.get("lastUseTime")),
-    }
-    shown["_links"] = {
-        "self": f"{actor}/nonces/{nonce['id']}",
-        "owner": links.profile(nonce["owner"]),
-        "actor": actor,
-    }
-    return shown
-
-
-def display_execution(execution: Record, links: Links) -> Record:
-    """One execution; serve measures no container, so ``cpu`` and ``io`` are 0. Logs have their own endpoint."""
-    actor = links.actor(execution["actorId"])
-    shown = {k: v for k, v in execution.items() if k != "logs"}
-    shown.setdefault("cpu", 0)
-    shown.setdefault("io", 0)
-    shown["apiServer"] = links.api_server
-    shown["_links"] = {
-        "self": f"{actor}/executions/{execution['id']}",
-        "owner": links.profile(str(execution.get("executor") or "")),
-        "logs": f"{actor}/executions/{execution['id']}/logs",
-    }
-    return shown
-
-
-_SUMMARY_ROW = ("id", "status", "startTime", "finishTime", "messageReceivedTime", "exitCode")
-
-
-def display_executions(actor_id: str, owner: str, rows: list[Record], totals: Totals, links: Links) -> Record:
-    """Abaco's ExecutionsSummary: totals over all the actor's executions, then the rows (newest first)."""
-    actor = links.actor(actor_id)
-    return {
-        "actorId": actor_id,
-        "apiServer": links.api_server,
-        "owner": owner,
-        "totalExecutions": totals.executions,
-        "totalCpu": 0,
-        "totalIo": 0,
-        "totalRuntime": totals.runtime,
-        "executions": [{key: row.get(key) for key in _SUMMARY_ROW} for row in rows],
-        "_links": {"self": f"{actor}/executions", "owner": links.profile(owner)},
-    }
-
-
-def display_logs(execution: Record, owner: str, links: Links) -> Record:
-    url = f"{links.actor(execution['actorId'])}/executions/{execution['id']}"
-    return {
-        "logs": execution.get("logs", ""),
-        "_links": {"self": f"{url}/logs", "owner": links.profile(owner), "execution": url},
-    }
 
 
 @dataclass(frozen=True)
@@ -291,8 +67,9 @@ class Registry(Protocol):
 
     def delete_nonce(self, actor_id: str, nonce_id: str) -> bool: ...
 
-    def use_nonce(self, actor_id: str, nonce_id: str, level: Level, now: datetime) -> Record:
-        """Count one use atomically, or raise Refused with Abaco's reason."""
+    def use_nonce(self, actor_id: str, nonce_id: str, level: Level, now: datetime) -> Record | None:
+        """Count one use atomically and return the nonce as it is now; None when the nonce does not
+        exist for this actor, has too low a level or no uses left (the caller reads why)."""
 
     def save_execution(self, execution: Record) -> None: ...
 
@@ -320,7 +97,7 @@ class MongoRegistry:
     backend = "mongodb"
 
     def __init__(self, database: Any) -> None:
-        from ..store.mongo import translate_errors
+        from .mongo import translate_errors
 
         self._translate = translate_errors
         self.nonces = database["abaco_nonces"]
@@ -362,7 +139,7 @@ class MongoRegistry:
         with self._translate():
             return self.nonces.delete_one({"id": nonce_id, "actorId": actor_id}).deleted_count == 1
 
-    def use_nonce(self, actor_id: str, nonce_id: str, level: Level, now: datetime) -> Record:
+    def use_nonce(self, actor_id: str, nonce_id: str, level: Level, now: datetime) -> Record | None:
         from pymongo import ReturnDocument
 
         base = {"id": nonce_id, "actorId": actor_id, "levelRank": {"$gte": int(level)}}
@@ -380,9 +157,7 @@ class MongoRegistry:
                     {**stamp, "$inc": {"currentUses": 1}},
                     return_document=ReturnDocument.AFTER,
                 )
-        if doc is None:
-            raise refusal(self.get_nonce(actor_id, nonce_id), level)
-        return self._plain(doc)  # type: ignore[return-value]
+        return self._plain(doc)
 
     def save_execution(self, execution: Record) -> None:
         self.save_executions([execution])
@@ -541,7 +316,7 @@ class SqliteRegistry:
             cursor = conn.execute("DELETE FROM abaco_nonces WHERE id = ? AND actor_id = ?", (nonce_id, actor_id))
             return cursor.rowcount == 1
 
-    def use_nonce(self, actor_id: str, nonce_id: str, level: Level, now: datetime) -> Record:
+    def use_nonce(self, actor_id: str, nonce_id: str, level: Level, now: datetime) -> Record | None:
         with self._connect() as conn:
             # one statement: SQLite takes the write lock for it, so racing uses are serialised
             cursor = conn.execute(
@@ -551,10 +326,7 @@ class SqliteRegistry:
                 (abaco_time(now), nonce_id, actor_id, int(level)),
             )
             admitted = cursor.rowcount == 1
-        nonce = self.get_nonce(actor_id, nonce_id)
-        if not admitted or nonce is None:
-            raise refusal(nonce, level)
-        return nonce
+        return self.get_nonce(actor_id, nonce_id) if admitted else None
 
     def save_execution(self, execution: Record) -> None:
         self.save_executions([execution])
@@ -608,19 +380,6 @@ class SqliteRegistry:
 
 def _unavailable(path: Path, exc: Exception) -> PipelineJobsError:
     return PipelineJobsError(ErrorKind.STORAGE_UNAVAILABLE, f"the registry file {path} cannot be used ({exc})")
-
-
-def words(value: Any) -> list[str]:
-    """A list from a YAML list or a comma/space separated string (config values, env variables)."""
-    if value is None:
-        return []
-    items = value if isinstance(value, list | tuple) else re.split(r"[\s,]+", str(value))
-    return [str(item).strip() for item in items if str(item).strip()]
-
-
-def nonce_tenant(settings: Settings) -> str:
-    """The tenant part of nonce ids: ``serve.tenant``, else the identity's tenant."""
-    return str(settings.section("serve").get("tenant") or settings.identity.tenant).upper()
 
 
 def sqlite_path_for(store: SqliteJobStore) -> Path:

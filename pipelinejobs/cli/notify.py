@@ -1,8 +1,4 @@
-"""`pipelinejobs subscription add|list|remove|test|deliveries` and `pipelinejobs notify --drain` (issue 10).
-
-Kept apart from cli.py (one module per command group); cli.py adds these commands to its
-parser with :func:`add_commands` and shares its settings, store and output helpers.
-"""
+"""`pipelinejobs subscription add|list|remove|test|deliveries` and `pipelinejobs notify --drain`."""
 
 from __future__ import annotations
 
@@ -12,26 +8,20 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import notify
-from .errors import ErrorKind, PipelineJobsError
+from .. import notify
+from ..errors import ErrorKind, PipelineJobsError
+from .common import EXIT_CODES, emit, open_store, settings_of, when
 
 #: where `subscription add --actor` reads the actor's credential when not given on the command line
 NONCE_ENV = "PIPELINEJOBS_ACTOR_NONCE"
 TOKEN_ENV = "PIPELINEJOBS_ACTOR_TOKEN"
 
 
-def _cli() -> Any:
-    from . import cli
-
-    return cli
-
-
 def cmd_subscription_add(args: argparse.Namespace) -> int:
-    cli = _cli()
-    settings = cli._settings(args)
+    settings = settings_of(args)
     nonce = args.nonce or (os.environ.get(NONCE_ENV) if args.actor else None)
     bearer = args.bearer or (os.environ.get(TOKEN_ENV) if args.actor and not nonce else None)
-    with cli._open_store(settings) as store:
+    with open_store(settings) as store:
         subscription = notify.new_subscription(
             now=notify.utc_now(),
             pipeline_uuid=args.pipeline,
@@ -52,7 +42,7 @@ def cmd_subscription_add(args: argparse.Namespace) -> int:
     lines = [f"subscription {subscription['id']} added: {_describe(shown)}"]
     if subscription.get("secret"):
         lines.append(f"signing secret (shown this once; keep it with the receiver): {subscription['secret']}")
-    cli._emit(args, shown, "\n".join(lines))
+    emit(args, shown, "\n".join(lines))
     return 0
 
 
@@ -69,40 +59,36 @@ def _describe(sub: dict[str, Any]) -> str:
 
 
 def cmd_subscription_list(args: argparse.Namespace) -> int:
-    cli = _cli()
-    settings = cli._settings(args)
-    with cli._open_store(settings) as store:
+    settings = settings_of(args)
+    with open_store(settings) as store:
         found = [notify.public_view(s) for s in store.list_subscriptions()]
     lines = [f"{s['id']}  {_describe(s)}" for s in found] or ["no subscriptions"]
-    cli._emit(args, found, "\n".join(lines))
+    emit(args, found, "\n".join(lines))
     return 0
 
 
 def cmd_subscription_remove(args: argparse.Namespace) -> int:
-    cli = _cli()
-    settings = cli._settings(args)
-    with cli._open_store(settings) as store:
+    settings = settings_of(args)
+    with open_store(settings) as store:
         notify.remove_subscription(store, args.id)
-    cli._emit(args, {"removed": args.id}, f"subscription {args.id} removed")
+    emit(args, {"removed": args.id}, f"subscription {args.id} removed")
     return 0
 
 
 def cmd_subscription_test(args: argparse.Namespace) -> int:
-    cli = _cli()
-    settings = cli._settings(args)
-    with cli._open_store(settings) as store:
+    settings = settings_of(args)
+    with open_store(settings) as store:
         subscription = store.find_subscription(args.id)
         if subscription is None:
             raise PipelineJobsError(ErrorKind.NOT_FOUND, f"no subscription {args.id[:64]}")
         result = notify.send_test(store, settings, subscription, now=notify.utc_now())
     said = f"HTTP {result['status']}" if result["status"] else "no answer"
     human = f"test {result['webhook_id']}: {'delivered' if result['ok'] else 'failed'} ({result['error'] or said})"
-    cli._emit(args, result, human)
-    return 0 if result["ok"] else cli.EXIT_CODES[ErrorKind.REMOTE_UNAVAILABLE]
+    emit(args, result, human)
+    return 0 if result["ok"] else EXIT_CODES[ErrorKind.REMOTE_UNAVAILABLE]
 
 
 def deliveries_text(rows: list[dict[str, Any]]) -> str:
-    cli = _cli()
     if not rows:
         return "no deliveries"
     lines = []
@@ -112,24 +98,22 @@ def deliveries_text(rows: list[dict[str, Any]]) -> str:
         what = f"{row.get('event') or 'test'} r{row.get('revision')}" if row.get("event") else "test"
         error = f"  {row['error']}" if row.get("error") else ""
         lines.append(
-            f"{cli._when(row.get('at'))}  {row.get('outcome', '?'):<9}  #{row.get('attempt')}  {status!s:<4}  {took:>7}"
+            f"{when(row.get('at'))}  {row.get('outcome', '?'):<9}  #{row.get('attempt')}  {status!s:<4}  {took:>7}"
             f"  {row.get('subscription')}  {row.get('job_uuid') or '-'}  {what}  {row.get('webhook_id')}{error}"
         )
     return "\n".join(lines)
 
 
 def cmd_subscription_deliveries(args: argparse.Namespace) -> int:
-    cli = _cli()
-    settings = cli._settings(args)
-    with cli._open_store(settings) as store:
+    settings = settings_of(args)
+    with open_store(settings) as store:
         rows = store.list_deliveries(job_uuid=args.job, subscription=args.subscription, limit=args.limit)
-    cli._emit(args, rows, deliveries_text(rows))
+    emit(args, rows, deliveries_text(rows))
     return 0
 
 
 def _drain_once(args: argparse.Namespace, settings: Any) -> None:
-    cli = _cli()
-    with cli._open_store(settings) as store:
+    with open_store(settings) as store:
         dispatcher = notify.Dispatcher(store, settings)
         try:
             report = dispatcher.drain()
@@ -137,18 +121,17 @@ def _drain_once(args: argparse.Namespace, settings: Any) -> None:
             dispatcher.close()
     data = report.as_dict()
     human = ", ".join(f"{name.replace('_', ' ')} {count}" for name, count in data.items())
-    cli._emit(args, data, human)
+    emit(args, data, human)
     sys.stdout.flush()
 
 
 def cmd_notify(args: argparse.Namespace) -> int:
     """Deliver what is due (for deployments without serve): one drain, or one every N seconds."""
-    from . import watch
+    from .. import watch
 
-    cli = _cli()
     if not args.drain:
         raise PipelineJobsError(ErrorKind.BAD_MESSAGE, "say --drain (deliver everything due now)")
-    settings = cli._settings(args)
+    settings = settings_of(args)
     if not args.every:
         _drain_once(args, settings)
         return 0
