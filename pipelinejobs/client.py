@@ -6,7 +6,7 @@ documents and tokens as the library's (datacatalog-compat.md §2-4), and two
 transports (``pipelinejobs.transports``) carry the events:
 
 - ``transport="database"`` (default, as the library): the events are applied in
-  this process through ``pipelinejobs.service`` on the catalog's MongoDB (or any
+  this process through the manager's one way in (``runtime.handle_body``) on the catalog's MongoDB (or any
   ``JobStore`` passed in), so the manager's validation, state machine and atomic
   conditional update are used, never a read-modify-replace.
 - ``transport="message"``: every action is a message POSTed to the PipelineJobs
@@ -171,6 +171,7 @@ class ManagedPipelineJob:
         synchronous: bool = True,
         http_client: Any = None,
         clock: Callable[[], datetime] | None = None,
+        job_token: str | None = None,
         **ignored: Any,  # the library's other options (archive_patterns, inputs, level_store, ...)
     ) -> None:
         self.env: Mapping[str, str] = os.environ if env is None else env
@@ -207,6 +208,8 @@ class ManagedPipelineJob:
         self.task = _canonical_task(task or self.env.get("_abaco_execution_id"), self.agent, self.api_server)
         self.uuid: str | None = None
         self.token: str | None = None
+        #: the token of a job set up earlier: over messages, reusing a job that exists needs it
+        self._job_token = job_token
         self.callback: str | None = None
         self.state: str | None = None
         self.job: dict[str, Any] | None = None
@@ -254,6 +257,8 @@ class ManagedPipelineJob:
         }
         if self.archive_system:
             body["archive_system"] = self.archive_system
+        if self._job_token:
+            body["token"] = self._job_token
         origin = _Provenance(api_server=self.api_server, agent_url=self.agent, task_url=self.task)
         with _as_client_error():
             outcome = self._transport.create(body, origin)

@@ -122,6 +122,22 @@ def parse_message(raw: str | None, content_type: str, max_bytes: int, *, parsed:
     return raw  # plain text; classification will say why it fits no schema
 
 
+def from_body(body: Any, max_bytes: int, *, origin: Origin | None = None) -> Intake:
+    """A message given as a parsed JSON value (the CLI, the client's database transport), within the
+    same size limit as one received: its size is that of its JSON text."""
+    try:
+        text = json.dumps(body, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise PipelineJobsError(
+            ErrorKind.BAD_MESSAGE, "the message holds values that are not JSON (e.g. sets, bytes, NaN)"
+        ) from exc
+    return Intake(
+        body=parse_message(text, "application/json", max_bytes, parsed=body),
+        content_type="application/json",
+        origin=origin or Origin(),
+    )
+
+
 def from_env(env: Mapping[str, str], max_bytes: int, *, parsed: dict[str, Any] | None = None) -> Intake:
     """Read the message and its context from the environment Abaco sets.
 

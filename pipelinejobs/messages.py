@@ -20,7 +20,7 @@ URL parameter, else is derived from an Agave or Tapis callback (``agave.delivery
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ SCHEMA_FILES = {
 class EventMessage:
     uuid: str
     name: str
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # a credential: never in a repr (a log line, a traceback)
     data: dict[str, Any] | None = None
     via: str = "message"  # message | url | agave | tapis
     event_id: str | None = None  # a delivery id: a repeated delivery is answered, not applied again
@@ -55,7 +55,7 @@ class EventMessage:
 class DeleteMessage:
     uuid: str
     force: bool = False
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,9 @@ class CreateMessage:
     archive_system: str | None = None
     session: str | None = None
     child_of: tuple[str, ...] = ()
-    deadlines: Any = None  # __options.deadlines: this job's own deadlines (checked by watch.check_deadlines)
+    deadlines: Any = None  # __options.deadlines: this job's own deadlines (checked by deadlines.check_deadlines)
+    #: the job's own token (or an admin token), which a create that finds the job must show to be told it
+    token: str | None = field(default=None, repr=False)
 
 
 Message = EventMessage | DeleteMessage | CreateMessage
@@ -296,15 +298,14 @@ def _classify(intake: Intake) -> Message:
 
 
 def _from_body(kind: str, body: dict[str, Any], params: dict[str, str]) -> Message:
-    if kind in ("event", "delete"):
-        # URL parameters fill what the body leaves out (the body wins): token, and an event's delivery id
-        names = [name for name in ("token", "event_id") if name not in body and params.get(name)]
-        if kind == "delete" and "event_id" in names:
-            names.remove("event_id")
-        if names:
-            body = {**body, **{name: params[name] for name in names}}
-            if not fits(kind, body):
-                raise _refusal(kind, f"the {' and '.join(names)} URL parameter{'s' if len(names) > 1 else ''}", body)
+    # URL parameters fill what the body leaves out (the body wins): token, and an event's delivery id
+    names = [name for name in ("token", "event_id") if name not in body and params.get(name)]
+    if kind != "event" and "event_id" in names:
+        names.remove("event_id")
+    if names:
+        body = {**body, **{name: params[name] for name in names}}
+        if not fits(kind, body):
+            raise _refusal(kind, f"the {' and '.join(names)} URL parameter{'s' if len(names) > 1 else ''}", body)
     if kind == "event":
         return _event(body, "message")
     if kind == "delete":
@@ -317,6 +318,7 @@ def _from_body(kind: str, body: dict[str, Any], params: dict[str, str]) -> Messa
         session=body.get("session"),
         child_of=tuple(body.get("child_of") or ()),
         deadlines=(body.get("__options") or {}).get("deadlines"),
+        token=body.get("token"),
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -10,12 +11,16 @@ from typing import Any
 
 from . import logs
 from .errors import ErrorKind, PipelineJobsError
-from .intake import from_env
+from .intake import Intake, Origin, from_body, from_env
 from .messages import classify
 from .settings import Settings, collect_secrets, load_settings
 from .store.base import JobStore
 
 log = logs.get_logger("runtime")
+
+DEFAULT_MAX_MESSAGE_BYTES = 1048576
+DEFAULT_MAX_DATA_BYTES = 262144
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def open_store(settings: Settings, env: Mapping[str, str] | None = None) -> JobStore:
@@ -39,6 +44,46 @@ def dumps(value: Any) -> str:
     return json.dumps(value, default=json_default, sort_keys=False)
 
 
+def handle_intake(
+    intake: Intake,
+    *,
+    settings: Settings,
+    get_store: Callable[[], JobStore],
+    now: datetime,
+    operator: bool = False,
+) -> dict[str, Any]:
+    """The one way in for every message, whatever brought it (reactor.py, serve, the CLI, the client).
+
+    Classify it within the configured limits, then hand it to ``service.handle``; raises
+    ``PipelineJobsError`` on a refusal. The store is asked for only once the message is valid, so
+    bad input never touches storage. ``operator``: the caller holds more than a message's
+    credentials (serve's API token, the catalog database itself; see ``service.create_job``).
+    """
+    from . import service
+
+    message = classify(intake, settings.limit("max_data_bytes", DEFAULT_MAX_DATA_BYTES))
+    subject = getattr(message, "uuid", None) or getattr(message, "pipeline_uuid", None)
+    log.debug("received %s for %s", type(message).__name__, subject)  # the outcome line is the INFO one
+    return service.handle(
+        message, store=get_store(), settings=settings, now=now, origin=intake.origin, operator=operator
+    )
+
+
+def handle_body(
+    body: Any,
+    *,
+    settings: Settings,
+    store: JobStore,
+    now: datetime,
+    operator: bool = False,
+    origin: Origin | None = None,
+) -> dict[str, Any]:
+    """A message given as a JSON value (the CLI, the client's database transport): the same limits,
+    classification and outcome as one received over HTTP; raises ``PipelineJobsError`` on a refusal."""
+    intake = from_body(body, settings.limit("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES), origin=origin)
+    return handle_intake(intake, settings=settings, get_store=lambda: store, now=now, operator=operator)
+
+
 def handle_env(
     env: Mapping[str, str],
     *,
@@ -46,24 +91,18 @@ def handle_env(
     get_store: Callable[[], JobStore],
     now: datetime,
     parsed: dict[str, Any] | None = None,
+    operator: bool = False,
 ) -> tuple[int, dict[str, Any]]:
-    """One message from an Abaco-style environment: intake, classify, handle. Never raises.
+    """One message from an Abaco-style environment: (exit code, result object). Never raises.
 
     Shared by ``reactor.py`` (one process per message) and ``pipelinejobs serve`` (in-process).
-    The store is asked for only once the message is valid, so bad input never touches storage.
     ``parsed``: serve's already parsed JSON object whose repr is MSG (``intake.from_env``).
     """
-    from . import service
-
     received = ""  # what the message was, once it is known: named by the line that reports a failure
     try:
-        intake = from_env(env, settings.limit("max_message_bytes", 1048576), parsed=parsed)
-        message = classify(intake, settings.limit("max_data_bytes", 262144))
-        subject = getattr(message, "uuid", None) or getattr(message, "pipeline_uuid", None)
-        received = f" {type(message).__name__} for {subject}"
-        # DEBUG: a handled message's one INFO line is the service's outcome line (a line costs ~5% of serve's CPU)
-        log.debug("received%s", received)
-        outcome = service.handle(message, store=get_store(), settings=settings, now=now, origin=intake.origin)
+        intake = from_env(env, settings.limit("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES), parsed=parsed)
+        received = _describe(intake)
+        outcome = handle_intake(intake, settings=settings, get_store=get_store, now=now, operator=operator)
         return 0, outcome
     except PipelineJobsError as exc:
         log.warning("rejected%s (%s): %s", received, exc.kind.value, exc.message)
@@ -71,6 +110,16 @@ def handle_env(
     except Exception:  # a bug: keep the (redacted) traceback in the log, not in the answer
         log.exception("internal error handling%s", received or " a message")
         return 1, PipelineJobsError(ErrorKind.INTERNAL, "internal error; the logs have the details").to_dict()
+
+
+def _describe(intake: Intake) -> str:
+    """What a message claims to be about, for the line that reports its refusal: a job or pipeline uuid,
+    only when it has a uuid's shape (the value is the sender's, and may be anything)."""
+    body = intake.body if isinstance(intake.body, dict) else {}
+    for subject in (body.get("uuid"), body.get("pipeline_uuid"), intake.params.get("uuid")):
+        if isinstance(subject, str) and _UUID.fullmatch(subject):
+            return f" a message for {subject}"
+    return " a message"
 
 
 def run_message(

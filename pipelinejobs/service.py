@@ -12,13 +12,13 @@ import time
 from datetime import datetime
 from typing import Any
 
-from . import auth, documents, fsm, identifiers, notify
+from . import auth, deadlines, documents, fsm, identifiers, notify
 from .errors import ErrorKind, PipelineJobsError
 from .intake import Origin
 from .logs import add_secrets, get_logger
 from .messages import CreateMessage, DeleteMessage, EventMessage, Message
 from .settings import Settings
-from .store.base import Append, Document, EventRecord, JobStore
+from .store.base import Append, AppendResult, Document, EventRecord, JobStore
 from .store.base import Outcome as RecordOutcome
 
 log = get_logger("service")
@@ -32,9 +32,20 @@ Outcome = dict[str, Any]
 
 
 def handle(
-    message: Message, *, store: JobStore, settings: Settings, now: datetime, origin: Origin | None = None
+    message: Message,
+    *,
+    store: JobStore,
+    settings: Settings,
+    now: datetime,
+    origin: Origin | None = None,
+    operator: bool = False,
 ) -> Outcome:
-    """Apply one message and describe what happened (raises PipelineJobsError on rejection)."""
+    """Apply one message and describe what happened (raises PipelineJobsError on rejection).
+
+    ``operator``: the caller holds more than a message's credentials (serve's API token, the
+    catalog database itself), so a create that finds its job may be answered with the job's token.
+    Called by ``runtime.handle_intake`` only: every front end comes in through it.
+    """
     token = getattr(message, "token", None)
     if token:
         add_secrets([token])
@@ -44,7 +55,7 @@ def handle(
         return apply_event(message, store=store, settings=settings, now=now)
     if isinstance(message, DeleteMessage):
         return delete_job(message, store=store, settings=settings, now=now)
-    return create_job(message, store=store, settings=settings, now=now, origin=origin or Origin())
+    return create_job(message, store=store, settings=settings, now=now, origin=origin or Origin(), operator=operator)
 
 
 def _back_off(attempt: int) -> None:
@@ -66,11 +77,6 @@ def _require_visible(job: Document) -> None:
         raise PipelineJobsError(
             ErrorKind.NOT_FOUND, f"job {job['uuid']} was deleted (hidden); it accepts no events", uuid=job["uuid"]
         )
-
-
-def _revision(job: Document) -> int:
-    revision = (job.get("_properties") or {}).get("revision")
-    return revision if isinstance(revision, int) and not isinstance(revision, bool) else 0
 
 
 def _event_outcome(record: EventRecord, *, replayed: bool = False) -> Outcome:
@@ -119,7 +125,7 @@ def apply_event(message: EventMessage, *, store: JobStore, settings: Settings, n
         head = _load_head(store, message.uuid)
         grant = auth.authorize(head, message.token, settings, now, admin_only=name in fsm.ADMIN_EVENTS)
         _require_visible(head)
-        state, revision = str(head.get("state", "")), _revision(head)
+        state, revision = str(head.get("state", "")), documents.revision(head)
         status = getattr(message, "status", None)
         stale = fsm.is_stale(state, name, message.via, status)
         if stale or not fsm.allows(state, name):
@@ -154,29 +160,60 @@ def apply_event(message: EventMessage, *, store: JobStore, settings: Settings, n
             notify=notify.matching(store, settings, head, name, target),  # the outbox, written with the record
         )
         source = (head.get("_properties") or {}).get("source")
-        result = store.append_event(record, expected_revision=revision, job_source=source)
+        result = _append(store, record, revision, state, grant, source)
         if result.status is Append.APPLIED:
-            log.info(
-                "job %s: %s -> %s by '%s' (%s, via %s)",
-                message.uuid,
-                state,
-                record.state,
-                name,
-                grant.value,
-                message.via,
-            )
-            if record.state != state:
-                from . import watch  # here, not at the top: an event that keeps the state never needs it
-
-                watch.note_transition(store, settings, message.uuid, record.state, record.seq, now)
-            if record.notify:
-                notify.wake(store)
             return _event_outcome(record)
         if result.status is Append.REPLAYED and result.existing is not None:
             return _replay(message, result.existing, digest)
         log.debug("job %s changed while applying '%s'; reading it again", message.uuid, name)
         _back_off(attempt)
     raise PipelineJobsError(ErrorKind.CONFLICT, f"job {message.uuid} kept changing; '{name}' was not applied, retry")
+
+
+def _append(
+    store: JobStore,
+    record: EventRecord,
+    revision: int,
+    state: str,
+    grant: auth.Grant,
+    job_source: str | None = None,
+) -> AppendResult:
+    """The one append step of every event that changes a job (a message's, the watchdog's ``fail``):
+    log and apply it at ``revision``; once applied, say so, move the job's watch record on a state
+    change and wake the notification dispatcher when the outbox got an item."""
+    result = store.append_event(record, expected_revision=revision, job_source=job_source)
+    if result.status is not Append.APPLIED:
+        return result
+    log.info(
+        "job %s: %s -> %s by '%s' (%s, via %s)", record.uuid, state, record.state, record.name, grant.value, record.via
+    )
+    if record.state != state:
+        _note_transition(store, record)
+    if record.notify:
+        notify.wake(store)
+    return result
+
+
+def _note_transition(store: JobStore, record: EventRecord) -> None:
+    """Record in the job's watch record that it entered ``record.state`` at the record's date.
+
+    One write, no read: the record's ``effective`` deadlines (resolved when it was made) give the
+    new ``due_at``, so a state change costs the event path a single extra command. Best effort: the
+    event is already applied, so a failure here is logged, not raised; a watch record that missed a
+    transition is put right by the next watchdog pass that judges it.
+    """
+    try:
+        store.enter_state(
+            record.uuid,
+            state=record.state,
+            revision=record.seq,
+            now=record.date,
+            deadlines=deadlines.entry_deadlines(record.state),
+        )
+    except PipelineJobsError as exc:
+        log.warning(
+            "job %s: its watch record was not updated (%s); the watchdog will correct it", record.uuid, exc.kind.value
+        )
 
 
 def _record_stale(
@@ -220,7 +257,7 @@ def delete_job(message: DeleteMessage, *, store: JobStore, settings: Settings, n
             if job is None:
                 continue
             tombstone = documents.audit_record(message.uuid, "delete", {"deleted": job}, job.get("_admin") or {}, now)
-            if store.remove_job(message.uuid, expected_revision=_revision(job), tombstone=tombstone):
+            if store.remove_job(message.uuid, expected_revision=documents.revision(job), tombstone=tombstone):
                 log.info("job %s removed; its tombstone is in 'updates' and its log set aside", message.uuid)
                 return {
                     "status": "ok",
@@ -255,20 +292,31 @@ def delete_job(message: DeleteMessage, *, store: JobStore, settings: Settings, n
 
 
 def create_job(
-    message: CreateMessage, *, store: JobStore, settings: Settings, now: datetime, origin: Origin
+    message: CreateMessage,
+    *,
+    store: JobStore,
+    settings: Settings,
+    now: datetime,
+    origin: Origin,
+    operator: bool = False,
 ) -> Outcome:
-    from . import watch  # imported by the paths that use it (see apply_event)
+    """Create the job the message describes, or answer for the one that exists (never overwritten).
 
+    The token is the job's only credential: it is answered when the job is created, and for a job that
+    exists only to a caller who proves it may have it (the job's own token or an admin token in the
+    message, or an ``operator`` caller). Otherwise anyone able to send a create (any EXECUTE nonce)
+    could repeat a job's create, whose fields a READ nonce shows, and receive its token.
+    """
     now = documents.utc_seconds(now)
-    if store.find_pipeline(message.pipeline_uuid) is None:
+    identity = settings.identity
+    child_of = sorted(set(message.child_of))  # as ManagedPipelineJob does: parents in any order, one job
+    uuid = identifiers.job_uuid(message.pipeline_uuid, child_of, message.data, identity.dns_domain)
+    if store.find_pipeline(message.pipeline_uuid) is None and store.find_head(uuid) is None:
         raise PipelineJobsError(
             ErrorKind.NOT_FOUND,
             f"no pipeline with uuid {message.pipeline_uuid}; register the pipeline first",
             pipeline_uuid=message.pipeline_uuid,
         )
-    identity = settings.identity
-    child_of = sorted(set(message.child_of))  # as ManagedPipelineJob does: parents in any order, one job
-    uuid = identifiers.job_uuid(message.pipeline_uuid, child_of, message.data, identity.dns_domain)
     job = documents.new_job(
         uuid=uuid,
         pipeline_uuid=message.pipeline_uuid,
@@ -285,10 +333,10 @@ def create_job(
     entry = job["history"][0]  # the document's copy of the create entry keeps large data in the log only
     entry["data"] = documents.inline_data(entry["data"], settings.history_inline_data_bytes, 0)
     audit = documents.audit_record(uuid, "create", {"created": uuid}, job["_admin"], now)
-    own = watch.check_deadlines(message.deadlines) if message.deadlines is not None else None
+    own = deadlines.check_deadlines(message.deadlines) if message.deadlines is not None else None
     stored, created = store.insert_job(job, audit)
     if created:
-        record = watch.new_record(
+        record = deadlines.new_record(
             uuid=uuid,
             pipeline_uuid=message.pipeline_uuid,
             state=str(stored["state"]),
@@ -302,18 +350,35 @@ def create_job(
             store.put_watch(record)
         except PipelineJobsError as exc:  # the job exists; only its deadlines are not watched
             log.warning("job %s: no watch record (%s); its deadlines are not watched", uuid, exc.kind.value)
-    token = identifiers.job_token(stored["_salt"], uuid, stored["_admin"])
-    add_secrets([token])
     log.info("job %s %s for pipeline %s", uuid, "created" if created else "already exists", message.pipeline_uuid)
-    return {
+    outcome: Outcome = {
         "status": "ok",
         "action": "create",
         "created": created,
         "uuid": uuid,
         "state": stored["state"],
         "archive_path": stored.get("archive_path"),
-        "token": token,
     }
+    if created or operator or _shows_its_token(stored, message.token, settings, now):
+        token = identifiers.job_token(stored["_salt"], uuid, stored["_admin"])
+        add_secrets([token])
+        outcome["token"] = token
+    else:
+        outcome["note"] = (
+            "the job exists; its token was given to the caller that created it and is answered only"
+            " with that token (or an admin token) in the message"
+        )
+    return outcome
+
+
+def _shows_its_token(job: Document, token: str | None, settings: Settings, now: datetime) -> bool:
+    """Whether a create's ``token`` is the existing job's own token or an admin token."""
+    if not token:
+        return False
+    try:
+        return auth.authorize(job, token, settings, now) in (auth.Grant.JOB, auth.Grant.ADMIN)
+    except PipelineJobsError:
+        return False
 
 
 # -- heartbeats and the watchdog (issue 10) ----------------------------------------------------
@@ -339,8 +404,6 @@ def apply_heartbeat(message: EventMessage, *, store: JobStore, settings: Setting
     per ``deadlines.heartbeat_log_interval_seconds``, decided by a compare-and-set on the watch
     record's ``logged_at``, so a job beating every 10 s for a month costs a few hundred records.
     """
-    from . import watch
-
     precise = now
     now = documents.utc_seconds(now)
     head = store.find_head(message.uuid)
@@ -348,7 +411,7 @@ def apply_heartbeat(message: EventMessage, *, store: JobStore, settings: Setting
         head = _load_head(store, message.uuid)  # raises NOT_FOUND
     auth.authorize(head, message.token, settings, now)
     _require_visible(head)
-    state, revision = str(head.get("state", "")), _revision(head)
+    state, revision = str(head.get("state", "")), documents.revision(head)
     if not fsm.accepts_heartbeat(state):
         if message.via in fsm.SCHEDULER_SOURCES:  # a late scheduler heartbeat: answered, nothing recorded
             return _heartbeat_outcome(message.uuid, state, None, logged=False, recorded=False)
@@ -360,13 +423,13 @@ def apply_heartbeat(message: EventMessage, *, store: JobStore, settings: Setting
             state=state,
             event=message.name,
         )
-    interval = watch.heartbeat_log_interval(settings)
+    interval = deadlines.heartbeat_log_interval(settings)
     record = store.watch_record(message.uuid)
     logged = False
     if record is None or record.get("state") != state:
         # not watched yet (an older job) or a transition the record missed: start it from what is known
         updated: datetime = head["updated"] if isinstance(head.get("updated"), datetime) else now
-        fresh = watch.new_record(
+        fresh = deadlines.new_record(
             uuid=message.uuid,
             pipeline_uuid=head.get("pipeline_uuid"),
             state=state,
@@ -382,9 +445,9 @@ def apply_heartbeat(message: EventMessage, *, store: JobStore, settings: Setting
     else:
         previous = record.get("last_seen")
         last_seen = max(previous, now) if isinstance(previous, datetime) else now
-        deadlines = watch.effective_deadlines(settings, record.get("pipeline_uuid"), record.get("deadlines"))
+        limits = deadlines.effective_deadlines(settings, record.get("pipeline_uuid"), record.get("deadlines"))
         since: datetime = record["since"] if isinstance(record.get("since"), datetime) else now
-        changes: dict[str, Any] = {"last_seen": last_seen, "due_at": watch.due_at(state, since, last_seen, deadlines)}
+        changes: dict[str, Any] = {"last_seen": last_seen, "due_at": deadlines.due_at(state, since, last_seen, limits)}
         logged_at = record.get("logged_at")
         watch_revision = int(record.get("revision") or 0)
         if not isinstance(logged_at, datetime) or (now - logged_at).total_seconds() >= interval:
@@ -447,13 +510,7 @@ def fail_overdue(
         digest=documents.payload_digest("fail", data),
         notify=notify.matching(store, settings, head, "fail", fsm.State.FAILED.value),
     )
-    result = store.append_event(record, expected_revision=expected_revision)
+    result = _append(store, record, expected_revision, state, auth.Grant.SYSTEM)
     if result.status is not Append.APPLIED:
         raise PipelineJobsError(ErrorKind.CONFLICT, f"job {uuid} changed after it was judged; not failed", uuid=uuid)
-    log.info("job %s: %s -> FAILED by 'fail' (%s, via watchdog)", uuid, state, auth.Grant.SYSTEM.value)
-    from . import watch
-
-    watch.note_transition(store, settings, uuid, record.state, record.seq, now)
-    if record.notify:
-        notify.wake(store)
     return _event_outcome(record)

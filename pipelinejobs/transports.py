@@ -6,7 +6,8 @@ outcome (``status``, ``uuid``, ``state``, ``token`` on create ...). A refusal is
 ``PipelineJobsError`` carrying its kind and safe details; ``pipelinejobs.client``
 re-raises it as a ``ManagedPipelineJobError``.
 
-- ``DatabaseTransport`` applies each action here through ``pipelinejobs.service`` on
+- ``DatabaseTransport`` applies each action here through the manager's one way in
+  (``runtime.handle_body``, as the CLI and serve do) on
   a ``JobStore`` (the catalog's MongoDB by default), so the manager's validation,
   state machine and atomic conditional update are used, never a read-modify-replace.
 - ``MessageTransport`` POSTs each action to the manager actor with
@@ -22,12 +23,11 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
-from . import identifiers, service
 from .abaco import send_message
 from .errors import ErrorKind, PipelineJobsError
-from .intake import Intake, Origin
+from .intake import Origin
 from .logs import get_logger
-from .messages import CreateMessage, Message, classify
+from .runtime import handle_body
 from .settings import Settings
 from .store.base import JobStore
 
@@ -66,25 +66,18 @@ class DatabaseTransport:
         return cls(open_catalog_store(settings), settings, clock, owns_store=True)
 
     def create(self, body: dict[str, Any], origin: Origin) -> dict[str, Any]:
-        """``service.create_job``, except that a job whose UUID exists is answered from what is stored.
-
-        The existing job is reused as it is, history and ``_salt`` included (the library
-        wiped it), before the pipeline is looked up or a new document is drawn.
-        """
-        message = _classify(body)
-        if not isinstance(message, CreateMessage):
-            raise PipelineJobsError(ErrorKind.INTERNAL, "the job's fields did not make a create message")
-        domain = self.settings.identity.dns_domain
-        uuid = identifiers.job_uuid(message.pipeline_uuid, list(message.child_of), message.data, domain)
-        existing = self.store.find_job(uuid)
-        if existing is not None:
-            token = identifiers.job_token(str(existing.get("_salt")), uuid, existing.get("_admin") or {})
-            answer = {"status": "ok", "created": False, "uuid": uuid, "state": existing.get("state"), "token": token}
-            return {**answer, "archive_path": existing.get("archive_path")}  # the client keeps the stored path
-        return service.create_job(message, store=self.store, settings=self.settings, now=self.clock(), origin=origin)
+        """The create, through the manager's one way in; a job whose UUID exists is answered from what is
+        stored (history, ``_salt`` and ``archive_path`` kept; the library wiped them) with its token:
+        a holder of the catalog's database credentials may compute it anyway."""
+        return self._handle(body, origin)
 
     def event(self, body: dict[str, Any]) -> dict[str, Any]:
-        return service.handle(_classify(body), store=self.store, settings=self.settings, now=self.clock())
+        return self._handle(body, Origin())
+
+    def _handle(self, body: dict[str, Any], origin: Origin) -> dict[str, Any]:
+        return handle_body(
+            body, settings=self.settings, store=self.store, now=self.clock(), operator=True, origin=origin
+        )
 
     def close(self) -> None:
         """Close the store this transport opened (a store passed in is left to its owner)."""
@@ -103,8 +96,15 @@ class MessageTransport:
 
     def create(self, body: dict[str, Any], origin: Origin) -> dict[str, Any]:
         answer = self._send(body, True)  # the token exists only in the manager's answer
-        if not (isinstance(answer.get("uuid"), str) and isinstance(answer.get("token"), str)):
-            raise PipelineJobsError(ErrorKind.INTERNAL, "the job manager's answer holds no job uuid and token")
+        if not isinstance(answer.get("uuid"), str):
+            raise PipelineJobsError(ErrorKind.INTERNAL, "the job manager's answer holds no job uuid")
+        if not isinstance(answer.get("token"), str):  # the job existed: its token goes to its creator only
+            raise PipelineJobsError(
+                ErrorKind.UNAUTHORIZED,
+                f"job {answer['uuid']} exists; the manager answers its token only to a create that shows it:"
+                " pass the token you were given when it was created (ManagedPipelineJob(..., job_token=...))",
+                uuid=answer["uuid"],
+            )
         return answer
 
     def event(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -133,7 +133,3 @@ def open_catalog_store(settings: Settings) -> JobStore:
     from .store.factory import open_job_store
 
     return open_job_store(settings, embedded=False)
-
-
-def _classify(body: dict[str, Any]) -> Message:
-    return classify(Intake(body=body, content_type="application/json"))

@@ -111,7 +111,12 @@ def test_create_returns_uuid_and_token_and_is_idempotent(
     send(reactor, {"uuid": first["uuid"], "name": "run", "token": first["token"]})
     before = snapshot(db)
     again = send(reactor, msg, as_repr=as_repr)
-    assert again["created"] is False and again["token"] == first["token"] and again["state"] == "RUNNING"
+    # a repeated create is answered from what is stored, without the token: anyone able to send a create
+    # could otherwise collect any job's token by repeating its create (its fields are readable)
+    assert again["created"] is False and "token" not in again and again["state"] == "RUNNING"
+    assert first["token"] not in json.dumps(again)
+    shown = send(reactor, {**msg, "token": first["token"]}, as_repr=as_repr)  # the creator shows it: told again
+    assert shown["created"] is False and shown["token"] == first["token"]
     assert snapshot(db) == before
 
 
@@ -260,6 +265,8 @@ def test_same_job_created_through_the_actor_finds_the_datacatalog_job(
         "child_of": ["10483e8d-6602-532a-8941-176ce20dd05a"],
     }
     result = send(reactor, msg)
+    assert (result["uuid"], result["created"]) == (uuid, False) and "token" not in result
+    result = send(reactor, {**msg, "token": token})  # the library's token verifies: the job's own is answered
     assert (result["uuid"], result["token"], result["created"]) == (uuid, token, False)
 
 

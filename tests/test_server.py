@@ -297,7 +297,7 @@ def test_executions_and_logs(live_server: LiveServer) -> None:
     logs = execution_logs(server, ok)
     assert f"job {uuid}: CREATED -> RUNNING by 'run'" in logs  # the outcome line (the received line is DEBUG)
     assert json.loads(logs.splitlines()[-1])["state"] == "RUNNING"  # the result line closes the logs
-    assert f"rejected EventMessage for {uuid} (unauthorized)" in execution_logs(server, bad)
+    assert f"rejected a message for {uuid} (unauthorized)" in execution_logs(server, bad)
     v3 = httpx.get(f"{server.actor_url(v3=True)}/executions/{ok}", headers=server.auth).json()["result"]
     assert v3["exit_code"] == 0 and v3["message_received_time"] == record["messageReceivedTime"]
     missing = httpx.get(f"{server.actor_url()}/executions/nope", headers=server.auth)
