@@ -20,7 +20,7 @@ from typing import Any
 
 from . import fsm
 from .messages import SCHEMA_FILES, schema_dir
-from .store.base import EventRecord, JobFilter, JobStore, ReadStore
+from .store.base import EventRecord, JobFilter, JobStore
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500
@@ -142,7 +142,7 @@ def parse_job_filter(params: Mapping[str, str]) -> JobFilter:
 
 # -- jobs -------------------------------------------------------------------------------------
 def list_jobs(
-    store: ReadStore, where: JobFilter, *, after: str | None = None, limit: int = DEFAULT_PAGE, counts: bool = False
+    store: JobStore, where: JobFilter, *, after: str | None = None, limit: int = DEFAULT_PAGE, counts: bool = False
 ) -> dict[str, Any]:
     """A page of job summaries, newest created first, and the cursor of the next page.
 
@@ -161,7 +161,7 @@ def list_jobs(
     return body
 
 
-def count_jobs(store: ReadStore, where: JobFilter) -> dict[str, int]:
+def count_jobs(store: JobStore, where: JobFilter) -> dict[str, int]:
     """Jobs per state under every filter but ``state``; states without jobs are 0."""
     found = store.count_jobs(where.without_states())
     return {state.value: found.get(state.value, 0) for state in fsm.State} | {

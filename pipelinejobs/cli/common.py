@@ -21,6 +21,7 @@ from .. import logs
 from ..errors import ErrorKind, PipelineJobsError
 from ..runtime import dumps
 from ..settings import Settings, load_settings
+from ..store.base import JobStore
 
 USAGE_ERROR = 2
 #: One table from error kind to exit code (2 is argparse's usage error).
@@ -53,13 +54,13 @@ def settings_of(args: argparse.Namespace) -> Settings:
 wait_notices: list[threading.Timer] = []
 
 
-def open_store(settings: Settings) -> Any:
+def open_store(settings: Settings) -> JobStore:
     """The configured store, named in ``-v`` output; a MongoDB that does not answer is reported once."""
     from ..store.factory import open_job_store
 
     store = open_job_store(settings)
     log.info("store: %s", store.describe())
-    if store.backend == "mongodb":
+    if not store.local:
         timer = threading.Timer(WAIT_NOTICE_SECONDS, report_wait, (store, settings.mongodb_timeout_ms))
         timer.daemon = True
         timer.start()
@@ -67,13 +68,9 @@ def open_store(settings: Settings) -> Any:
     return store
 
 
-def report_wait(store: Any, timeout_ms: int) -> None:
+def report_wait(store: JobStore, timeout_ms: int) -> None:
     """Say once that MongoDB has not answered yet, and for how long the CLI will wait for it."""
-    try:
-        reachable = store.database.client.topology_description.has_writable_server()
-    except Exception:
-        return
-    if not reachable:
+    if store.waiting_for_server():
         log.warning(
             "waiting up to %.1f s for %s (mongodb.server_selection_timeout_ms)...",
             timeout_ms / 1000,

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import ErrorKind, PipelineJobsError
 from ..settings import Settings
+from ..store.base import JobStore
 from .common import emit, handle, open_store, read_json, settings_of, short, state_name, when
 from .notify import deliveries_text, job_deliveries
 
@@ -170,7 +171,7 @@ def cmd_job_history(args: argparse.Namespace) -> int:
     return 0
 
 
-def _watch_view(store: Any, settings: Settings, job: dict[str, Any]) -> dict[str, Any] | None:
+def _watch_view(store: JobStore, settings: Settings, job: dict[str, Any]) -> dict[str, Any] | None:
     """A job's deadlines (effective: config, pipeline, its own) and signs of life, for `job show`."""
     from ..deadlines import effective_deadlines
 

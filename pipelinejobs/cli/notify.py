@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import notify
 from ..errors import ErrorKind, PipelineJobsError
+from ..store.base import JobStore
 from .common import EXIT_CODES, emit, open_store, settings_of, when
 
 #: where `subscription add --actor` reads the actor's credential when not given on the command line
@@ -139,10 +140,9 @@ def cmd_notify(args: argparse.Namespace) -> int:
     return 0
 
 
-def job_deliveries(store: Any, uuid: str, limit: int = 20) -> list[dict[str, Any]] | None:
-    """A job's latest delivery attempts for `job show` (None on a store without notifications)."""
-    lister = getattr(store, "list_deliveries", None)
-    return None if lister is None else lister(job_uuid=uuid, limit=limit)
+def job_deliveries(store: JobStore, uuid: str, limit: int = 20) -> list[dict[str, Any]]:
+    """A job's latest delivery attempts, for `job show`."""
+    return store.list_deliveries(job_uuid=uuid, limit=limit)
 
 
 def add_commands(commands: Any, leaf: Callable[..., Any]) -> None:

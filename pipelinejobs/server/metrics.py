@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import logs
 from ..errors import ErrorKind, PipelineJobsError
-from ..store.base import ReadStore
+from ..store.base import JobStore
 from .http import JSONResponse
 
 log = logs.get_logger("server.metrics")
@@ -47,7 +47,7 @@ _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5
 class JobTotals:
     """Visible jobs per (state, pipeline): a snapshot refreshed in the background at most every ``interval``."""
 
-    def __init__(self, store: ReadStore, interval: float, on_error: Any = None) -> None:
+    def __init__(self, store: JobStore, interval: float, on_error: Any = None) -> None:
         self.store = store
         self.interval = interval
         self.on_error = on_error
@@ -130,7 +130,7 @@ class _JobsCollector:
 class Metrics:
     """The app's metrics; ``observe`` is handed every message outcome by ``Server.execute``."""
 
-    def __init__(self, store: ReadStore, refresh_seconds: float = DEFAULT_REFRESH_SECONDS) -> None:
+    def __init__(self, store: JobStore, refresh_seconds: float = DEFAULT_REFRESH_SECONDS) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         self.events = Counter("pipelinejobs_events_accepted", "Events applied to jobs, by name", ["event"], registry=r)

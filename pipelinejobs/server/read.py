@@ -15,7 +15,7 @@ describe the software, not the jobs, and need no credentials.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -24,7 +24,6 @@ from starlette.routing import Route
 
 from .. import queries
 from ..errors import PipelineJobsError
-from ..store.base import ReadStore
 from .abaco_records import Refused
 from .auth import authorize_read
 from .http import JSONResponse, envelope, server_of
@@ -72,7 +71,7 @@ async def list_jobs(request: Request) -> Response:
     where = queries.parse_job_filter(params)
     limit = queries.parse_limit(params.get("limit"))
     counts = params.get("counts", "").strip().lower() in ("1", "true", "yes", "on")
-    store = cast(ReadStore, server_of(request).store)  # both stores implement the read side
+    store = server_of(request).store
     body = await run_in_threadpool(
         lambda: queries.list_jobs(store, where, after=params.get("after") or None, limit=limit, counts=counts)
     )
@@ -82,7 +81,7 @@ async def list_jobs(request: Request) -> Response:
 async def count_jobs(request: Request) -> Response:
     """``GET /jobs/counts``: jobs per state under the list's filters (``state`` aside)."""
     where = queries.parse_job_filter(request.query_params)
-    store = cast(ReadStore, server_of(request).store)  # both stores implement the read side
+    store = server_of(request).store
     counts = await run_in_threadpool(queries.count_jobs, store, where)
     return answer(request, {"counts": counts, "total": sum(counts.values())}, "Job counts retrieved successfully.")
 

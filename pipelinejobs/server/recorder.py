@@ -32,7 +32,7 @@ from ..store.registry import Level, Record, Registry, Totals
 log = logs.get_logger("server.recorder")
 
 
-class WriteBehind:
+class WriteBehind(Registry):
     """A registry whose execution records are stored in batches by a background thread."""
 
     def __init__(

@@ -116,13 +116,13 @@ async def create_subscription(request: Request) -> Response:
 
 
 async def list_subscriptions(request: Request) -> Response:
-    store: Any = server_of(request).store
+    store = server_of(request).store
     found = await run_in_threadpool(store.list_subscriptions)
     return _answer(request, [notify.public_view(s) for s in found], "Subscriptions retrieved successfully.")
 
 
 async def _subscription(request: Request) -> dict[str, Any]:
-    store: Any = server_of(request).store
+    store = server_of(request).store
     subscription_id = request.path_params["id"]
     found = await run_in_threadpool(store.find_subscription, subscription_id)
     if found is None:
@@ -146,7 +146,7 @@ async def test_subscription(request: Request) -> Response:
 
 
 async def subscription_deliveries(request: Request) -> Response:
-    store: Any = server_of(request).store
+    store = server_of(request).store
     subscription = await _subscription(request)
     limit = queries.parse_limit(request.query_params.get("limit"), default=100, maximum=1000)
     rows = await run_in_threadpool(lambda: store.list_deliveries(subscription=subscription["id"], limit=limit))
@@ -154,7 +154,7 @@ async def subscription_deliveries(request: Request) -> Response:
 
 
 async def job_deliveries(request: Request) -> Response:
-    store: Any = server_of(request).store
+    store = server_of(request).store
     limit = queries.parse_limit(request.query_params.get("limit"), default=100, maximum=1000)
     uuid = request.path_params["uuid"]
     rows = await run_in_threadpool(lambda: store.list_deliveries(job_uuid=uuid, limit=limit))

@@ -43,7 +43,6 @@ from starlette.routing import Route
 
 from .. import __version__, fsm, logs, queries
 from ..errors import PipelineJobsError
-from ..store.base import ReadStore
 from .abaco_records import Refused
 from .auth import authorize_read
 from .http import JSONResponse, bearer, server_of, status_of
@@ -373,7 +372,7 @@ async def jobs_page(request: Request, viewer: Viewer) -> Response:
     where = queries.parse_job_filter(params)
     limit = queries.parse_limit(params.get("limit"), default=50, maximum=max(PAGE_SIZES))
     after = params.get("after") or None
-    store = cast(ReadStore, server_of(request).store)
+    store = server_of(request).store
 
     def load() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         return queries.list_jobs(store, where, after=after, limit=limit, counts=True), _pipelines(store)
@@ -585,7 +584,7 @@ async def pipelines_page(request: Request, viewer: Viewer) -> Response:
     store = server_of(request).store
 
     def load() -> tuple[list[dict[str, Any]], dict[tuple[str, str], int]]:
-        return queries.list_pipelines(store), cast(ReadStore, store).job_totals()
+        return queries.list_pipelines(store), store.job_totals()
 
     found, totals = await run_in_threadpool(load)
     known = {str(p.get("uuid")) for p in found}

@@ -18,7 +18,10 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:  # built only by the dispatcher's paths (store/outbox.py): the event path never needs them
+    from .outbox import EventFate, OutboxItem, Settled
 
 Document = dict[str, Any]
 
@@ -141,8 +144,199 @@ class HistoryPage:
 ANY_LOGGED: Any = object()
 
 
+def iter_history(store: JobStore, uuid: str, page_size: int = 500) -> Iterator[EventRecord]:
+    """Every record of a job's history, oldest first, read a page at a time."""
+    after: str | None = None
+    while True:
+        page = store.history(uuid, after=after, limit=page_size)
+        yield from page.records
+        if page.next is None:
+            return
+        after = page.next
+
+
+def parse_cursor(cursor: str | None) -> tuple[int, str] | None:
+    """A :attr:`EventRecord.cursor` back as (seq, slot); None for the start; ValueError when malformed."""
+    if cursor is None:
+        return None
+    seq, sep, slot = cursor.partition(":")
+    if not sep:
+        raise ValueError("a history cursor is 'SEQ:SLOT'")
+    return int(seq), slot
+
+
+def imported_record(uuid: str, position: int, entry: Document) -> EventRecord:
+    """A history entry a job had before it had a log, as a log record (seq -1, ordered by position)."""
+    date = entry.get("date")
+    return EventRecord(
+        uuid=uuid,
+        seq=-1,
+        slot=f"{position:08d}",
+        event_uuid=str(entry.get("uuid") or f"imported-{position}"),
+        name=str(entry.get("name") or ""),
+        date=date if isinstance(date, datetime) else datetime.fromtimestamp(0, timezone.utc),
+        data=entry.get("data") if isinstance(entry.get("data"), dict) else None,
+        state="",
+        outcome=Outcome.IMPORTED,
+        via="history",
+    )
+
+
+def unlogged_history(uuid: str, history: Any, after: tuple[int, str] | None, limit: int) -> HistoryPage:
+    """A page of the history of a job the old library wrote and no event has touched since: its
+    document's ``history`` entries as imported records (both stores answer such a job so)."""
+    rows = [imported_record(uuid, i, entry) for i, entry in enumerate(history if isinstance(history, list) else [])]
+    return page_of(rows[position_index(rows, after) :], limit)
+
+
+def creation_record(job: Document) -> EventRecord:
+    """The log record of a job's ``create`` (seq 0): the job's data, as datacatalog's create entry has it."""
+    entry = job["history"][0]
+    return EventRecord(
+        uuid=job["uuid"],
+        seq=0,
+        event_uuid=entry["uuid"],
+        name="create",
+        date=entry["date"],
+        data=job.get("data"),
+        state=job["state"],
+        via="create",
+    )
+
+
+def removed_key(uuid: str, tombstone: Document) -> str:
+    """Where a force-deleted job's log is kept: its uuid and the deletion time, never a live job's key."""
+    date = tombstone.get("date")
+    stamp = date.strftime("%Y%m%dT%H%M%SZ") if isinstance(date, datetime) else "removed"
+    return f"{uuid}~deleted~{stamp}~{secrets.token_hex(4)}"
+
+
+def position_index(rows: list[EventRecord], after: tuple[int, str] | None) -> int:
+    if after is None:
+        return 0
+    return next((i for i, r in enumerate(rows) if (r.seq, r.slot) > after), len(rows))
+
+
+def page_of(rows: list[EventRecord], limit: int) -> HistoryPage:
+    """The first ``limit`` rows; ``next`` points after the last when more follow."""
+    page = rows[:limit]
+    more = len(rows) > limit
+    return HistoryPage(page, page[-1].cursor if more and page else None)
+
+
+# -- read side (issue 11: the read API and metrics) ------------------------------------------
+#: What a job list shows of each job, and where each field lives in the job document: never ``data``,
+#: ``history``, ``_admin`` or ``_salt``. Both stores read exactly these paths (MongoDB's projection,
+#: SQLite's columns) and build the summary with :func:`job_summary`.
+JOB_SUMMARY_PATHS: dict[str, str] = {
+    "uuid": "uuid",
+    "state": "state",
+    "pipeline_uuid": "pipeline_uuid",
+    "archive_path": "archive_path",
+    "archive_system": "archive_system",
+    "session": "session",
+    "agent": "agent",
+    "task": "task",
+    "child_of": "child_of",
+    "last_event": "last_event",
+    "created": "_properties.created_date",
+    "updated": "updated",
+    "revision": "_properties.revision",
+    "visible": "_visible",
+}
+JOB_SUMMARY_FIELDS = tuple(JOB_SUMMARY_PATHS)
+
+
+def job_summary(values: dict[str, Any]) -> Document:
+    """A job's summary from the stored values of its fields (keyed by summary field, times as datetimes):
+    the same on both stores, a job of the old library (no revision, no ``_visible``) included."""
+    summary = {name: values.get(name) for name in JOB_SUMMARY_FIELDS}
+    summary["child_of"] = list(summary["child_of"] or [])
+    summary["revision"] = summary["revision"] or 0
+    summary["visible"] = summary["visible"] is not False
+    return summary
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a list or a count covers; every field narrows it, and each has an index.
+
+    Ranges are half open: ``*_after`` inclusive, ``*_before`` exclusive. ``archive_path``
+    matches a substring (case-sensitive) of the job's archive path.
+    """
+
+    states: tuple[str, ...] = ()
+    pipeline_uuid: str | None = None
+    session: str | None = None
+    child_of: str | None = None
+    archive_path: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    updated_after: datetime | None = None
+    updated_before: datetime | None = None
+    include_hidden: bool = False
+
+    def without_states(self) -> JobFilter:
+        from dataclasses import replace
+
+        return replace(self, states=())
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """A page of job summaries, newest created first; ``next`` continues after the last (None at the end)."""
+
+    jobs: list[Document] = field(default_factory=list)
+    next: str | None = None
+
+
+def job_cursor(created: datetime | None, uuid: str) -> str:
+    """An opaque position in a job list ordered by (created desc, uuid desc).
+
+    The creation time never changes, so a job never moves in this order: jobs created
+    while someone pages land before the first page and never shift the later ones.
+    """
+    import base64
+    import json
+
+    stamp = created.astimezone(timezone.utc).isoformat() if isinstance(created, datetime) else ""
+    raw = json.dumps([stamp, uuid], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def parse_job_cursor(cursor: str | None) -> tuple[datetime, str] | None:
+    """A :func:`job_cursor` back as (created, uuid); None for the start; ValueError when malformed."""
+    import base64
+    import binascii
+    import json
+
+    if cursor is None or cursor == "":
+        return None
+    try:
+        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        stamp, uuid = value
+        created = datetime.fromisoformat(stamp)
+    except (ValueError, TypeError, binascii.Error, RecursionError) as exc:
+        raise ValueError("not a job list cursor") from exc
+    if not isinstance(uuid, str) or created.tzinfo is None:
+        raise ValueError("not a job list cursor")
+    return created.astimezone(timezone.utc), uuid
+
+
+def page_of_jobs(rows: list[Document], limit: int) -> JobPage:
+    """The first ``limit`` summaries; ``next`` points after the last when more follow."""
+    page = rows[:limit]
+    more = len(rows) > limit and bool(page)
+    return JobPage(page, job_cursor(page[-1]["created"], page[-1]["uuid"]) if more else None)
+
+
 class JobStore(Protocol):
-    """The storage protocol shared by the MongoDB and the embedded backends (each a context manager)."""
+    """The one storage contract: everything the business code, the passes, notifications, serve's read
+    API and the CLI need of a store. ``MongoJobStore`` and ``SqliteJobStore`` declare it (so mypy checks
+    each against it), and ``tests/test_store_contract.py`` runs every method on both.
+
+    Each store is a context manager and safe to share between threads.
+    """
 
     backend: str
     #: True when a call is short CPU work in this process (SQLite), not a wait on a server: serve then runs
@@ -270,176 +464,7 @@ class JobStore(Protocol):
     def expire_tombstones(self, now: datetime, *, dry_run: bool = False) -> int:
         """Delete (or count) purge tombstones whose ``expires_at`` has passed."""
 
-
-def iter_history(store: JobStore, uuid: str, page_size: int = 500) -> Iterator[EventRecord]:
-    """Every record of a job's history, oldest first, read a page at a time."""
-    after: str | None = None
-    while True:
-        page = store.history(uuid, after=after, limit=page_size)
-        yield from page.records
-        if page.next is None:
-            return
-        after = page.next
-
-
-def parse_cursor(cursor: str | None) -> tuple[int, str] | None:
-    """A :attr:`EventRecord.cursor` back as (seq, slot); None for the start; ValueError when malformed."""
-    if cursor is None:
-        return None
-    seq, sep, slot = cursor.partition(":")
-    if not sep:
-        raise ValueError("a history cursor is 'SEQ:SLOT'")
-    return int(seq), slot
-
-
-def imported_record(uuid: str, position: int, entry: Document) -> EventRecord:
-    """A history entry a job had before it had a log, as a log record (seq -1, ordered by position)."""
-    date = entry.get("date")
-    return EventRecord(
-        uuid=uuid,
-        seq=-1,
-        slot=f"{position:08d}",
-        event_uuid=str(entry.get("uuid") or f"imported-{position}"),
-        name=str(entry.get("name") or ""),
-        date=date if isinstance(date, datetime) else datetime.fromtimestamp(0, timezone.utc),
-        data=entry.get("data") if isinstance(entry.get("data"), dict) else None,
-        state="",
-        outcome=Outcome.IMPORTED,
-        via="history",
-    )
-
-
-def creation_record(job: Document) -> EventRecord:
-    """The log record of a job's ``create`` (seq 0): the job's data, as datacatalog's create entry has it."""
-    entry = job["history"][0]
-    return EventRecord(
-        uuid=job["uuid"],
-        seq=0,
-        event_uuid=entry["uuid"],
-        name="create",
-        date=entry["date"],
-        data=job.get("data"),
-        state=job["state"],
-        via="create",
-    )
-
-
-def removed_key(uuid: str, tombstone: Document) -> str:
-    """Where a force-deleted job's log is kept: its uuid and the deletion time, never a live job's key."""
-    date = tombstone.get("date")
-    stamp = date.strftime("%Y%m%dT%H%M%SZ") if isinstance(date, datetime) else "removed"
-    return f"{uuid}~deleted~{stamp}~{secrets.token_hex(4)}"
-
-
-def position_index(rows: list[EventRecord], after: tuple[int, str] | None) -> int:
-    if after is None:
-        return 0
-    return next((i for i, r in enumerate(rows) if (r.seq, r.slot) > after), len(rows))
-
-
-def page_of(rows: list[EventRecord], limit: int) -> HistoryPage:
-    """The first ``limit`` rows; ``next`` points after the last when more follow."""
-    page = rows[:limit]
-    more = len(rows) > limit
-    return HistoryPage(page, page[-1].cursor if more and page else None)
-
-
-# -- read side (issue 11: the read API and metrics) ------------------------------------------
-#: What a job list shows of each job: never ``data``, ``history``, ``_admin`` or ``_salt``.
-JOB_SUMMARY_FIELDS = (
-    "uuid",
-    "state",
-    "pipeline_uuid",
-    "archive_path",
-    "archive_system",
-    "session",
-    "agent",
-    "task",
-    "child_of",
-    "last_event",
-    "created",
-    "updated",
-    "revision",
-    "visible",
-)
-
-
-@dataclass(frozen=True)
-class JobFilter:
-    """Which jobs a list or a count covers; every field narrows it, and each has an index.
-
-    Ranges are half open: ``*_after`` inclusive, ``*_before`` exclusive. ``archive_path``
-    matches a substring (case-sensitive) of the job's archive path.
-    """
-
-    states: tuple[str, ...] = ()
-    pipeline_uuid: str | None = None
-    session: str | None = None
-    child_of: str | None = None
-    archive_path: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    updated_after: datetime | None = None
-    updated_before: datetime | None = None
-    include_hidden: bool = False
-
-    def without_states(self) -> JobFilter:
-        from dataclasses import replace
-
-        return replace(self, states=())
-
-
-@dataclass(frozen=True)
-class JobPage:
-    """A page of job summaries, newest created first; ``next`` continues after the last (None at the end)."""
-
-    jobs: list[Document] = field(default_factory=list)
-    next: str | None = None
-
-
-def job_cursor(created: datetime | None, uuid: str) -> str:
-    """An opaque position in a job list ordered by (created desc, uuid desc).
-
-    The creation time never changes, so a job never moves in this order: jobs created
-    while someone pages land before the first page and never shift the later ones.
-    """
-    import base64
-    import json
-
-    stamp = created.astimezone(timezone.utc).isoformat() if isinstance(created, datetime) else ""
-    raw = json.dumps([stamp, uuid], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def parse_job_cursor(cursor: str | None) -> tuple[datetime, str] | None:
-    """A :func:`job_cursor` back as (created, uuid); None for the start; ValueError when malformed."""
-    import base64
-    import binascii
-    import json
-
-    if cursor is None or cursor == "":
-        return None
-    try:
-        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        stamp, uuid = value
-        created = datetime.fromisoformat(stamp)
-    except (ValueError, TypeError, binascii.Error, RecursionError) as exc:
-        raise ValueError("not a job list cursor") from exc
-    if not isinstance(uuid, str) or created.tzinfo is None:
-        raise ValueError("not a job list cursor")
-    return created.astimezone(timezone.utc), uuid
-
-
-def page_of_jobs(rows: list[Document], limit: int) -> JobPage:
-    """The first ``limit`` summaries; ``next`` points after the last when more follow."""
-    page = rows[:limit]
-    more = len(rows) > limit and bool(page)
-    return JobPage(page, job_cursor(page[-1]["created"], page[-1]["uuid"]) if more else None)
-
-
-class ReadStore(Protocol):
-    """The read side both stores add to :class:`JobStore` (serve's read API, metrics and readiness)."""
-
+    # -- read side: serve's read API, the web view and metrics ----------------------------
     def query_jobs(self, where: JobFilter, *, after: str | None = None, limit: int = 50) -> JobPage:
         """Job summaries (:data:`JOB_SUMMARY_FIELDS`) matching ``where``, by (created desc, uuid desc)."""
 
@@ -451,3 +476,48 @@ class ReadStore(Protocol):
 
     def ping(self, timeout: float = 2.0) -> None:
         """Raise ``STORAGE_UNAVAILABLE`` unless the store answers a trivial read within ``timeout``."""
+
+    def waiting_for_server(self) -> bool:
+        """True while a networked store has not yet reached a server it can write to (the CLI says so)."""
+
+    # -- notifications: subscriptions, the outbox, delivery records ---------------------------
+    def save_subscription(self, subscription: Document) -> None: ...
+
+    def list_subscriptions(self) -> list[Document]: ...
+
+    def find_subscription(self, subscription_id: str) -> Document | None: ...
+
+    def delete_subscription(self, subscription_id: str) -> bool: ...
+
+    def claim_notifications(self, now: datetime, *, until: datetime, owner: str, limit: int) -> list[OutboxItem]:
+        """Lease up to ``limit`` due outbox items to dispatcher ``owner`` until ``until`` and return them.
+
+        While the lease lasts no other dispatcher is given them; a crashed holder's lease runs out.
+        Both stores lease the whole outbox to one dispatcher at a time (one small row or document,
+        renewed by its holder once half of it has passed), so delivering costs no write per item
+        before the settlement.
+        """
+
+    def settle_notifications(self, owner: str, settled: list[Settled], deliveries: list[Document]) -> int:
+        """Record ``deliveries`` and, for each item ``owner`` still holds, leave its ``pending``
+        (none: the item is done) due at ``due``; how many items were settled."""
+
+    def release_notifications(self, owner: str) -> None:
+        """Give up what ``owner`` holds (a dispatcher stopping), so another need not wait for the lease to run out."""
+
+    def event_fates(
+        self, items: list[OutboxItem], *, now: datetime, grace_seconds: float
+    ) -> list[tuple[EventFate, str | None]]:
+        """For each item: whether its event is applied, and its job's pipeline uuid.
+
+        On MongoDB a record logged but not applied after ``grace_seconds`` is rolled forward (its
+        writer died between its two statements), as the job's next writer would.
+        """
+
+    def expire_deliveries(self, now: datetime) -> int:
+        """Forget delivery records whose ``expires_at`` has passed (MongoDB's TTL index does it too)."""
+
+    def list_deliveries(
+        self, *, job_uuid: str | None = None, subscription: str | None = None, limit: int = 100
+    ) -> list[Document]:
+        """Delivery attempts, newest first."""

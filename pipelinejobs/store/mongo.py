@@ -37,6 +37,7 @@ from .base import (
     DEFAULT_HISTORY_WINDOW,
     DEFAULT_INLINE_DATA_BYTES,
     HEAD_FIELDS,
+    JOB_SUMMARY_PATHS,
     Append,
     AppendResult,
     Document,
@@ -47,13 +48,15 @@ from .base import (
     Outcome,
     creation_record,
     imported_record,
+    job_summary,
     page_of,
     page_of_jobs,
     parse_cursor,
     parse_job_cursor,
-    position_index,
     removed_key,
+    unlogged_history,
 )
+from .shared import SharedStore
 
 if TYPE_CHECKING:
     from .outbox import EventFate, OutboxItem, Settled
@@ -183,7 +186,7 @@ def hosts_of(uri: str) -> str:
     return uri.split("://", 1)[-1].split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
 
 
-class MongoJobStore:
+class MongoJobStore(SharedStore):
     backend = "mongodb"
     local = False
 
@@ -538,8 +541,7 @@ class MongoJobStore:
             if not rows and self.events.find_one({"uuid": uuid}, {"_id": True}) is None:
                 # a job python-datacatalog wrote and no event has touched since: its history is the document's
                 doc = self.jobs.find_one({"uuid": uuid}, {"_id": False, "history": True})
-                rows = [imported_record(uuid, i, e) for i, e in enumerate((doc or {}).get("history") or [])]
-                rows = rows[position_index(rows, position) :]
+                return unlogged_history(uuid, (doc or {}).get("history"), position, limit)
         return page_of(rows, limit)
 
     def hide_job(self, uuid: str, *, now: datetime, audit: Document) -> Document | None:
@@ -649,19 +651,18 @@ class MongoJobStore:
     def retention_candidates(
         self, *, states: list[str], before: datetime, hidden_before: datetime | None, limit: int
     ) -> list[Document]:
-        heads: dict[str, Document] = {}
-        limit = max(1, limit)
         self._require_indexes(*self._WATCH_INDEXES)
+        return super().retention_candidates(states=states, before=before, hidden_before=hidden_before, limit=limit)
+
+    def _heads_in_state(self, state: str, before: datetime, limit: int) -> list[Document]:
         with self._translate():
-            for state in states:  # one range of the (state, updated) index each
-                query: dict[str, Any] = {"state": state, "updated": {"$lt": before}}
-                for doc in self.jobs.find(query, _RETENTION_HEAD).limit(limit):
-                    heads[doc["uuid"]] = doc
-            if hidden_before is not None:
-                query = {"_visible": False, "updated": {"$lt": hidden_before}}
-                for doc in self.jobs.find(query, _RETENTION_HEAD).limit(limit):
-                    heads[doc["uuid"]] = doc
-        return list(heads.values())[:limit]
+            query = {"state": state, "updated": {"$lt": before}}
+            return list(self.jobs.find(query, _RETENTION_HEAD).sort("updated", pymongo.ASCENDING).limit(limit))
+
+    def _hidden_heads(self, before: datetime, limit: int) -> list[Document]:
+        with self._translate():
+            query = {"_visible": False, "updated": {"$lt": before}}
+            return list(self.jobs.find(query, _RETENTION_HEAD).sort("updated", pymongo.ASCENDING).limit(limit))
 
     def purge_job(self, uuid: str, *, expected_revision: int, tombstone: Document) -> bool:
         at = {"$in": [0, None]} if expected_revision == 0 else expected_revision
@@ -714,28 +715,30 @@ class MongoJobStore:
             return self.subscriptions.delete_one({"id": subscription_id}).deleted_count == 1
 
     def claim_notifications(self, now: datetime, *, until: datetime, owner: str, limit: int) -> list[OutboxItem]:
-        """One dispatcher at a time holds the outbox (a lease document that runs out when its holder
-        dies), so a claim writes one small document, not every record it delivers. A holder renews the
-        lease once half of it has passed: a busy pass is then one query."""
-        from .outbox import OutboxItem, lease_is_young
-
         # before anything is sent: a catalog db init has not prepared for this version's delivery records
         # would refuse each settlement, and every notification would be sent again on every pass
         self._require_indexes("events.notify_due", "deliveries.jobs_at")
-        due_now = {"notify_due": {"$lte": now}}
-        held = self._held.get(owner)
+        return super().claim_notifications(now, until=until, owner=owner, limit=limit)
+
+    def _outbox_is_due(self, now: datetime) -> bool:
         with self._translate():
-            if not lease_is_young(held, now):
-                self._held.pop(owner, None)
-                if self.events.find_one(due_now, {"_id": True}) is None:
-                    return []  # nothing due: no lease written (an idle dispatcher writes nothing)
-                lease = {"_id": "outbox", "$or": [{"until": {"$lt": now}}, {"owner": owner}]}
-                try:
-                    self.leases.update_one(lease, {"$set": {"owner": owner, "until": until}}, upsert=True)
-                except DuplicateKeyError:  # another dispatcher's lease is live
-                    return []
-                self._held[owner] = (now, until)
-            docs = list(self.events.find(due_now).sort("notify_due", pymongo.ASCENDING).limit(max(1, limit)))
+            return self.events.find_one({"notify_due": {"$lte": now}}, {"_id": True}) is not None
+
+    def _take_outbox_lease(self, owner: str, now: datetime, until: datetime) -> bool:
+        lease = {"_id": "outbox", "$or": [{"until": {"$lt": now}}, {"owner": owner}]}
+        with self._translate():
+            try:
+                self.leases.update_one(lease, {"$set": {"owner": owner, "until": until}}, upsert=True)
+            except DuplicateKeyError:  # another dispatcher's lease is live: the upsert met its document
+                return False
+        return True
+
+    def _due_outbox_items(self, now: datetime, limit: int) -> list[OutboxItem]:
+        from .outbox import OutboxItem
+
+        with self._translate():
+            found = self.events.find({"notify_due": {"$lte": now}}).sort("notify_due", pymongo.ASCENDING)
+            docs = list(found.limit(max(1, limit)))
         return [
             OutboxItem(
                 uuid=doc["uuid"],
@@ -867,11 +870,11 @@ class MongoJobStore:
             if position is not None:
                 created, uuid = position
                 tied = {**_created_within(query, {"$gte": created, "$lte": created}), "uuid": {"$lt": uuid}}
-                rows = [job_summary(d) for d in self.jobs.find(tied, _SUMMARY_PROJECTION).sort(order).limit(limit + 1)]
+                rows = [_summary(d) for d in self.jobs.find(tied, _SUMMARY_PROJECTION).sort(order).limit(limit + 1)]
                 query = _created_within(query, {"$lt": created})
             if len(rows) <= limit:
                 cursor = self.jobs.find(query, _SUMMARY_PROJECTION).sort(order).limit(limit + 1 - len(rows))
-                rows += [job_summary(doc) for doc in cursor]
+                rows += [_summary(doc) for doc in cursor]
         return page_of_jobs(rows, limit)
 
     def count_jobs(self, where: JobFilter) -> dict[str, int]:
@@ -886,33 +889,15 @@ class MongoJobStore:
             rows = list(self.jobs.aggregate(pipeline))
         return {(str(r["_id"].get("s")), str(r["_id"].get("p"))): int(r["n"]) for r in rows}
 
+    def waiting_for_server(self) -> bool:
+        return not self._client.topology_description.has_writable_server()
+
     def ping(self, timeout: float = 2.0) -> None:
         with self._translate(), pymongo.timeout(timeout):
             self.database.command("ping")
 
 
-_SUMMARY_PROJECTION = {
-    "_id": False,
-    **dict.fromkeys(
-        (
-            "uuid",
-            "state",
-            "pipeline_uuid",
-            "archive_path",
-            "archive_system",
-            "session",
-            "agent",
-            "task",
-            "child_of",
-            "last_event",
-            "updated",
-            "_visible",
-            CREATED,
-            "_properties.revision",
-        ),
-        True,
-    ),
-}
+_SUMMARY_PROJECTION = {"_id": False, **dict.fromkeys(JOB_SUMMARY_PATHS.values(), True)}
 
 
 def job_query(where: JobFilter) -> dict[str, Any]:
@@ -951,22 +936,12 @@ def _created_within(query: dict[str, Any], bounds: dict[str, Any]) -> dict[str, 
     return {**query, CREATED: merged}
 
 
-def job_summary(doc: Document) -> Document:
-    """A projected job document as the flat summary a list shows (:data:`~.base.JOB_SUMMARY_FIELDS`)."""
-    properties = doc.get("_properties") or {}
-    return {
-        "uuid": doc.get("uuid"),
-        "state": doc.get("state"),
-        "pipeline_uuid": doc.get("pipeline_uuid"),
-        "archive_path": doc.get("archive_path"),
-        "archive_system": doc.get("archive_system"),
-        "session": doc.get("session"),
-        "agent": doc.get("agent"),
-        "task": doc.get("task"),
-        "child_of": list(doc.get("child_of") or []),
-        "last_event": doc.get("last_event"),
-        "created": properties.get("created_date"),
-        "updated": doc.get("updated"),
-        "revision": properties.get("revision") or 0,
-        "visible": doc.get("_visible") is not False,
-    }
+def _summary(doc: Document) -> Document:
+    """A projected job document as the flat summary a list shows."""
+    values = {}
+    for name, path in JOB_SUMMARY_PATHS.items():
+        value: Any = doc
+        for part in path.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        values[name] = value
+    return job_summary(values)

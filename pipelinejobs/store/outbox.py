@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from .base import Document, EventRecord
 
@@ -61,48 +61,3 @@ def lease_is_young(held: tuple[datetime, datetime] | None, now: datetime) -> boo
 def outbox_fields(record: EventRecord) -> Document:
     """The outbox fields a log record carries on MongoDB while subscriptions wait for it (due now)."""
     return {"notify": list(record.notify), "notify_due": record.date, "notify_attempts": 0}
-
-
-class NotifyStore(Protocol):
-    """What both stores add to :class:`JobStore` for notifications (``pipelinejobs.notify`` uses it)."""
-
-    def save_subscription(self, subscription: Document) -> None: ...
-
-    def list_subscriptions(self) -> list[Document]: ...
-
-    def find_subscription(self, subscription_id: str) -> Document | None: ...
-
-    def delete_subscription(self, subscription_id: str) -> bool: ...
-
-    def claim_notifications(self, now: datetime, *, until: datetime, owner: str, limit: int) -> list[OutboxItem]:
-        """Lease up to ``limit`` due outbox items to dispatcher ``owner`` until ``until`` and return them.
-
-        While the lease lasts no other dispatcher is given them; a crashed holder's lease runs out.
-        Both stores lease the whole outbox to one dispatcher at a time (one small row or document,
-        renewed by its holder once half of it has passed), so delivering costs no write per item
-        before the settlement.
-        """
-
-    def settle_notifications(self, owner: str, settled: list[Settled], deliveries: list[Document]) -> int:
-        """Record ``deliveries`` and, for each item ``owner`` still holds, leave its ``pending``
-        (none: the item is done) due at ``due``; how many items were settled."""
-
-    def release_notifications(self, owner: str) -> None:
-        """Give up what ``owner`` holds (a dispatcher stopping), so another need not wait for the lease to run out."""
-
-    def event_fates(
-        self, items: list[OutboxItem], *, now: datetime, grace_seconds: float
-    ) -> list[tuple[EventFate, str | None]]:
-        """For each item: whether its event is applied, and its job's pipeline uuid.
-
-        On MongoDB a record logged but not applied after ``grace_seconds`` is rolled forward (its
-        writer died between its two statements), as the job's next writer would.
-        """
-
-    def expire_deliveries(self, now: datetime) -> int:
-        """Forget delivery records whose ``expires_at`` has passed (MongoDB's TTL index does it too)."""
-
-    def list_deliveries(
-        self, *, job_uuid: str | None = None, subscription: str | None = None, limit: int = 100
-    ) -> list[Document]:
-        """Delivery attempts, newest first."""

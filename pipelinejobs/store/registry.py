@@ -88,7 +88,7 @@ class Registry(Protocol):
     def close(self) -> None: ...
 
 
-class MongoRegistry:
+class MongoRegistry(Registry):
     """Collections ``abaco_nonces`` and ``abaco_executions`` in the catalog database.
 
     It borrows the job store's ``Database`` (one MongoClient per process), so ``close`` leaves it open.
@@ -220,7 +220,7 @@ CREATE INDEX IF NOT EXISTS abaco_executions_actor ON abaco_executions (actor_id,
 """
 
 
-class SqliteRegistry:
+class SqliteRegistry(Registry):
     """The same registry in a SQLite file, through a small pool of connections any thread may borrow.
 
     A borrowed connection is used by one thread at a time; the pool keeps at most

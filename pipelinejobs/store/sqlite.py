@@ -33,6 +33,8 @@ from .base import (
     ANY_LOGGED,
     DEFAULT_HISTORY_WINDOW,
     DEFAULT_INLINE_DATA_BYTES,
+    JOB_SUMMARY_FIELDS,
+    JOB_SUMMARY_PATHS,
     Append,
     AppendResult,
     Document,
@@ -43,13 +45,15 @@ from .base import (
     Outcome,
     creation_record,
     imported_record,
+    job_summary,
     page_of,
     page_of_jobs,
     parse_cursor,
     parse_job_cursor,
-    position_index,
     removed_key,
+    unlogged_history,
 )
+from .shared import SharedStore
 
 if TYPE_CHECKING:
     from .outbox import EventFate, OutboxItem, Settled
@@ -327,7 +331,7 @@ def _record(text: str) -> EventRecord:
 
 
 # -- the store -------------------------------------------------------------------------------
-class SqliteJobStore:
+class SqliteJobStore(SharedStore):
     """:class:`~pipelinejobs.store.base.JobStore` on one SQLite file, safe across processes and threads."""
 
     backend = "sqlite"
@@ -643,9 +647,7 @@ class SqliteJobStore:
         with self._reading() as conn:
             logged = conn.execute("SELECT logged, doc FROM jobs WHERE uuid = ?", (uuid,)).fetchone()
             if logged is not None and not logged[0]:  # a version-1 job no event has touched since
-                doc = loads_document(logged[1])
-                rows = [imported_record(uuid, i, e) for i, e in enumerate(doc.get("history") or [])]
-                return page_of(rows[position_index(rows, position) :], limit)
+                return unlogged_history(uuid, loads_document(logged[1]).get("history"), position, limit)
             seq, slot = position if position is not None else (-2, "")
             found = conn.execute(
                 "SELECT record FROM events WHERE uuid = ? AND (seq > ? OR (seq = ? AND slot > ?))"
@@ -761,26 +763,21 @@ class SqliteJobStore:
         with self._transaction() as conn:
             conn.execute("DELETE FROM watch WHERE uuid = ?", (uuid,))
 
-    def retention_candidates(
-        self, *, states: list[str], before: datetime, hidden_before: datetime | None, limit: int
-    ) -> list[Document]:
-        columns = f"uuid, {_HEAD_COLUMNS}"
-        found: list[tuple[Any, ...]] = []
+    def _heads_in_state(self, state: str, before: datetime, limit: int) -> list[Document]:
         with self._reading() as conn:
-            for state in states:  # one range of the (state, updated) index each
-                found += conn.execute(
-                    f"SELECT {columns} FROM jobs WHERE state = ? AND updated < ? ORDER BY updated LIMIT ?",
-                    (state, _timestamp(before), max(1, limit)),
-                ).fetchall()
-            if hidden_before is not None:
-                found += conn.execute(
-                    f"SELECT {columns} FROM jobs WHERE visible = 0 AND updated < ? ORDER BY updated LIMIT ?",
-                    (_timestamp(hidden_before), max(1, limit)),
-                ).fetchall()
-        heads: dict[str, Document] = {}
-        for uuid, *head in found:
-            heads[uuid] = _head(uuid, *head)
-        return list(heads.values())[:limit]
+            rows = conn.execute(
+                f"SELECT uuid, {_HEAD_COLUMNS} FROM jobs WHERE state = ? AND updated < ? ORDER BY updated LIMIT ?",
+                (state, _timestamp(before), limit),
+            ).fetchall()
+        return [_head(*row) for row in rows]
+
+    def _hidden_heads(self, before: datetime, limit: int) -> list[Document]:
+        with self._reading() as conn:
+            rows = conn.execute(
+                f"SELECT uuid, {_HEAD_COLUMNS} FROM jobs WHERE visible = 0 AND updated < ? ORDER BY updated LIMIT ?",
+                (_timestamp(before), limit),
+            ).fetchall()
+        return [_head(*row) for row in rows]
 
     def purge_job(self, uuid: str, *, expected_revision: int, tombstone: Document) -> bool:
         with self._transaction() as conn:
@@ -824,28 +821,26 @@ class SqliteJobStore:
         with self._transaction() as conn:
             return conn.execute("DELETE FROM subscriptions WHERE id = ?", (subscription_id,)).rowcount == 1
 
-    def claim_notifications(self, now: datetime, *, until: datetime, owner: str, limit: int) -> list[OutboxItem]:
-        """One dispatcher at a time holds the outbox (a lease row that runs out when its holder dies):
-        a claim writes nothing per item, and a holder renews the lease once half of it has passed, so a
-        busy pass is one read; its one write, the settlement, is the only time it takes the write lock."""
-        from .outbox import OutboxItem, lease_is_young
+    def _outbox_is_due(self, now: datetime) -> bool:
+        with self._reading() as conn:
+            return (
+                conn.execute("SELECT 1 FROM outbox WHERE due <= ? LIMIT 1", (_timestamp(now),)).fetchone() is not None
+            )
 
-        held = self._held.get(owner)
-        if not lease_is_young(held, now):
-            self._held.pop(owner, None)
-            with self._reading() as conn:
-                if conn.execute("SELECT 1 FROM outbox WHERE due <= ? LIMIT 1", (_timestamp(now),)).fetchone() is None:
-                    return []  # nothing due: no lease written (an idle dispatcher writes nothing)
-            with self._transaction() as conn:
-                taken = conn.execute(
+    def _take_outbox_lease(self, owner: str, now: datetime, until: datetime) -> bool:
+        with self._transaction() as conn:
+            return bool(
+                conn.execute(
                     "INSERT INTO notify_lease (name, owner, until) VALUES ('outbox', ?, ?) ON CONFLICT (name)"
                     " DO UPDATE SET owner = excluded.owner, until = excluded.until"
                     " WHERE notify_lease.until < ? OR notify_lease.owner = excluded.owner",
                     (owner, _timestamp(until), _timestamp(now)),
                 ).rowcount
-            if not taken:  # another dispatcher's lease is live
-                return []
-            self._held[owner] = (now, until)
+            )
+
+    def _due_outbox_items(self, now: datetime, limit: int) -> list[OutboxItem]:
+        from .outbox import OutboxItem
+
         with self._reading() as conn:
             rows = conn.execute(
                 "SELECT o.uuid, o.seq, o.slot, o.pending, o.attempts, o.due, e.record"
@@ -935,12 +930,6 @@ class SqliteJobStore:
             return conn.execute("DELETE FROM deliveries WHERE expires_at <= ?", (_timestamp(now),)).rowcount
 
     # -- read side (issue 11: the read API and metrics) -----------------
-    _SUMMARY_COLUMNS = (
-        "uuid, state, pipeline_uuid, visible, updated, last_event, revision,"
-        f" {_ARCHIVE_PATH}, json_extract(doc, '$.archive_system'), {_SESSION}, json_extract(doc, '$.agent'),"
-        f" json_extract(doc, '$.task'), json_extract(doc, '$.child_of'), {_CREATED}"
-    )
-
     def query_jobs(self, where: JobFilter, *, after: str | None = None, limit: int = 50) -> JobPage:
         sql, params = list_sql(where, parse_job_cursor(after), max(1, limit) + 1)
         with self._reading() as conn:
@@ -958,6 +947,9 @@ class SqliteJobStore:
         with self._reading() as conn:
             return {(str(state), str(pipeline)): int(n) for state, pipeline, n in conn.execute(sql)}
 
+    def waiting_for_server(self) -> bool:
+        return False  # a local file: nothing to wait for
+
     def ping(self, timeout: float = 2.0) -> None:
         if not self.path.exists():
             raise PipelineJobsError(ErrorKind.STORAGE_UNAVAILABLE, f"the SQLite store {self.path} is gone")
@@ -973,8 +965,7 @@ def list_sql(where: JobFilter, position: tuple[datetime, str] | None, limit: int
         clauses.append(f"({_CREATED} < ? OR ({_CREATED} = ? AND uuid < ?))")
         params += [_iso(created), _iso(created), uuid]
     sql = (
-        f"SELECT {SqliteJobStore._SUMMARY_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)}"
-        f" ORDER BY {_CREATED} DESC, uuid DESC LIMIT ?"
+        f"SELECT {_SUMMARY_COLUMNS} FROM jobs WHERE {' AND '.join(clauses)} ORDER BY {_CREATED} DESC, uuid DESC LIMIT ?"
     )
     return sql, (*params, limit)
 
@@ -1020,24 +1011,33 @@ def _job_where(where: JobFilter) -> tuple[list[str], list[Any]]:
     return clauses, params
 
 
+#: how SQLite reads each summary field: a column where the store keeps one, else the stored document's field
+_SUMMARY_SQL = {
+    name: {
+        "uuid": "uuid",
+        "state": "state",
+        "pipeline_uuid": "pipeline_uuid",
+        "last_event": "last_event",
+        "created": _CREATED,
+        "updated": "updated",
+        "revision": "revision",
+        "visible": "visible",
+    }.get(name, f"json_extract(doc, '$.{path}')")
+    for name, path in JOB_SUMMARY_PATHS.items()
+}
+_SUMMARY_COLUMNS = ", ".join(_SUMMARY_SQL.values())
+#: the columns whose SQLite value is not the field's value (JSON text, ISO text, a timestamp, 0/1)
+_FROM_SQL: dict[str, Any] = {
+    "child_of": lambda text: json.loads(text) if text and text != "[]" else [],  # json.loads costs ~1 us
+    "created": lambda text: datetime.fromisoformat(text) if text else None,  # dumps_document's UTC text
+    "updated": _moment,
+    "visible": bool,
+}
+
+
 def _summary(row: tuple[Any, ...]) -> Document:
-    """A list row as the job's summary; called 50 times a page, so kept to the conversions it needs."""
-    (uuid, state, pipeline, visible, updated, last_event, revision) = row[:7]
-    (archive_path, archive_system, session, agent, task, child_of, created) = row[7:]
-    return {
-        "uuid": uuid,
-        "state": state,
-        "pipeline_uuid": pipeline,
-        "archive_path": archive_path,
-        "archive_system": archive_system,
-        "session": session,
-        "agent": agent,
-        "task": task,
-        "child_of": json.loads(child_of) if child_of and child_of != "[]" else [],  # json.loads costs ~1 us
-        "last_event": last_event,
-        # stored by dumps_document as UTC text (+00:00), which fromisoformat reads as timezone.utc
-        "created": datetime.fromisoformat(created) if created else None,
-        "updated": None if updated is None else datetime.fromtimestamp(updated, timezone.utc),
-        "revision": revision,
-        "visible": bool(visible),
-    }
+    """A list row as the job's summary; called 50 times a page, so only the conversions it needs."""
+    values = dict(zip(JOB_SUMMARY_FIELDS, row, strict=True))
+    for name, convert in _FROM_SQL.items():
+        values[name] = convert(values[name])
+    return job_summary(values)
