@@ -176,17 +176,21 @@ def test_a_repeated_stale_delivery_is_replayed(store: JobStore, settings: Settin
 
 
 # -- volume ------------------------------------------------------------------------------------
-def test_twenty_thousand_events_keep_the_document_bounded(
+def test_a_long_log_keeps_the_document_bounded(
     open_store: Factory, settings: Settings, request: pytest.FixtureRequest
 ) -> None:
-    """Written through the store API (the service's path minus token checks), read back in order."""
+    """Written through the store API (the service's path minus token checks), read back in order.
+
+    2,000 events, twenty times the document's history window: the document keeps the window, the
+    log keeps everything (20,000 cost this suite five minutes on secantusd-py and showed nothing more).
+    """
     from pipelinejobs.store.base import Append, EventRecord
 
     # majority + journaled writes cost a disk flush each on secantusd-py; this test is about the log's
     # shape, not durability (tests/test_durability.py is), so it writes with w=1 to stay within minutes
     store = open_store(write_concern=WriteConcern(w=1)) if "mongodb" in request.node.name else open_store()
     uuid, _ = new_job(store)
-    count = 20_000
+    count = 2_000
     for seq in range(1, count + 1):
         record = EventRecord(
             uuid=uuid,

@@ -42,7 +42,8 @@ class Serve:
         self.server: LiveServer | None = None
 
     def start(self) -> LiveServer:
-        self._running = start_server(self.tmp_path, self.backend, {**self.env, **FAST}, self.options)
+        # a process: kill() sends it SIGKILL, as a crash would end it
+        self._running = start_server(self.tmp_path, self.backend, {**self.env, **FAST}, self.options, process=True)
         self.server = next(self._running)
         return self.server
 

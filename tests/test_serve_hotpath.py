@@ -29,7 +29,7 @@ from pipelinejobs.settings import load_settings
 from pipelinejobs.store.factory import open_registry
 from pipelinejobs.store.mongo import MongoJobStore
 from pipelinejobs.store.registry import MongoRegistry, SqliteRegistry
-from tests.conftest import EXAMPLE_PIPELINE_UUID, stop_process
+from tests.conftest import EXAMPLE_PIPELINE_UUID
 from tests.server_fixtures import LiveServer, new_job
 
 SYNC = {"_abaco_synchronous": "true"}
@@ -225,7 +225,7 @@ def test_executions_are_readable_at_once_and_stored_when_serve_stops(server: Liv
             assert shown.status_code == 200 and shown.json()["result"]["exitCode"] == 0, shown.text
         listed = http.get(f"{server.actor_url()}/executions", params={"limit": "1000"}).json()["result"]
     assert {e["id"] for e in listed["executions"]} >= set(ids)
-    stop_process(server.proc)  # SIGTERM: serve flushes at shutdown
+    server.stop()  # as SIGTERM does: serve flushes at shutdown
     store = server.open_store()
     try:
         settings = load_settings(server_env(server))
@@ -293,7 +293,7 @@ def test_lone_surrogates_never_give_a_5xx_after_the_message_was_handled(server: 
         )
         assert assert_clean_answer(nonce)["result"]["description"] == "\ufffd nonce"
         assert_clean_answer(http.get(f"{server.actor_url()}/nonces", headers=server.auth))
-    stop_process(server.proc)  # everything flushed: the stored records read back cleanly too
+    server.stop()  # everything flushed: the stored records read back cleanly too
     assert "internal error on" not in server.read_log()  # the HTTP side never failed
     store = server.open_store()
     try:

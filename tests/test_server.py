@@ -1,6 +1,7 @@
 """`pipelinejobs serve` over real HTTP: the seed's curl commands, Abaco's auth rules, nonces, executions.
 
-Every test talks to a live server subprocess (tests/server_fixtures.py) and
+Every test talks to a live server (tests/server_fixtures.py: serve's app in this process, or the
+command itself where the process is what is checked) and
 checks the stored job directly, so "rejected" always means "and nothing was
 written". Tests marked with ``backend`` run on MongoDB and on SQLite.
 """
@@ -362,7 +363,10 @@ def test_query_parameters_never_reach_settings(live_server: LiveServer, mongo_cl
 
 
 # -- secrets ------------------------------------------------------------------------------------
-def test_logs_never_contain_secrets(server: LiveServer) -> None:
+@pytest.mark.parametrize("kind", ["live_server_process", "live_server_sqlite_process"], ids=["mongodb", "sqlite"])
+def test_logs_never_contain_secrets(kind: str, request: pytest.FixtureRequest) -> None:
+    """The whole process's output (its start line, uvicorn's own lines) as an operator sees it."""
+    server: LiveServer = request.getfixturevalue(kind)
     uuid, token = new_job(server)  # its result line names the token
     nonce = make_nonce(server)["id"]
     send_event(server, uuid, token, "run")
