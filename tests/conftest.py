@@ -194,10 +194,16 @@ class ReactorResult:
 
 @dataclass
 class Reactor:
-    """Runs reactor.py as Abaco would: a fresh process, the message and context in its environment."""
+    """Runs reactor.py's message path as Abaco would: the message and its context in an environment.
+
+    In this process by default (``runtime.run_message``, the one call reactor.py makes, with its stdout
+    and stderr captured as the process would print them); ``process=True`` starts reactor.py itself, a
+    fresh process per message, for the few tests that check the process (exit codes, imports, races).
+    """
 
     mongodb_uri: str
     database: str
+    process: bool = False
 
     def env(
         self,
@@ -230,12 +236,14 @@ class Reactor:
         return env
 
     def run(self, msg: Any, **kwargs: Any) -> ReactorResult:
-        proc = subprocess.run(
-            [sys.executable, str(REACTOR)], env=self.env(msg, **kwargs), capture_output=True, text=True, timeout=120
-        )
-        return ReactorResult(proc.returncode, proc.stdout, proc.stderr)
+        env = self.env(msg, **kwargs)
+        if self.process:
+            proc = subprocess.run([sys.executable, str(REACTOR)], env=env, capture_output=True, text=True, timeout=120)
+            return ReactorResult(proc.returncode, proc.stdout, proc.stderr)
+        return run_in_process(env)
 
     def start(self, msg: Any, **kwargs: Any) -> subprocess.Popen:
+        """reactor.py as a process that runs while the test goes on (racing writers)."""
         return subprocess.Popen(
             [sys.executable, str(REACTOR)],
             env=self.env(msg, **kwargs),
@@ -243,6 +251,30 @@ class Reactor:
             stderr=subprocess.PIPE,
             text=True,
         )
+
+
+def run_in_process(env: dict[str, str], config: Path | None = None) -> ReactorResult:
+    """What reactor.py does with ``env``, in this process: its exit code, its stdout line, its stderr.
+
+    ``run_message`` points the package's log at stderr, as the process's would be; the test's own
+    logging is put back afterwards.
+    """
+    import contextlib
+    import io
+    import logging
+
+    from pipelinejobs import logs
+    from pipelinejobs.runtime import dumps, run_message
+
+    package = logging.getLogger(logs.LOGGER_NAME)
+    saved = (package.handlers[:], package.level, package.propagate)
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            code, result = run_message(env, config_path=config or ROOT / "config.yml")
+    finally:
+        package.handlers[:], package.level, package.propagate = saved
+    return ReactorResult(code, dumps(result) + "\n", err.getvalue())
 
 
 def prepare_database(mongodb_uri: str, database_name: str) -> None:
@@ -255,8 +287,16 @@ def prepare_database(mongodb_uri: str, database_name: str) -> None:
 
 @pytest.fixture
 def reactor(mongodb_uri: str, database_name: str, db: Any) -> Reactor:
+    """reactor.py's path in this process (see :class:`Reactor`), on a prepared catalog database."""
     prepare_database(mongodb_uri, database_name)
     return Reactor(mongodb_uri, database_name)
+
+
+@pytest.fixture
+def reactor_process(mongodb_uri: str, database_name: str, db: Any) -> Reactor:
+    """reactor.py itself, a process per message, as Abaco runs it."""
+    prepare_database(mongodb_uri, database_name)
+    return Reactor(mongodb_uri, database_name, process=True)
 
 
 @pytest.fixture

@@ -1,5 +1,7 @@
-"""reactor.py run the way Abaco runs it: a fresh process per message, context in the environment.
+"""reactor.py's message path, as Abaco runs it: the message and its context in the environment.
 
+The rules run in this process (``Reactor``: the one call reactor.py makes); the seed's examples, a
+binary message, the secrets check and the races run reactor.py itself, a process per message.
 Covers every message example of the seed (MSG as JSON and as Python repr), jobs
 written by SD2E's ManagedPipelineJob, the bad-input table (exit 1, clear error,
 database byte-for-byte unchanged), concurrency and a database outage.
@@ -121,7 +123,8 @@ def test_create_returns_uuid_and_token_and_is_idempotent(
 
 
 @AS_JSON_AND_REPR
-def test_seed_json_event(reactor: Reactor, example_pipeline: dict, db: Any, as_repr: bool) -> None:
+def test_seed_json_event(reactor_process: Reactor, example_pipeline: dict, db: Any, as_repr: bool) -> None:
+    reactor = reactor_process  # reactor.py itself, as Abaco runs it
     uuid, token = create_job(reactor)
     send(reactor, {"uuid": uuid, "name": "run", "token": token}, as_repr=as_repr)
     result = send(
@@ -140,7 +143,8 @@ def test_seed_json_event(reactor: Reactor, example_pipeline: dict, db: Any, as_r
 
 
 @AS_JSON_AND_REPR
-def test_seed_event_by_url_parameters(reactor: Reactor, example_pipeline: dict, db: Any, as_repr: bool) -> None:
+def test_seed_event_by_url_parameters(reactor_process: Reactor, example_pipeline: dict, db: Any, as_repr: bool) -> None:
+    reactor = reactor_process  # reactor.py itself, as Abaco runs it
     uuid, token = create_job(reactor)
     send(reactor, {"uuid": uuid, "name": "run", "token": token})
     result = send(
@@ -436,12 +440,14 @@ def test_bad_input_is_rejected_and_changes_nothing(
     assert snapshot(db) == before
 
 
-def test_binary_message_is_refused(reactor: Reactor, example_pipeline: dict) -> None:
+def test_binary_message_is_refused(reactor_process: Reactor, example_pipeline: dict) -> None:
+    reactor = reactor_process  # reactor.py itself, as Abaco runs it
     out = reactor.run(None, extra={"_abaco_Content-Type": "application/octet-stream"})
     assert out.returncode == 1 and "binary" in out.result["message"]
 
 
-def test_secrets_stay_out_of_logs(reactor: Reactor, example_pipeline: dict, mongodb_uri: str) -> None:
+def test_secrets_stay_out_of_logs(reactor_process: Reactor, example_pipeline: dict, mongodb_uri: str) -> None:
+    reactor = reactor_process  # reactor.py itself, as Abaco runs it
     uuid, token = create_job(reactor)
     out = reactor.run({"k": 1}, params={"uuid": uuid, "name": "run", "token": token, "x-nonce": "TACC_nonceSECRET01"})
     assert out.returncode == 0
