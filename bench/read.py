@@ -281,7 +281,7 @@ def measure_scrapes(big: Reader, small: Reader, expected: tuple[int, int], probl
 def measure_list(reader: Reader, store: Any, raw: Callable[[], list[str]], problems: list[str]) -> list[list[float]]:
     """Rounds of GET /jobs, the store's query_jobs in-process, the raw query and GET /healthz (serve's floor),
     in a shuffled order each round; returns their times in that order."""
-    from pipelinejobs.store.base import JobFilter
+    from pipelinejobs.store.listing import JobFilter
 
     where = JobFilter(states=("RUNNING",))
     times: list[list[float]] = [[], [], [], []]

@@ -30,7 +30,8 @@ from . import fsm
 from .errors import ErrorKind, PipelineJobsError
 from .logs import MASK, add_secrets, get_logger
 from .settings import Settings
-from .store.base import Document, EventRecord, JobStore
+from .store.base import JobStore
+from .store.records import Document, EventRecord
 
 if TYPE_CHECKING:  # the event path imports this module: what only delivery needs is imported there
     import httpx

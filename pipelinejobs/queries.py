@@ -20,7 +20,9 @@ from typing import Any
 
 from . import fsm
 from .messages import SCHEMA_FILES, schema_dir
-from .store.base import EventRecord, JobFilter, JobStore
+from .store.base import JobStore
+from .store.listing import JobFilter
+from .store.records import EventRecord
 
 DEFAULT_PAGE = 50
 MAX_PAGE = 500

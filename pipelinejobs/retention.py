@@ -16,7 +16,8 @@ from typing import Any
 from . import documents, fsm
 from .logs import get_logger
 from .settings import Settings
-from .store.base import Document, JobStore
+from .store.base import JobStore
+from .store.records import Document
 
 log = get_logger("retention")
 

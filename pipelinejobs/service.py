@@ -18,8 +18,9 @@ from .intake import Origin
 from .logs import add_secrets, get_logger
 from .messages import CreateMessage, DeleteMessage, EventMessage, Message
 from .settings import Settings
-from .store.base import Append, AppendResult, Document, EventRecord, JobStore
-from .store.base import Outcome as RecordOutcome
+from .store.base import JobStore
+from .store.records import Append, AppendResult, Document, EventRecord
+from .store.records import Outcome as RecordOutcome
 
 log = get_logger("service")
 

@@ -25,7 +25,8 @@ from .deadlines import MEANING, due_at, effective_deadlines, judge
 from .errors import ErrorKind, PipelineJobsError
 from .logs import get_logger
 from .settings import Settings
-from .store.base import Document, JobStore
+from .store.base import JobStore
+from .store.records import Document
 
 log = get_logger("watch")
 

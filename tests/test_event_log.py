@@ -19,7 +19,8 @@ from pipelinejobs import documents, identifiers, service
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.messages import EventMessage
 from pipelinejobs.settings import Identity, Settings, load_settings
-from pipelinejobs.store.base import JobStore, Outcome, iter_history
+from pipelinejobs.store.base import JobStore, iter_history
+from pipelinejobs.store.records import Outcome
 from tests.conftest import EXAMPLE_PIPELINE_UUID, ROOT
 
 IDENTITY = Identity("tester", "SD2E-Community", "sd2e", "sd2e.org")
@@ -184,7 +185,7 @@ def test_a_long_log_keeps_the_document_bounded(
     2,000 events, twenty times the document's history window: the document keeps the window, the
     log keeps everything (20,000 cost this suite five minutes on secantusd-py and showed nothing more).
     """
-    from pipelinejobs.store.base import Append, EventRecord
+    from pipelinejobs.store.records import Append, EventRecord
 
     # majority + journaled writes cost a disk flush each on secantusd-py; this test is about the log's
     # shape, not durability (tests/test_durability.py is), so it writes with w=1 to stay within minutes

@@ -10,8 +10,9 @@ import pytest
 from pipelinejobs import deadlines, documents, identifiers
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.settings import Identity
-from pipelinejobs.store.base import Append, EventRecord, Outcome, iter_history
+from pipelinejobs.store.base import iter_history
 from pipelinejobs.store.mongo import INDEXES, MongoJobStore
+from pipelinejobs.store.records import Append, EventRecord, Outcome
 
 IDENTITY = Identity("tester", "SD2E-Community", "sd2e", "sd2e.org")
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)

@@ -28,8 +28,9 @@ from pipelinejobs import documents, notify, service
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.messages import EventMessage
 from pipelinejobs.settings import Settings, load_settings
-from pipelinejobs.store.base import EventRecord, JobStore
+from pipelinejobs.store.base import JobStore
 from pipelinejobs.store.mongo import MongoJobStore
+from pipelinejobs.store.records import EventRecord
 from pipelinejobs.store.sqlite import SCHEMA_VERSION, SqliteJobStore
 from tests.conftest import EXAMPLE_PIPELINE_UUID, ROOT
 from tests.notify_fixtures import Receiver, verify_by_hand, verify_with_library

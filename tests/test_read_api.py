@@ -21,7 +21,7 @@ import pytest
 
 from pipelinejobs import documents, fsm
 from pipelinejobs.settings import Identity
-from pipelinejobs.store.base import JobFilter
+from pipelinejobs.store.listing import JobFilter
 from pipelinejobs.store.mongo import MongoJobStore
 from pipelinejobs.store.sqlite import SqliteJobStore, list_sql
 from tests.conftest import EXAMPLE_PIPELINE_COMPONENTS, EXAMPLE_PIPELINE_ID, EXAMPLE_PIPELINE_UUID, ROOT

@@ -25,16 +25,9 @@ from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.messages import EventMessage
 from pipelinejobs.runtime import open_store
 from pipelinejobs.settings import Identity, load_settings
-from pipelinejobs.store.base import (
-    HEAD_FIELDS,
-    Append,
-    AppendResult,
-    EventRecord,
-    JobStore,
-    Outcome,
-    iter_history,
-)
+from pipelinejobs.store.base import JobStore, iter_history
 from pipelinejobs.store.mongo import MongoJobStore
+from pipelinejobs.store.records import HEAD_FIELDS, Append, AppendResult, EventRecord, Outcome
 from pipelinejobs.store.sqlite import SqliteJobStore, default_sqlite_path, loads_document
 from tests.conftest import EXAMPLE_PIPELINE_ID, EXAMPLE_PIPELINE_UUID, ROOT, Reactor
 

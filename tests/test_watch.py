@@ -21,8 +21,9 @@ from pipelinejobs import deadlines, service, watch
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.messages import CreateMessage, EventMessage
 from pipelinejobs.settings import Settings, load_settings
-from pipelinejobs.store.base import JobStore, Outcome, iter_history
+from pipelinejobs.store.base import JobStore, iter_history
 from pipelinejobs.store.mongo import MongoJobStore
+from pipelinejobs.store.records import Outcome
 from pipelinejobs.store.sqlite import SqliteJobStore
 from tests.conftest import EXAMPLE_PIPELINE_UUID, ROOT, authn_for, prepare_database
 

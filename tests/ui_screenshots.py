@@ -95,7 +95,7 @@ def populate(store: Any, now: datetime) -> list[str]:
     """The sample pipeline and jobs, newest last; returns the jobs' uuids."""
     from pipelinejobs import documents, fsm
     from pipelinejobs.settings import Identity
-    from pipelinejobs.store.base import EventRecord
+    from pipelinejobs.store.records import EventRecord
 
     identity = Identity("sd2eadm", "SD2E-Community", "sd2e", "sd2e.org")
     store.save_pipeline(dict(PIPELINE))

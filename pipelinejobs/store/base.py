@@ -1,333 +1,21 @@
-"""What the business code needs of storage, and nothing more.
+"""What the business code needs of storage, and nothing more: the one contract both stores declare.
 
-The record of truth is an append-only **event log**: every accepted event is one
-record keyed by (job uuid, sequence number), where the sequence number is the
-job's revision after the event. Appending the record *is* the compare-and-set:
-the log's unique key admits one record per revision, so racing writers
-serialise on it, and a delivery id (``event_id``) is unique per job, so a
-retried delivery can only ever be answered from the record it already made.
-The job document is a bounded summary that python-datacatalog readers
-understand (``state``, ``last_event``, ``updated``, ``_properties`` and a window
-of the latest ``history`` entries); it never grows with the event count.
+The record of truth is an append-only event log (``records.py``); the job document is a bounded
+summary python-datacatalog readers understand. The types the contract names live beside it:
+``records.py`` (the log), ``listing.py`` (the job list) and ``outbox.py`` (notifications).
 """
 
 from __future__ import annotations
 
-import enum
-import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
+
+from .listing import JobFilter, JobPage
+from .records import ANY_LOGGED, AppendResult, Document, EventRecord, HistoryPage
 
 if TYPE_CHECKING:  # built only by the dispatcher's paths (store/outbox.py): the event path never needs them
     from .outbox import EventFate, OutboxItem, Settled
-
-Document = dict[str, Any]
-
-#: Fields of a job that deciding an event needs: never its history or data.
-HEAD_FIELDS = ("uuid", "state", "pipeline_uuid", "updated", "_visible", "_properties", "_admin", "_salt")
-
-#: How many history entries a job document keeps, and how large an entry's data may be in it.
-DEFAULT_HISTORY_WINDOW = 100
-MIN_HISTORY_WINDOW = 10
-DEFAULT_INLINE_DATA_BYTES = 65536
-
-
-class Outcome(str, enum.Enum):
-    """What became of a logged message."""
-
-    APPLIED = "applied"  # changed the job: state, history, revision
-    STALE = "stale"  # a scheduler callback the job is already past: kept in the log, job unchanged
-    IMPORTED = "imported"  # a history entry the job had before it had a log (python-datacatalog)
-    HEARTBEAT = "heartbeat"  # a sign of life, logged at most once per interval: job unchanged
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    """One record of the event log.
-
-    ``seq`` is the job's revision after an applied event; a stale record carries the
-    revision it was judged against and ``slot`` = its own event uuid (so it never takes
-    a revision's place); imported entries have ``seq`` -1 and ``slot`` = their position.
-    """
-
-    uuid: str
-    seq: int
-    event_uuid: str
-    name: str
-    date: datetime
-    data: dict[str, Any] | None
-    state: str
-    outcome: Outcome = Outcome.APPLIED
-    slot: str = ""
-    via: str = "message"
-    event_id: str | None = None
-    digest: str | None = None  # of (name, data): tells a retried delivery from a different one
-    #: subscriptions to notify of this record (issue 10): written with it, atomically (the outbox)
-    notify: tuple[str, ...] = ()
-
-    @property
-    def cursor(self) -> str:
-        """An opaque, stable position for paginating a job's log."""
-        return f"{self.seq}:{self.slot}"
-
-    def history_entry(self, inline_data_bytes: int) -> Document:
-        """The entry a job document's ``history`` holds for this record (compat §4 key order)."""
-        from ..documents import inline_data
-
-        return {
-            "date": self.date,
-            "data": inline_data(self.data, inline_data_bytes, self.seq),
-            "name": self.name,
-            "uuid": self.event_uuid,
-        }
-
-    def to_document(self) -> Document:
-        doc: Document = {
-            "uuid": self.uuid,
-            "seq": self.seq,
-            "slot": self.slot,
-            "event_uuid": self.event_uuid,
-            "name": self.name,
-            "date": self.date,
-            "data": self.data,
-            "state": self.state,
-            "outcome": self.outcome.value,
-            "via": self.via,
-        }
-        if self.event_id is not None:
-            doc["event_id"] = self.event_id
-        if self.digest is not None:
-            doc["digest"] = self.digest
-        return doc
-
-    @classmethod
-    def from_document(cls, doc: Document) -> EventRecord:
-        return cls(
-            uuid=doc["uuid"],
-            seq=int(doc["seq"]),
-            slot=str(doc.get("slot") or ""),
-            event_uuid=doc["event_uuid"],
-            name=doc["name"],
-            date=doc["date"],
-            data=doc.get("data"),
-            state=doc.get("state") or "",
-            outcome=Outcome(doc.get("outcome") or "applied"),
-            via=doc.get("via") or "message",
-            event_id=doc.get("event_id"),
-            digest=doc.get("digest"),
-        )
-
-
-class Append(str, enum.Enum):
-    APPLIED = "applied"  # the record is in the log and the job reflects it
-    REPLAYED = "replayed"  # the job already has a record with this delivery id: ``existing``
-    MOVED = "moved"  # the job changed since it was read (or vanished): read it again
-
-
-@dataclass(frozen=True)
-class AppendResult:
-    status: Append
-    existing: EventRecord | None = None
-
-
-@dataclass(frozen=True)
-class HistoryPage:
-    """A page of a job's full history, oldest first; ``next`` continues it (None at the end)."""
-
-    records: list[EventRecord] = field(default_factory=list)
-    next: str | None = None
-
-
-#: "no condition" for :meth:`JobStore.touch_watch`'s ``logged_at``
-ANY_LOGGED: Any = object()
-
-
-def iter_history(store: JobStore, uuid: str, page_size: int = 500) -> Iterator[EventRecord]:
-    """Every record of a job's history, oldest first, read a page at a time."""
-    after: str | None = None
-    while True:
-        page = store.history(uuid, after=after, limit=page_size)
-        yield from page.records
-        if page.next is None:
-            return
-        after = page.next
-
-
-def parse_cursor(cursor: str | None) -> tuple[int, str] | None:
-    """A :attr:`EventRecord.cursor` back as (seq, slot); None for the start; ValueError when malformed."""
-    if cursor is None:
-        return None
-    seq, sep, slot = cursor.partition(":")
-    if not sep:
-        raise ValueError("a history cursor is 'SEQ:SLOT'")
-    return int(seq), slot
-
-
-def imported_record(uuid: str, position: int, entry: Document) -> EventRecord:
-    """A history entry a job had before it had a log, as a log record (seq -1, ordered by position)."""
-    date = entry.get("date")
-    return EventRecord(
-        uuid=uuid,
-        seq=-1,
-        slot=f"{position:08d}",
-        event_uuid=str(entry.get("uuid") or f"imported-{position}"),
-        name=str(entry.get("name") or ""),
-        date=date if isinstance(date, datetime) else datetime.fromtimestamp(0, timezone.utc),
-        data=entry.get("data") if isinstance(entry.get("data"), dict) else None,
-        state="",
-        outcome=Outcome.IMPORTED,
-        via="history",
-    )
-
-
-def unlogged_history(uuid: str, history: Any, after: tuple[int, str] | None, limit: int) -> HistoryPage:
-    """A page of the history of a job the old library wrote and no event has touched since: its
-    document's ``history`` entries as imported records (both stores answer such a job so)."""
-    rows = [imported_record(uuid, i, entry) for i, entry in enumerate(history if isinstance(history, list) else [])]
-    return page_of(rows[position_index(rows, after) :], limit)
-
-
-def creation_record(job: Document) -> EventRecord:
-    """The log record of a job's ``create`` (seq 0): the job's data, as datacatalog's create entry has it."""
-    entry = job["history"][0]
-    return EventRecord(
-        uuid=job["uuid"],
-        seq=0,
-        event_uuid=entry["uuid"],
-        name="create",
-        date=entry["date"],
-        data=job.get("data"),
-        state=job["state"],
-        via="create",
-    )
-
-
-def removed_key(uuid: str, tombstone: Document) -> str:
-    """Where a force-deleted job's log is kept: its uuid and the deletion time, never a live job's key."""
-    date = tombstone.get("date")
-    stamp = date.strftime("%Y%m%dT%H%M%SZ") if isinstance(date, datetime) else "removed"
-    return f"{uuid}~deleted~{stamp}~{secrets.token_hex(4)}"
-
-
-def position_index(rows: list[EventRecord], after: tuple[int, str] | None) -> int:
-    if after is None:
-        return 0
-    return next((i for i, r in enumerate(rows) if (r.seq, r.slot) > after), len(rows))
-
-
-def page_of(rows: list[EventRecord], limit: int) -> HistoryPage:
-    """The first ``limit`` rows; ``next`` points after the last when more follow."""
-    page = rows[:limit]
-    more = len(rows) > limit
-    return HistoryPage(page, page[-1].cursor if more and page else None)
-
-
-# -- read side (issue 11: the read API and metrics) ------------------------------------------
-#: What a job list shows of each job, and where each field lives in the job document: never ``data``,
-#: ``history``, ``_admin`` or ``_salt``. Both stores read exactly these paths (MongoDB's projection,
-#: SQLite's columns) and build the summary with :func:`job_summary`.
-JOB_SUMMARY_PATHS: dict[str, str] = {
-    "uuid": "uuid",
-    "state": "state",
-    "pipeline_uuid": "pipeline_uuid",
-    "archive_path": "archive_path",
-    "archive_system": "archive_system",
-    "session": "session",
-    "agent": "agent",
-    "task": "task",
-    "child_of": "child_of",
-    "last_event": "last_event",
-    "created": "_properties.created_date",
-    "updated": "updated",
-    "revision": "_properties.revision",
-    "visible": "_visible",
-}
-JOB_SUMMARY_FIELDS = tuple(JOB_SUMMARY_PATHS)
-
-
-def job_summary(values: dict[str, Any]) -> Document:
-    """A job's summary from the stored values of its fields (keyed by summary field, times as datetimes):
-    the same on both stores, a job of the old library (no revision, no ``_visible``) included."""
-    summary = {name: values.get(name) for name in JOB_SUMMARY_FIELDS}
-    summary["child_of"] = list(summary["child_of"] or [])
-    summary["revision"] = summary["revision"] or 0
-    summary["visible"] = summary["visible"] is not False
-    return summary
-
-
-@dataclass(frozen=True)
-class JobFilter:
-    """Which jobs a list or a count covers; every field narrows it, and each has an index.
-
-    Ranges are half open: ``*_after`` inclusive, ``*_before`` exclusive. ``archive_path``
-    matches a substring (case-sensitive) of the job's archive path.
-    """
-
-    states: tuple[str, ...] = ()
-    pipeline_uuid: str | None = None
-    session: str | None = None
-    child_of: str | None = None
-    archive_path: str | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    updated_after: datetime | None = None
-    updated_before: datetime | None = None
-    include_hidden: bool = False
-
-    def without_states(self) -> JobFilter:
-        from dataclasses import replace
-
-        return replace(self, states=())
-
-
-@dataclass(frozen=True)
-class JobPage:
-    """A page of job summaries, newest created first; ``next`` continues after the last (None at the end)."""
-
-    jobs: list[Document] = field(default_factory=list)
-    next: str | None = None
-
-
-def job_cursor(created: datetime | None, uuid: str) -> str:
-    """An opaque position in a job list ordered by (created desc, uuid desc).
-
-    The creation time never changes, so a job never moves in this order: jobs created
-    while someone pages land before the first page and never shift the later ones.
-    """
-    import base64
-    import json
-
-    stamp = created.astimezone(timezone.utc).isoformat() if isinstance(created, datetime) else ""
-    raw = json.dumps([stamp, uuid], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def parse_job_cursor(cursor: str | None) -> tuple[datetime, str] | None:
-    """A :func:`job_cursor` back as (created, uuid); None for the start; ValueError when malformed."""
-    import base64
-    import binascii
-    import json
-
-    if cursor is None or cursor == "":
-        return None
-    try:
-        value = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        stamp, uuid = value
-        created = datetime.fromisoformat(stamp)
-    except (ValueError, TypeError, binascii.Error, RecursionError) as exc:
-        raise ValueError("not a job list cursor") from exc
-    if not isinstance(uuid, str) or created.tzinfo is None:
-        raise ValueError("not a job list cursor")
-    return created.astimezone(timezone.utc), uuid
-
-
-def page_of_jobs(rows: list[Document], limit: int) -> JobPage:
-    """The first ``limit`` summaries; ``next`` points after the last when more follow."""
-    page = rows[:limit]
-    more = len(rows) > limit and bool(page)
-    return JobPage(page, job_cursor(page[-1]["created"], page[-1]["uuid"]) if more else None)
 
 
 class JobStore(Protocol):
@@ -521,3 +209,14 @@ class JobStore(Protocol):
         self, *, job_uuid: str | None = None, subscription: str | None = None, limit: int = 100
     ) -> list[Document]:
         """Delivery attempts, newest first."""
+
+
+def iter_history(store: JobStore, uuid: str, page_size: int = 500) -> Iterator[EventRecord]:
+    """Every record of a job's history, oldest first, read a page at a time."""
+    after: str | None = None
+    while True:
+        page = store.history(uuid, after=after, limit=page_size)
+        yield from page.records
+        if page.next is None:
+            return
+        after = page.next

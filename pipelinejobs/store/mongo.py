@@ -32,27 +32,22 @@ from pymongo.write_concern import WriteConcern
 from ..documents import RECORD_SOURCE
 from ..errors import ErrorKind, PipelineJobsError
 from ..logs import get_logger
-from .base import (
+from .listing import JOB_SUMMARY_PATHS, JobFilter, JobPage, job_summary, page_of_jobs, parse_job_cursor
+from .records import (
     ANY_LOGGED,
     DEFAULT_HISTORY_WINDOW,
     DEFAULT_INLINE_DATA_BYTES,
     HEAD_FIELDS,
-    JOB_SUMMARY_PATHS,
     Append,
     AppendResult,
     Document,
     EventRecord,
     HistoryPage,
-    JobFilter,
-    JobPage,
     Outcome,
     creation_record,
     imported_record,
-    job_summary,
     page_of,
-    page_of_jobs,
     parse_cursor,
-    parse_job_cursor,
     removed_key,
     unlogged_history,
 )

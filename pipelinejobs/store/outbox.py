@@ -10,7 +10,7 @@ import enum
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from .base import Document, EventRecord
+from .records import Document, EventRecord
 
 
 class OutboxItem(NamedTuple):

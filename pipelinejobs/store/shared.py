@@ -12,7 +12,8 @@ from abc import abstractmethod
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from .base import Document, JobStore
+from .base import JobStore
+from .records import Document
 
 if TYPE_CHECKING:
     from .outbox import OutboxItem

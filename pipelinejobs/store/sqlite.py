@@ -29,27 +29,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ErrorKind, PipelineJobsError
-from .base import (
+from .listing import (
+    JOB_SUMMARY_FIELDS,
+    JOB_SUMMARY_PATHS,
+    JobFilter,
+    JobPage,
+    job_summary,
+    page_of_jobs,
+    parse_job_cursor,
+)
+from .records import (
     ANY_LOGGED,
     DEFAULT_HISTORY_WINDOW,
     DEFAULT_INLINE_DATA_BYTES,
-    JOB_SUMMARY_FIELDS,
-    JOB_SUMMARY_PATHS,
     Append,
     AppendResult,
     Document,
     EventRecord,
     HistoryPage,
-    JobFilter,
-    JobPage,
     Outcome,
     creation_record,
     imported_record,
-    job_summary,
     page_of,
-    page_of_jobs,
     parse_cursor,
-    parse_job_cursor,
     removed_key,
     unlogged_history,
 )
