@@ -18,11 +18,14 @@ import uuid as uuidlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pymongo
 import pytest
 from hypothesis import settings as hypothesis_settings
+
+if TYPE_CHECKING:
+    from pipelinejobs.store.base import JobStore
 
 # CI (CI=true) draws a fixed, reproducible set of examples for every property test, so a failure there
 # repeats on a rerun with the same message; local runs draw new ones and remember no failures on disk.
@@ -140,27 +143,30 @@ def db(mongo_client: pymongo.MongoClient, database_name: str) -> Iterator[Any]:
 
 
 #: opens a job store on this test's catalog (options go to the store's constructor)
-StoreFactory = Callable[..., Any]
+StoreFactory = Callable[..., "JobStore"]
 
 
 @pytest.fixture(params=["mongodb", "sqlite"])
-def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    """Job stores on both backends: a fresh MongoDB database or SQLite file per test, indexes made; closed after."""
+def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
+    """Job stores on both backends: a fresh MongoDB database or SQLite file per test, indexes made; closed after.
+
+    Each call opens another store object (its own connections) on the same data, as another process would.
+    """
     from pipelinejobs.store.mongo import MongoJobStore
     from pipelinejobs.store.sqlite import SqliteJobStore
 
-    opened: list[Any] = []
+    opened: list[JobStore] = []
     if request.param == "mongodb":
         uri, name = request.getfixturevalue("mongodb_uri"), request.getfixturevalue("database_name")
         request.getfixturevalue("db")
 
-        def factory(**options: Any) -> Any:
+        def factory(**options: Any) -> JobStore:
             opened.append(MongoJobStore(uri, name, **options))
             return opened[-1]
     else:
         path = tmp_path / "jobs.sqlite3"
 
-        def factory(**options: Any) -> Any:
+        def factory(**options: Any) -> JobStore:
             opened.append(SqliteJobStore(path, **options))
             return opened[-1]
 
@@ -171,8 +177,8 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
 
 
 @pytest.fixture
-def store(open_store: StoreFactory) -> Any:
-    return open_store()
+def store(store_factory: StoreFactory) -> JobStore:
+    return store_factory()
 
 
 def authn_for(uri: str) -> str:

@@ -90,8 +90,8 @@ def test_the_same_delivery_id_with_another_payload_is_a_conflict(store: JobStore
     assert snapshot(store, uuid) == before
 
 
-def test_sixteen_concurrent_deliveries_of_one_id_make_one_record(open_store: Factory, settings: Settings) -> None:
-    setup = open_store()
+def test_sixteen_concurrent_deliveries_of_one_id_make_one_record(store_factory: Factory, settings: Settings) -> None:
+    setup = store_factory()
     uuid, token = new_job(setup)
     workers = 16
     barrier = threading.Barrier(workers)
@@ -102,7 +102,7 @@ def test_sixteen_concurrent_deliveries_of_one_id_make_one_record(open_store: Fac
     def deliver() -> None:
         try:
             with lock:
-                own = open_store()  # a connection of its own, like a separate process
+                own = store_factory()  # a connection of its own, like a separate process
             barrier.wait(timeout=60)
             answers.append(send(own, settings, uuid, token, "update", data={"same": True}, event_id="once"))
         except BaseException as exc:
@@ -178,7 +178,7 @@ def test_a_repeated_stale_delivery_is_replayed(store: JobStore, settings: Settin
 
 # -- volume ------------------------------------------------------------------------------------
 def test_a_long_log_keeps_the_document_bounded(
-    open_store: Factory, settings: Settings, request: pytest.FixtureRequest
+    store_factory: Factory, settings: Settings, request: pytest.FixtureRequest
 ) -> None:
     """Written through the store API (the service's path minus token checks), read back in order.
 
@@ -189,7 +189,7 @@ def test_a_long_log_keeps_the_document_bounded(
 
     # majority + journaled writes cost a disk flush each on secantusd-py; this test is about the log's
     # shape, not durability (tests/test_durability.py is), so it writes with w=1 to stay within minutes
-    store = open_store(write_concern=WriteConcern(w=1)) if "mongodb" in request.node.name else open_store()
+    store = store_factory(write_concern=WriteConcern(w=1)) if "mongodb" in request.node.name else store_factory()
     uuid, _ = new_job(store)
     count = 2_000
     for seq in range(1, count + 1):

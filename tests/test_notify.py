@@ -295,14 +295,14 @@ def test_a_notification_is_given_up_after_the_budget(store: JobStore, settings: 
 
 
 def test_two_dispatchers_never_deliver_one_item_twice(
-    open_store: Factory, settings: Settings, receiver: Receiver
+    store_factory: Factory, settings: Settings, receiver: Receiver
 ) -> None:
-    setup = open_store()
+    setup = store_factory()
     subscribe(setup, settings, url=receiver.url)
     for n in range(20):
         uuid, token = new_job(setup, {"n": n})
         send(setup, settings, uuid, token, "run")
-    stores = [open_store(), open_store()]
+    stores = [store_factory(), store_factory()]
     barrier = threading.Barrier(2)
 
     def run(store: JobStore) -> None:

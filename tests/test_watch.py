@@ -39,12 +39,12 @@ def configured(**deadlines: Any) -> Settings:
 
 
 @pytest.fixture
-def open_store(open_store: Factory) -> Factory:
+def store_factory(store_factory: Factory) -> Factory:
     """conftest's stores, with this module's two pipelines registered."""
-    first = open_store()
+    first = store_factory()
     for uuid in (EXAMPLE_PIPELINE_UUID, OTHER_PIPELINE):
         first.save_pipeline({"uuid": uuid, "id": f"p-{uuid[-4:]}", "components": []})
-    return open_store
+    return store_factory
 
 
 def create(
@@ -261,9 +261,9 @@ def test_a_missing_transition_in_the_watch_record_is_put_right(store: JobStore) 
 
 
 # -- races ------------------------------------------------------------------------------------
-def test_failed_exactly_once_while_eight_threads_race_real_events(open_store: Factory) -> None:
+def test_failed_exactly_once_while_eight_threads_race_real_events(store_factory: Factory) -> None:
     settings = configured(silent_seconds=60, running_seconds=None)
-    store = open_store()
+    store = store_factory()
     jobs = [create(store, settings, n) for n in range(6)]
     for uuid, token in jobs:
         send(store, settings, uuid, token, "run", T0)
@@ -273,7 +273,7 @@ def test_failed_exactly_once_while_eight_threads_race_real_events(open_store: Fa
     errors: list[BaseException] = []
 
     def events(worker: int) -> None:
-        mine = open_store()
+        mine = store_factory()
         start.wait()
         for i in range(15):
             uuid, token = jobs[(worker + i) % len(jobs)]
@@ -285,7 +285,7 @@ def test_failed_exactly_once_while_eight_threads_race_real_events(open_store: Fa
                     errors.append(exc)
 
     def watchdog() -> None:
-        mine = open_store()
+        mine = store_factory()
         start.wait()
         for _ in range(10):
             watch.watch_pass(mine, settings, judged)

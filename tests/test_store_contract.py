@@ -12,7 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from pipelinejobs.store.base import JobStore, iter_history
 from pipelinejobs.store.mongo import MongoJobStore
 from pipelinejobs.store.records import HEAD_FIELDS, Append, AppendResult, EventRecord, Outcome
 from pipelinejobs.store.sqlite import SqliteJobStore, default_sqlite_path, loads_document
-from tests.conftest import EXAMPLE_PIPELINE_ID, EXAMPLE_PIPELINE_UUID, ROOT, Reactor
+from tests.conftest import EXAMPLE_PIPELINE_ID, EXAMPLE_PIPELINE_UUID, ROOT, Reactor, StoreFactory
 
 IDENTITY = Identity("tester", "SD2E-Community", "sd2e", "sd2e.org")
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
@@ -37,41 +37,8 @@ OTHER_PIPELINE = "10650844-1baa-55c5-a481-5e945b19c066"
 UNKNOWN_JOB = "107b93f3-1eae-5e79-8a18-0a480f8aa3a5"
 HISTORY_KEYS = ["date", "data", "name", "uuid"]
 
-StoreFactory = Callable[..., JobStore]
-
 
 # -- fixtures and helpers ------------------------------------------------------------------
-@pytest.fixture(params=["mongodb", "sqlite"])
-def store_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreFactory]:
-    """Opens store objects (each with its own connection) on one fresh database of the backend."""
-    opened: list[JobStore] = []
-    if request.param == "mongodb":
-        uri = request.getfixturevalue("mongodb_uri")
-        name = request.getfixturevalue("database_name")
-        request.getfixturevalue("db")  # drops the database after the test
-
-        def factory(**options: Any) -> JobStore:
-            opened.append(MongoJobStore(uri, name, **options))
-            return opened[-1]
-    else:
-        path = tmp_path / "store" / "jobs.sqlite3"
-
-        def factory(**options: Any) -> JobStore:
-            opened.append(SqliteJobStore(path, **options))
-            return opened[-1]
-
-    yield factory
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(store_factory: StoreFactory) -> JobStore:
-    opened = store_factory()
-    opened.ensure_indexes()
-    return opened
-
-
 def audit_rows(store: JobStore) -> list[dict[str, Any]]:
     """Everything in ``updates``, oldest first, read past the store's protocol."""
     if isinstance(store, MongoJobStore):
@@ -134,6 +101,22 @@ def log_of(store: JobStore, uuid: str) -> list[EventRecord]:
 
 
 # -- the contract --------------------------------------------------------------------------
+#: contract method -> the tests that call it on both stores (filled as this module is read)
+COVERED: dict[str, list[str]] = {}
+
+
+def covers(*methods: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Names the contract methods a test exercises; see test_every_contract_method_has_a_contract_test."""
+
+    def mark(test: Callable[..., None]) -> Callable[..., None]:
+        for method in methods:
+            COVERED.setdefault(method, []).append(test.__name__)
+        return test
+
+    return mark
+
+
+@covers("ensure_indexes", "missing_indexes")
 def test_ensure_indexes_is_repeatable_and_uniqueness_holds(store: JobStore, store_factory: StoreFactory) -> None:
     store.ensure_indexes()
     again = store_factory()
@@ -146,6 +129,7 @@ def test_ensure_indexes_is_repeatable_and_uniqueness_holds(store: JobStore, stor
     assert again.insert_job(make_job(), {"uuid": "x", "action": "create"})[1] is False
 
 
+@covers("save_pipeline", "find_pipeline", "list_pipelines")
 def test_save_and_find_pipeline(store: JobStore) -> None:
     pipeline = {"id": EXAMPLE_PIPELINE_ID, "uuid": EXAMPLE_PIPELINE_UUID, "name": "Tacobot", "components": [{"a": 1}]}
     stored, created = store.save_pipeline(pipeline)
@@ -161,6 +145,7 @@ def test_save_and_find_pipeline(store: JobStore) -> None:
     assert store.list_pipelines() == [pipeline]
 
 
+@covers("save_pipeline")
 def test_save_pipeline_answers_alike_on_both_stores_when_uuid_and_id_point_apart(store: JobStore) -> None:
     first = {"id": "a/first:1", "uuid": EXAMPLE_PIPELINE_UUID}
     second = {"id": "b/second:1", "uuid": OTHER_PIPELINE}
@@ -174,6 +159,7 @@ def test_save_pipeline_answers_alike_on_both_stores_when_uuid_and_id_point_apart
     assert [p["id"] for p in store.list_pipelines()] == ["a/first:1", "b/second:1"]
 
 
+@covers("insert_job", "find_job")
 def test_insert_job_is_idempotent_and_never_overwrites(store: JobStore) -> None:
     job = make_job()
     stored, created = store.insert_job(job, documents.audit_record(job["uuid"], "create", {}, job["_admin"], NOW))
@@ -191,6 +177,7 @@ def test_insert_job_is_idempotent_and_never_overwrites(store: JobStore) -> None:
     assert created_record.event_uuid == job["history"][0]["uuid"]
 
 
+@covers("insert_job", "find_job")
 def test_documents_round_trip_with_dates_and_key_order(store: JobStore) -> None:
     job = make_job({"nested": {"b": [1, 2.5, None, True], "a": "ü"}})
     job["_admin"] = {"tenant": "sd2e", "owner": "someone", "project": "P"}  # an unusual order must survive
@@ -212,6 +199,7 @@ def test_documents_round_trip_with_dates_and_key_order(store: JobStore) -> None:
     assert head["_salt"] == job["_salt"] and list(head["_admin"]) == ["tenant", "owner", "project"]
 
 
+@covers("append_event", "find_head", "history")
 def test_append_event_logs_applies_and_bumps_revision(store: JobStore) -> None:
     job = insert(store, make_job())
     later = NOW + timedelta(minutes=5)
@@ -232,6 +220,7 @@ def test_append_event_logs_applies_and_bumps_revision(store: JobStore) -> None:
     assert log_of(store, job["uuid"])[-1] == record
 
 
+@covers("append_event")
 def test_a_job_without_a_revision_counts_as_revision_zero(store: JobStore) -> None:
     job = make_job()
     del job["_properties"]["revision"]
@@ -240,6 +229,7 @@ def test_a_job_without_a_revision_counts_as_revision_zero(store: JobStore) -> No
     assert store.find_job(job["uuid"])["_properties"]["revision"] == 1  # type: ignore[index]
 
 
+@covers("append_event")
 def test_failed_preconditions_change_nothing(store: JobStore) -> None:
     job = insert(store, make_job())
     hidden = insert(store, make_job({"x": 2}))
@@ -255,6 +245,7 @@ def test_failed_preconditions_change_nothing(store: JobStore) -> None:
     assert snapshot() == before
 
 
+@covers("append_event", "find_delivery")
 def test_a_delivery_id_is_logged_once_per_job(store: JobStore) -> None:
     job = insert(store, make_job())
     other = insert(store, make_job({"x": 2}))
@@ -271,6 +262,7 @@ def test_a_delivery_id_is_logged_once_per_job(store: JobStore) -> None:
     )
 
 
+@covers("record_stale", "find_delivery", "history")
 def test_stale_records_are_logged_without_changing_the_job(store: JobStore) -> None:
     job = insert(store, make_job())
     append(store, job["uuid"], "run", state="RUNNING", revision=0)
@@ -302,6 +294,7 @@ def test_stale_records_are_logged_without_changing_the_job(store: JobStore) -> N
     assert append(store, job["uuid"], "update", state="RUNNING", revision=1)[1].status is Append.APPLIED
 
 
+@covers("append_event", "history")
 def test_history_window_is_bounded_and_the_log_keeps_everything(store_factory: StoreFactory) -> None:
     store_factory().ensure_indexes()
     small = store_factory(history_window=10, inline_data_bytes=64)
@@ -327,6 +320,7 @@ def test_history_window_is_bounded_and_the_log_keeps_everything(store_factory: S
     assert [r.seq for r in page.records] == list(range(10, 26)) and page.next is None
 
 
+@covers("hide_job", "audit_trail")
 def test_hide_job_once(store: JobStore) -> None:
     job = insert(store, make_job())
     later = NOW + timedelta(seconds=30)
@@ -344,6 +338,7 @@ def test_hide_job_once(store: JobStore) -> None:
     assert [row["action"] for row in store.audit_trail(job["uuid"])] == ["create", "update"]
 
 
+@covers("remove_job", "audit_trail")
 def test_remove_job_leaves_a_tombstone_and_sets_its_log_aside(store: JobStore) -> None:
     job = insert(store, make_job())
     append(store, job["uuid"], "run", state="RUNNING", revision=0)
@@ -362,6 +357,7 @@ def test_remove_job_leaves_a_tombstone_and_sets_its_log_aside(store: JobStore) -
     assert append(store, again["uuid"], "run", state="RUNNING", revision=0)[1].status is Append.APPLIED
 
 
+@covers("remove_job")
 def test_remove_job_with_a_stale_revision_writes_nothing(store: JobStore) -> None:
     job = insert(store, make_job())
     tombstone = documents.audit_record(job["uuid"], "delete", {"deleted": job}, job["_admin"], NOW)
@@ -373,6 +369,7 @@ def test_remove_job_with_a_stale_revision_writes_nothing(store: JobStore) -> Non
     assert [r.name for r in log_of(store, job["uuid"])] == ["create", "run"]
 
 
+@covers("list_jobs")
 def test_list_jobs_filters_and_sorts_newest_first(store: JobStore) -> None:
     oldest = insert(store, make_job({"n": 1}, now=NOW))
     middle = insert(store, make_job({"n": 2}, now=NOW + timedelta(minutes=1), pipeline=OTHER_PIPELINE))
@@ -401,6 +398,7 @@ def test_list_jobs_filters_and_sorts_newest_first(store: JobStore) -> None:
     assert listed == {key: value for key, value in full.items() if key != "history"}
 
 
+@covers("append_event")
 def test_racing_events_lose_no_event(store: JobStore, store_factory: StoreFactory) -> None:
     """16 writers, each with its own connection, through the service's read-decide-append loop."""
     job = insert(store, make_job())
@@ -436,6 +434,246 @@ def test_racing_events_lose_no_event(store: JobStore, store_factory: StoreFactor
     assert [r.seq for r in records] == list(range(workers + 1))
     assert sorted(r.data["i"] for r in records[1:] if r.data) == list(range(workers))
     assert [h["uuid"] for h in found["history"]] == [r.event_uuid for r in records]
+
+
+@covers("describe", "ping", "waiting_for_server", "close")
+def test_a_store_says_what_it_is_answers_a_ping_and_refuses_work_once_closed(store_factory: StoreFactory) -> None:
+    store = store_factory()
+    assert store.backend in store.describe() and "password" not in store.describe()
+    store.ping()
+    store.find_pipeline(EXAMPLE_PIPELINE_UUID)  # a round trip: a networked store has reached its server
+    assert store.waiting_for_server() is False
+    store.close()
+    with pytest.raises(Exception):  # noqa: B017 - each driver says "closed" its own way; none answers
+        store.find_job(UNKNOWN_JOB)
+
+
+@covers("log_unlogged_jobs")
+def test_jobs_this_manager_created_need_no_history_copied_at_db_init(store: JobStore) -> None:
+    job = make_job()
+    insert(store, job)
+    before = log_of(store, job["uuid"])
+    assert store.log_unlogged_jobs() == 0
+    assert log_of(store, job["uuid"]) == before and [r.name for r in before] == ["create"]
+
+
+def watch_record(uuid: str, *, state: str = "RUNNING", revision: int = 1, due: datetime | None = NOW) -> dict[str, Any]:
+    return {
+        "uuid": uuid,
+        "pipeline_uuid": EXAMPLE_PIPELINE_UUID,
+        "state": state,
+        "revision": revision,
+        "since": NOW,
+        "last_seen": NOW,
+        "due_at": due,
+        "deadlines": None,
+        "effective": {"created_seconds": 60, "silent_seconds": 30, "running_seconds": 600, "validating_seconds": None},
+        "logged_at": None,
+    }
+
+
+@covers("put_watch", "watch_record", "forget_watch")
+def test_a_watch_record_is_replaced_only_by_a_newer_one(store: JobStore) -> None:
+    uuid = make_job()["uuid"]
+    assert store.watch_record(uuid) is None
+    assert store.put_watch(watch_record(uuid, revision=2)) is True
+    assert store.put_watch(watch_record(uuid, revision=1, state="CREATED")) is False  # older: not written
+    assert store.watch_record(uuid)["state"] == "RUNNING"
+    assert store.put_watch(watch_record(uuid, revision=3, state="FINISHED", due=None)) is True
+    assert store.watch_record(uuid)["state"] == "FINISHED" and store.watch_record(uuid)["due_at"] is None
+    store.forget_watch(uuid)
+    assert store.watch_record(uuid) is None
+
+
+@covers("enter_state", "touch_watch")
+def test_entering_a_state_sets_due_from_the_records_own_deadlines_in_one_write(store: JobStore) -> None:
+    uuid = make_job()["uuid"]
+    store.put_watch(watch_record(uuid, state="CREATED", revision=0))
+    later = NOW + timedelta(minutes=5)
+    assert store.enter_state(
+        uuid, state="RUNNING", revision=1, now=later, deadlines=("silent_seconds", "running_seconds")
+    )
+    entered = store.watch_record(uuid)
+    assert (entered["state"], entered["revision"], entered["since"]) == ("RUNNING", 1, later)
+    assert entered["due_at"] == later + timedelta(seconds=30)  # the smaller of silent (30) and running (600)
+    assert not store.enter_state(uuid, state="FAILED", revision=1, now=later, deadlines=())  # not newer: refused
+    assert store.enter_state(uuid, state="FINISHED", revision=2, now=later, deadlines=())
+    assert store.watch_record(uuid)["due_at"] is None  # no deadline applies in FINISHED
+    # the compare-and-set heartbeats use: at the revision, and (when named) at the logged_at read
+    assert store.touch_watch(uuid, revision=1, changes={"last_seen": later}) is False
+    assert store.touch_watch(uuid, revision=2, changes={"logged_at": later}, logged_at=NOW) is False
+    assert store.touch_watch(uuid, revision=2, changes={"logged_at": later}, logged_at=None) is True
+    assert store.touch_watch(uuid, revision=2, changes={"last_seen": later}) is True
+    assert store.watch_record(uuid)["last_seen"] == later and store.watch_record(uuid)["logged_at"] == later
+
+
+@covers("due_watches")
+def test_due_watches_are_the_records_whose_time_has_come_earliest_first(store: JobStore) -> None:
+    uuids = [make_job({"n": i})["uuid"] for i in range(4)]
+    dues = [NOW + timedelta(seconds=30), NOW - timedelta(seconds=10), None, NOW]
+    for uuid, due in zip(uuids, dues, strict=True):
+        store.put_watch(watch_record(uuid, due=due))
+    assert [r["uuid"] for r in store.due_watches(NOW, limit=10)] == [uuids[1], uuids[3]]
+    assert [r["uuid"] for r in store.due_watches(NOW, limit=1)] == [uuids[1]]
+    assert len(store.due_watches(NOW + timedelta(minutes=1), limit=10)) == 3
+
+
+def finished_job(store: JobStore, data: dict[str, Any], *, when: datetime) -> str:
+    job = make_job(data, now=when)
+    insert(store, job)
+    append(store, job["uuid"], "run", state="RUNNING", revision=0, now=when)
+    append(store, job["uuid"], "finish", state="FINISHED", revision=1, now=when)
+    return str(job["uuid"])
+
+
+@covers("retention_candidates", "purge_job", "expire_tombstones")
+def test_retention_finds_old_finished_and_hidden_jobs_and_purges_one_all_or_nothing(store: JobStore) -> None:
+    old = NOW - timedelta(days=40)
+    done = finished_job(store, {"n": 1}, when=old)
+    recent = finished_job(store, {"n": 2}, when=NOW)
+    hidden = make_job({"n": 3}, now=old)
+    insert(store, hidden)
+    store.hide_job(hidden["uuid"], now=old, audit=documents.audit_record(hidden["uuid"], "update", {}, {}, old))
+    cutoff = NOW - timedelta(days=30)
+    found = store.retention_candidates(states=["FINISHED"], before=cutoff, hidden_before=cutoff, limit=10)
+    assert {h["uuid"] for h in found} == {done, hidden["uuid"]} and recent not in {h["uuid"] for h in found}
+    assert {
+        h["uuid"] for h in store.retention_candidates(states=["FINISHED"], before=cutoff, hidden_before=None, limit=10)
+    } == {done}
+    head = next(h for h in found if h["uuid"] == done)
+    assert head["state"] == "FINISHED" and "_salt" not in head and "history" not in head
+    store.put_watch(watch_record(done, revision=2, due=None))
+    tombstone = {"uuid": done, "date": NOW, "action": "purge", "diff": {}, "expires_at": NOW + timedelta(days=1)}
+    assert store.purge_job(done, expected_revision=1, tombstone=tombstone) is False  # it moved on: kept whole
+    assert store.find_job(done) is not None and len(log_of(store, done)) == 3
+    assert store.purge_job(done, expected_revision=2, tombstone=tombstone) is True
+    assert store.find_job(done) is None and log_of(store, done) == [] and store.watch_record(done) is None
+    assert store.audit_trail(done)[-1]["action"] == "purge"
+    assert store.expire_tombstones(NOW, dry_run=True) == 0
+    assert store.expire_tombstones(NOW + timedelta(days=2), dry_run=True) == 1
+    assert store.expire_tombstones(NOW + timedelta(days=2)) == 1
+    assert [r["action"] for r in store.audit_trail(done)] == ["create"]
+
+
+@covers("query_jobs", "count_jobs", "job_totals")
+def test_the_read_side_lists_counts_and_totals_the_same_jobs(store: JobStore) -> None:
+    from pipelinejobs.store.listing import JOB_SUMMARY_FIELDS, JobFilter
+
+    uuids = []
+    for i in range(5):
+        job = make_job({"n": i}, now=NOW + timedelta(seconds=i))
+        insert(store, job)
+        uuids.append(job["uuid"])
+    append(store, uuids[0], "run", state="RUNNING", revision=0)
+    other = make_job({"n": 9}, pipeline=OTHER_PIPELINE)
+    insert(store, other)
+    store.hide_job(uuids[4], now=NOW, audit=documents.audit_record(uuids[4], "update", {}, {}, NOW))
+    first = store.query_jobs(JobFilter(pipeline_uuid=EXAMPLE_PIPELINE_UUID), limit=2)
+    assert [j["uuid"] for j in first.jobs] == [uuids[3], uuids[2]] and first.next is not None  # newest created first
+    rest = store.query_jobs(JobFilter(pipeline_uuid=EXAMPLE_PIPELINE_UUID), after=first.next, limit=2)
+    assert [j["uuid"] for j in rest.jobs] == [uuids[1], uuids[0]] and rest.next is None
+    assert list(first.jobs[0]) == list(JOB_SUMMARY_FIELDS) and first.jobs[0]["visible"] is True
+    assert store.count_jobs(JobFilter()) == {"CREATED": 4, "RUNNING": 1}
+    assert store.count_jobs(JobFilter(include_hidden=True, states=("CREATED",))) == {"CREATED": 5}
+    assert store.job_totals() == {
+        ("CREATED", EXAMPLE_PIPELINE_UUID): 3,
+        ("RUNNING", EXAMPLE_PIPELINE_UUID): 1,
+        ("CREATED", OTHER_PIPELINE): 1,
+    }
+
+
+def subscription(sub_id: str, when: datetime) -> dict[str, Any]:
+    return {
+        "id": sub_id,
+        "pipeline_uuid": EXAMPLE_PIPELINE_UUID,
+        "target": "webhook",
+        "url": "https://example.org/h",
+        "secret": "whsec_x",
+        "states": [],
+        "events": [],
+        "include_data": True,
+        "description": "",
+        "created": when,
+    }
+
+
+@covers("save_subscription", "list_subscriptions", "find_subscription", "delete_subscription")
+def test_subscriptions_are_kept_listed_oldest_first_and_deleted_once(store: JobStore) -> None:
+    store.save_subscription(subscription("sub_b", NOW + timedelta(seconds=1)))
+    store.save_subscription(subscription("sub_a", NOW))
+    assert [s["id"] for s in store.list_subscriptions()] == ["sub_a", "sub_b"]
+    assert store.find_subscription("sub_b") == subscription("sub_b", NOW + timedelta(seconds=1))
+    assert store.delete_subscription("sub_b") is True and store.delete_subscription("sub_b") is False
+    assert store.find_subscription("sub_b") is None and [s["id"] for s in store.list_subscriptions()] == ["sub_a"]
+
+
+@covers(
+    "claim_notifications",
+    "event_fates",
+    "settle_notifications",
+    "release_notifications",
+    "list_deliveries",
+    "expire_deliveries",
+)
+def test_the_outbox_is_claimed_by_one_dispatcher_delivered_and_settled(
+    store: JobStore, store_factory: StoreFactory
+) -> None:
+    from pipelinejobs.store.outbox import EventFate, Settled
+
+    job = make_job()
+    insert(store, job)
+    uuid = job["uuid"]
+    record = EventRecord(
+        uuid=uuid,
+        seq=1,
+        event_uuid=identifiers.random_uuid("pipelinejob_event"),
+        name="run",
+        date=NOW,
+        data=None,
+        state="RUNNING",
+        notify=("sub_a", "sub_b"),
+    )
+    assert store.append_event(record, expected_revision=0).status is Append.APPLIED
+    until = NOW + timedelta(minutes=2)
+    items = store.claim_notifications(NOW, until=until, owner="d1", limit=10)
+    assert [(i.uuid, i.seq, i.pending, i.attempts) for i in items] == [(uuid, 1, ("sub_a", "sub_b"), 0)]
+    assert items[0].record is not None and items[0].record.event_uuid == record.event_uuid
+    other = store_factory()  # another dispatcher, elsewhere, while d1's lease is live: nothing
+    assert other.claim_notifications(NOW, until=until, owner="d2", limit=10) == []
+    assert store.event_fates(items, now=NOW, grace_seconds=30) == [(EventFate.APPLIED, EXAMPLE_PIPELINE_UUID)]
+    row = {
+        "webhook_id": "msg_1",
+        "subscription": "sub_a",
+        "job_uuid": uuid,
+        "event": "run",
+        "attempt": 1,
+        "outcome": "delivered",
+        "at": NOW,
+        "expires_at": NOW + timedelta(days=1),
+    }
+    retry_at = NOW + timedelta(seconds=60)
+    assert store.settle_notifications("d1", [Settled(items[0], ("sub_b",), 1, retry_at)], [row]) == 1
+    assert store.claim_notifications(NOW + timedelta(seconds=1), until=until, owner="d1", limit=10) == []  # not due
+    later = store.claim_notifications(retry_at, until=retry_at + timedelta(minutes=2), owner="d1", limit=10)
+    assert [(i.pending, i.attempts) for i in later] == [(("sub_b",), 1)]
+    assert store.settle_notifications("d1", [Settled(later[0], (), 2, retry_at)], []) == 1
+    assert (
+        store.claim_notifications(
+            retry_at + timedelta(days=1), until=retry_at + timedelta(days=2), owner="d1", limit=10
+        )
+        == []
+    )
+    store.release_notifications("d1")
+    assert store.list_deliveries(job_uuid=uuid) == [row] and store.list_deliveries(subscription="sub_b") == []
+    assert store.expire_deliveries(NOW) == 0 and store.expire_deliveries(NOW + timedelta(days=2)) >= 1
+    assert store.list_deliveries(job_uuid=uuid) == []
+
+
+def test_every_contract_method_has_a_contract_test() -> None:
+    """The contract is the JobStore protocol; each of its methods is run on both stores above."""
+    contract = {name for name, value in vars(JobStore).items() if callable(value) and not name.startswith("_")}
+    assert sorted(contract - set(COVERED)) == []
+    assert sorted(set(COVERED) - contract) == []  # a covers() naming a method the contract no longer has
 
 
 # -- SQLite only ---------------------------------------------------------------------------
