@@ -99,6 +99,21 @@ def stop_process(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+@pytest.fixture(autouse=True)
+def _package_logging_restored() -> Iterator[None]:
+    """What a test does to the package's logger (``logs.configure`` in an in-process CLI run points it at the
+    test's captured stderr, closed after the test) is undone afterwards, so servers running in this
+    process for the whole module never write to a closed stream."""
+    import logging
+
+    from pipelinejobs import logs
+
+    logger = logging.getLogger(logs.LOGGER_NAME)
+    saved = (logger.handlers[:], logger.level, logger.propagate)
+    yield
+    logger.handlers[:], logger.level, logger.propagate = saved
+
+
 @pytest.fixture(scope="session")
 def mongodb_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A MongoDB-wire server for the whole session: MONGODB_URI, or a fresh secantusd-py."""
