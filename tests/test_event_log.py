@@ -177,9 +177,7 @@ def test_a_repeated_stale_delivery_is_replayed(store: JobStore, settings: Settin
 
 
 # -- volume ------------------------------------------------------------------------------------
-def test_a_long_log_keeps_the_document_bounded(
-    store_factory: Factory, settings: Settings, request: pytest.FixtureRequest
-) -> None:
+def test_a_long_log_keeps_the_document_bounded(store_factory: Factory, request: pytest.FixtureRequest) -> None:
     """Written through the store API (the service's path minus token checks), read back in order.
 
     600 events, sixty times a history window of 10: the document keeps the window, the log keeps
