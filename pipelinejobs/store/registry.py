@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from ..errors import ErrorKind, PipelineJobsError
 from ..jsontext import dumps_utf8, surrogate_safe
+from .files import private_store_file
 from .sqlite import SqliteJobStore
 
 Record = dict[str, Any]
@@ -231,7 +232,10 @@ class SqliteRegistry:
 
     def __init__(self, path: str | Path, *, pool_size: int = 8) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            private_store_file(self.path)  # 0600 in a 0700 directory: nonces are credentials
+        except OSError as exc:
+            raise _unavailable(self.path, exc) from exc
         self._pool_size = pool_size
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
