@@ -88,6 +88,14 @@ class Registry(Protocol):
 
     def close(self) -> None: ...
 
+    # -- the web view's signed-out sessions ------------------------------------------------------
+    def revoke_session(self, session_id: str, expires: datetime, now: datetime) -> None:
+        """Remember that a web view session was signed out, until ``expires`` (when its cookie lapses
+        anyway); forget the revocations already past theirs."""
+
+    def session_revoked(self, session_id: str, now: datetime) -> bool:
+        """Whether the session was signed out (and its cookie has not expired yet)."""
+
 
 class MongoRegistry:
     """Collections ``abaco_nonces`` and ``abaco_executions`` in the catalog database.
@@ -107,6 +115,7 @@ class MongoRegistry:
     def ensure_indexes(self) -> None:
         from pymongo import IndexModel
 
+        self._ensure_session_indexes()
         with self._translate():
             self.nonces.create_indexes([IndexModel("id", unique=True, name="id_unique")])
             self.executions.create_indexes(
@@ -199,6 +208,26 @@ class MongoRegistry:
     def close(self) -> None:
         """The client belongs to the job store, which closes it."""
 
+    # -- the web view's signed-out sessions (collection ``ui_revoked_sessions``) -------------------
+    def _sessions(self) -> Any:
+        return self.nonces.database["ui_revoked_sessions"]
+
+    def _ensure_session_indexes(self) -> None:
+        from pymongo import IndexModel
+
+        with self._translate():
+            self._sessions().create_indexes([IndexModel("expires", name="expires")])
+
+    def revoke_session(self, session_id: str, expires: datetime, now: datetime) -> None:
+        with self._translate():
+            sessions = self._sessions()
+            sessions.delete_many({"expires": {"$lte": now}})
+            sessions.update_one({"_id": session_id}, {"$set": {"expires": expires}}, upsert=True)
+
+    def session_revoked(self, session_id: str, now: datetime) -> bool:
+        with self._translate():
+            return self._sessions().find_one({"_id": session_id, "expires": {"$gt": now}}, {"_id": 1}) is not None
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS abaco_nonces (
@@ -218,6 +247,11 @@ CREATE TABLE IF NOT EXISTS abaco_executions (
     record TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS abaco_executions_actor ON abaco_executions (actor_id, received);
+"""
+#: the web view's signed-out sessions, each kept until its cookie would have expired anyway
+_SESSIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ui_revoked_sessions (id TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ui_revoked_sessions_expires ON ui_revoked_sessions (expires);
 """
 
 
@@ -247,6 +281,7 @@ class SqliteRegistry:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
+            conn.executescript(_SESSIONS_SCHEMA)
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
@@ -380,6 +415,28 @@ class SqliteRegistry:
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+    # -- the web view's signed-out sessions (table ``ui_revoked_sessions``) ------------------------
+    def revoke_session(self, session_id: str, expires: datetime, now: datetime) -> None:
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM ui_revoked_sessions WHERE expires <= ?", (now.timestamp(),))
+                conn.execute(
+                    "INSERT OR REPLACE INTO ui_revoked_sessions (id, expires) VALUES (?, ?)",
+                    (session_id, expires.timestamp()),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def session_revoked(self, session_id: str, now: datetime) -> bool:
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM ui_revoked_sessions WHERE id = ? AND expires > ?", (session_id, now.timestamp())
+            ).fetchone()
+        return row is not None
 
 
 def _unavailable(path: Path, exc: Exception) -> PipelineJobsError:
