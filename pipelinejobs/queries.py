@@ -19,6 +19,7 @@ from html import escape
 from typing import Any
 
 from . import fsm
+from .jsontext import dumps_utf8
 from .messages import SCHEMA_FILES, schema_dir
 from .store.base import JobStore
 from .store.listing import JobFilter
@@ -198,17 +199,45 @@ def event_view(record: EventRecord) -> dict[str, Any]:
     return jsonable(shown)
 
 
+#: A page of events stops before its events' JSON passes this: an event's data may be 256 KiB, so a page
+#: of 1000 by count alone could be 256 MB. A page holds at least one event, whatever its size.
+EVENTS_PAGE_BYTES = 4 * 1024 * 1024
+_EVENTS_PER_READ = 100  # the store is read this many events at a time, so a page never holds much more
+
+
 def job_events(
-    store: JobStore, uuid: str, *, after: str | None = None, limit: int = DEFAULT_PAGE
+    store: JobStore,
+    uuid: str,
+    *,
+    after: str | None = None,
+    limit: int = DEFAULT_PAGE,
+    max_bytes: int = EVENTS_PAGE_BYTES,
 ) -> dict[str, Any] | None:
-    """A page of the job's full event log, oldest first; None when the job does not exist."""
+    """A page of the job's full event log, oldest first; None when the job does not exist.
+
+    At most ``limit`` events, and no more than fit in ``max_bytes`` of JSON (but at least one); ``next``
+    continues after the last event shown whenever more follow.
+    """
     if store.find_head(uuid) is None:
         return None
-    try:
-        page = store.history(uuid, after=after, limit=limit)
-    except ValueError:
-        raise QueryError("after is not a cursor this log gave out") from None
-    return {"uuid": uuid, "events": [event_view(r) for r in page.records], "next": page.next, "limit": limit}
+    events: list[dict[str, Any]] = []
+    size, cursor = 0, after
+    while len(events) < limit:
+        try:
+            page = store.history(uuid, after=cursor, limit=min(limit - len(events), _EVENTS_PER_READ))
+        except ValueError:
+            raise QueryError("after is not a cursor this log gave out") from None
+        for record in page.records:
+            shown = event_view(record)
+            cost = len(dumps_utf8(shown)) + 1  # and its comma
+            if events and size + cost > max_bytes:
+                return {"uuid": uuid, "events": events, "next": events[-1]["cursor"], "limit": limit}
+            events.append(shown)
+            size += cost
+        cursor = page.next
+        if cursor is None:
+            break
+    return {"uuid": uuid, "events": events, "next": cursor, "limit": limit}
 
 
 # -- pipelines --------------------------------------------------------------------------------

@@ -310,21 +310,33 @@ def apply_env_overrides(config: dict[str, Any], env: Mapping[str, str]) -> dict[
 
 
 def _admin_tokens(env: Mapping[str, str], config: dict[str, Any]) -> AdminTokens:
-    key = Secret(env.get("CATALOG_ADMIN_TOKEN_KEY") or DEFAULT_ADMIN_KEY)
+    """How admin tokens are made: the secret from the environment (pinned under Abaco), the key and the
+    lifetime from config.yml's ``admin`` section, else (outside Abaco only) from python-datacatalog's variables.
+
+    Under Abaco every URL parameter of a message becomes an environment variable, so a caller could choose
+    the key or the lifetime there: a lifetime of 3601 instead of 3600 makes a token leaked ~5.7 days ago
+    valid again for two hours (the token is derived from the window number alone). There both come from
+    config.yml only.
+    """
+    section = config.get("admin") or {}
+    abaco = bool(env.get("_abaco_execution_id"))
+    from_env = {} if abaco else env
+    key = Secret(str(section.get("token_key") or from_env.get("CATALOG_ADMIN_TOKEN_KEY") or DEFAULT_ADMIN_KEY))
+    raw_lifetime = section.get("token_lifetime") or from_env.get("CATALOG_ADMIN_TOKEN_LIFETIME")
     try:
-        lifetime = int(env.get("CATALOG_ADMIN_TOKEN_LIFETIME") or DEFAULT_ADMIN_LIFETIME)
-    except ValueError:
+        lifetime = int(raw_lifetime or DEFAULT_ADMIN_LIFETIME)
+    except (TypeError, ValueError):
         lifetime = DEFAULT_ADMIN_LIFETIME
     lifetime = max(lifetime, 1)
     raw_secret = env.get("CATALOG_ADMIN_TOKEN_SECRET") or ""
     if not raw_secret:
         return AdminTokens(None, key, lifetime, "CATALOG_ADMIN_TOKEN_SECRET is not set")
-    pin = (config.get("admin") or {}).get("secret_sha256")
+    pin = section.get("secret_sha256")
     if pin:
         digest = hashlib.sha256(raw_secret.encode()).hexdigest()
         if not hmac.compare_digest(digest, str(pin).lower()):
             return AdminTokens(None, key, lifetime, "the admin secret does not match its pin")
-    elif env.get("_abaco_execution_id"):
+    elif abaco:
         return AdminTokens(None, key, lifetime, "under Abaco admin tokens need admin.secret_sha256 in config.yml")
     return AdminTokens(Secret(raw_secret), key, lifetime)
 
@@ -362,6 +374,11 @@ NOT_SECRET_ENV = frozenset(
         "_REACTOR_SERVE_TENANT",
         "_REACTOR_SERVE_TLS_CERT",
         "_REACTOR_SERVE_TLS_KEY",
+        "_REACTOR_SERVE_HEAD_TIMEOUT_SECONDS",
+        "_REACTOR_SERVE_BODY_TIMEOUT_SECONDS",
+        "_REACTOR_SERVE_KEEP_ALIVE_SECONDS",
+        "_REACTOR_SERVE_LIMIT_CONCURRENCY",
+        "_REACTOR_SERVE_MAX_HEAD_BYTES",
     }
 )
 
@@ -379,6 +396,9 @@ def collect_secrets(env: Mapping[str, str], config: dict[str, Any]) -> set[str]:
     for name in ("authn", "password"):
         if isinstance(mongo.get(name), str) and mongo[name]:
             found.add(mongo[name])
+    token_key = (config.get("admin") or {}).get("token_key")
+    if isinstance(token_key, str) and token_key:
+        found.add(token_key)
     return found
 
 

@@ -12,6 +12,7 @@ view of the same data, so a test can check what was (or was not) written without
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -101,11 +102,13 @@ class InProcessServe:
 
         from pipelinejobs import logs
         from pipelinejobs.server.app import create_app
+        from pipelinejobs.server.connections import connection_limits, uvicorn_options
         from pipelinejobs.server.execution import open_server, serve_config
         from pipelinejobs.settings import load_settings
 
         settings = load_settings(env)
         config, plain = serve_config(settings, actors=[ACTOR_ID, OTHER_ACTOR_ID], api_tokens=tokens)
+        limits = uvicorn_options(connection_limits(settings.section("serve")))
         self.handler = logging.FileHandler(log_path, encoding="utf-8")
         self.handler.setFormatter(logs.RedactingFormatter(secrets=[*settings.secrets, *plain]))
         package = logging.getLogger(logs.LOGGER_NAME)
@@ -115,8 +118,10 @@ class InProcessServe:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(128)
         self.port = self.sock.getsockname()[1]
+        if not config.api_server:  # as the command does: links name the address serve listens on
+            config = dataclasses.replace(config, api_server=f"http://127.0.0.1:{self.port}")
         server = open_server(settings, config, plain)
-        uv_config = uvicorn.Config(create_app(server), log_config=None, access_log=False, lifespan="on")
+        uv_config = uvicorn.Config(create_app(server), log_config=None, access_log=False, lifespan="on", **limits)
         self.uvicorn = uvicorn.Server(uv_config)
         self.thread = threading.Thread(target=self.uvicorn.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()

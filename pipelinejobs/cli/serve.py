@@ -6,6 +6,7 @@ import argparse
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,34 @@ def _tls_files(args: argparse.Namespace, section: dict[str, Any]) -> tuple[str, 
     return str(cert), str(key)
 
 
+def _needs_api_server(host: str, api_server: str | None) -> None:
+    """Beyond loopback, links must name the address clients use: a request's Host header never does."""
+    if api_server or _is_loopback(host):
+        return
+    raise PipelineJobsError(
+        ErrorKind.CONFIGURATION,
+        f"serve listens on {host}, beyond this machine: give the base URL clients use with --api-server"
+        " (or serve.api_server), e.g. https://jobs.example.org; the links serve stores are built from it",
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _own_address(host: str, port: int, tls: bool) -> str:
+    """The default ``api_server``: the loopback address serve listens on."""
+    shown = f"[{host.strip('[]')}]" if ":" in host else host
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
+
+
 def _workers(value: Any) -> int:
     """``--workers`` / ``serve.workers``: how many processes answer (default 1)."""
     try:
@@ -109,6 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..server.app import create_app
+    from ..server.connections import connection_limits, uvicorn_options
     from ..server.execution import describe, open_server, serve_config
     from ..server.workers import configure_logging, run_workers
 
@@ -123,7 +153,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     port = args.port or int(section.get("port") or 8000)
     workers = _workers(args.workers if args.workers is not None else section.get("workers"))
     tls = _tls_files(args, section)
+    limits = connection_limits(section)
+    _needs_api_server(host, config.api_server)
     sock = _listen(host, port, workers=workers)
+    bound_port = sock.getsockname()[1]
+    if not config.api_server:
+        config = replace(config, api_server=_own_address(host, bound_port, tls is not None))
     waiting = _start_wait_notice(settings)
     try:
         server = open_server(settings, config, plain)
@@ -136,19 +171,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     formatter.add_secrets(plain)
     if not len(config.api_tokens):
         log.warning("no API tokens configured: only nonces (made with `pipelinejobs nonce create`) are accepted")
-    bound_port = sock.getsockname()[1]
     log.info(
         "pipelinejobs serve %s listening on %s://%s:%s for actor(s) %s "
-        "(POST /actors/v2/{id}/messages and /v3/actors/{id}/messages); store: %s; %d API token(s) accepted",
+        "(POST /actors/v2/{id}/messages and /v3/actors/{id}/messages); links name %s; store: %s; "
+        "%d API token(s) accepted",
         __version__,
         "https" if tls else "http",
         host,
         bound_port,
         ", ".join(config.actors),
+        config.api_server,
         describe(server),
         len(config.api_tokens),
     )
     options: dict[str, Any] = {"ssl_certfile": tls[0], "ssl_keyfile": tls[1]} if tls else {}
+    options.update(uvicorn_options(limits))
     if workers > 1:
         log.info("%d worker processes; this one supervises them and runs the background loops", workers)
         try:
@@ -174,7 +211,11 @@ def add_commands(commands: Any, leaf: Callable[..., Any]) -> None:
     sub.add_argument(
         "--api-token", action="append", default=[], help=f"accepted bearer token (repeatable; or ${API_TOKENS_ENV})"
     )
-    sub.add_argument("--api-server", help="base URL for _links and _abaco_api_server (default: the request's)")
+    sub.add_argument(
+        "--api-server",
+        help="base URL clients use, for _links, job agent/task links and _abaco_api_server"
+        " (default: serve.api_server, else the loopback address serve listens on; required beyond loopback)",
+    )
     sub.add_argument("--tls-cert", help="PEM certificate (chain) to serve HTTPS with (default: serve.tls_cert)")
     sub.add_argument("--tls-key", help="PEM private key of --tls-cert (default: serve.tls_key)")
     sub.add_argument(

@@ -83,29 +83,19 @@ def _truthy(value: str | None) -> bool:
 
 
 def _base(request: Request) -> str:
-    return server_of(request).config.api_server or _request_base(request)
+    """The base URL of every link serve hands out: ``api_server``, never the request's ``Host`` header.
 
-
-_BASES: dict[tuple[Any, ...], str] = {}  # what Starlette's base_url gives for (scheme, server, Host, root path)
-
-
-def _request_base(request: Request) -> str:
-    """The request's base URL, remembered by what it is made of: Starlette builds it anew (URL
-    objects, a scope copy) for each request, and every message's environment needs it."""
+    A Host header is the client's to choose, and these links are stored (a job's ``agent`` and ``task``,
+    execution and nonce ``_links``) for other tools to follow. ``serve`` always sets ``api_server`` (by
+    default the address it listens on); an app made without one names the socket the request came in on.
+    """
+    configured = server_of(request).config.api_server
+    if configured:
+        return configured
     scope = request.scope
-    key = (
-        scope["scheme"],
-        scope.get("server"),
-        request.headers.get("host"),
-        scope.get("app_root_path"),
-        scope.get("root_path"),
-    )
-    base = _BASES.get(key)
-    if base is None:
-        if len(_BASES) >= 256:  # the Host header is the client's to choose: keep a few, not all
-            _BASES.clear()
-        base = _BASES[key] = str(request.base_url).rstrip("/")
-    return base
+    host, port = scope.get("server") or ("localhost", None)
+    host = f"[{host}]" if ":" in str(host) else str(host)
+    return f"{scope['scheme']}://{host}" + (f":{port}" if port else "")
 
 
 def _actor_root(request: Request, actor: str) -> str:

@@ -14,9 +14,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .. import logs, notify, watch
 from ..errors import PipelineJobsError
@@ -57,6 +58,34 @@ async def _pipelinejobs_error(request: Request, exc: Exception) -> Response:
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
     return envelope(request, None, "Internal server error.", 500)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    """The client left (or was cut off for sending too slowly) before its body arrived: nobody to answer."""
+    return Response(status_code=400)
+
+
+#: max-age one year: browsers that saw it use HTTPS for this host from then on
+HSTS = (b"strict-transport-security", b"max-age=31536000")
+
+
+class StrictTransportSecurity:
+    """Adds HSTS to every answer; installed when clients use HTTPS (``api_server`` is https)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_hsts(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), HSTS]}
+            await send(message)
+
+        await self.app(scope, receive, with_hsts)
 
 
 def _routes() -> list[Route]:
@@ -112,11 +141,14 @@ def create_app(server: Server, *, background: bool = True) -> Starlette:
         lifespan=lifespan,
         exception_handlers={
             Refused: _refused,
+            ClientDisconnect: _client_gone,
             HTTPException: _http_error,
             PipelineJobsError: _pipelinejobs_error,
             Exception: _internal_error,
         },
     )
     app.state.server = server
+    if server.config.https:
+        app.add_middleware(StrictTransportSecurity)
     metrics.install(app, server)  # /metrics and the access log: request latency, message outcomes, job counts
     return app

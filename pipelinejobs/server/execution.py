@@ -42,7 +42,14 @@ class ServeConfig:
     api_tokens: ApiTokens
     owner: str = "pipelinejobs"  # the user bearer-token requests act as
     tenant: str = "SD2E"  # nonce ids are {TENANT}_{hashid}
-    api_server: str | None = None  # base URL for _links and _abaco_api_server; default: the request's
+    #: base URL for _links and _abaco_api_server (serve: ``--api-server``, else the address it listens on);
+    #: never taken from a request's Host header
+    api_server: str | None = None
+
+    @property
+    def https(self) -> bool:
+        """Whether clients reach serve over HTTPS (its own TLS, or a TLS proxy named by ``api_server``)."""
+        return (self.api_server or "").startswith("https://")
 
 
 class _Capture(logging.Handler):
@@ -159,9 +166,25 @@ def serve_config(
         api_tokens=tokens,
         owner=str(section.get("username") or settings.identity.owner),
         tenant=nonce_tenant(settings),
-        api_server=(api_server or section.get("api_server") or None),
+        api_server=api_server_url(api_server or section.get("api_server")),
     )
     return config, plain
+
+
+def api_server_url(value: Any) -> str | None:
+    """``api_server`` as links use it (no trailing slash; a path prefix is kept, for a proxy serving serve
+    under one); anything but an http(s) URL without credentials, query or fragment is refused."""
+    if value in (None, ""):
+        return None
+    text = str(value).strip().rstrip("/")
+    scheme, _, rest = text.partition("://")
+    if scheme.lower() not in ("http", "https") or rest[:1] in ("", "/") or any(c in rest for c in "?#@ \t"):
+        raise PipelineJobsError(
+            ErrorKind.CONFIGURATION,
+            "api_server must be the base URL clients use: http(s)://host[:port][/path], without credentials,"
+            " query or fragment, like https://jobs.example.org",
+        )
+    return f"{scheme.lower()}://{rest}"
 
 
 def open_server(settings: Settings, config: ServeConfig, plain_tokens: Iterable[str] = ()) -> Server:

@@ -95,7 +95,11 @@ async def get_job(request: Request) -> Response:
 
 
 async def job_events(request: Request) -> Response:
-    """``GET /jobs/{uuid}/events``: the job's whole log, oldest first, ``?after=``/``limit`` to page it."""
+    """``GET /jobs/{uuid}/events``: the job's whole log, oldest first, ``?after=``/``limit`` to page it.
+
+    A page also stops before its events pass ``queries.EVENTS_PAGE_BYTES`` (4 MiB) of JSON, after one event
+    at least; ``next`` says where to go on.
+    """
     uuid = request.path_params["uuid"]
     params = request.query_params
     limit = queries.parse_limit(params.get("limit"), default=100, maximum=1000)

@@ -153,6 +153,12 @@ class WriteBehind(Registry):
         self.flush()  # the totals count every execution, the ones still pending too
         return self.inner.execution_totals(actor_id)
 
+    def revoke_session(self, session_id: str, expires: datetime, now: datetime) -> None:
+        self.inner.revoke_session(session_id, expires, now)
+
+    def session_revoked(self, session_id: str, now: datetime) -> bool:
+        return self.inner.session_revoked(session_id, now)
+
 
 def storable(execution: Record) -> Record:
     """The record with lone surrogates replaced; what cannot be encoded at all is dropped, and said so."""

@@ -9,8 +9,9 @@ everything else works with JavaScript off.
 
 Who may look, by read.py's rules: an API token or a READ nonce. A token is typed once
 into the sign-in form and traded for a session: a signed value (expiry, random id, HMAC)
-in an HTTP-only, SameSite=Strict cookie (Secure over TLS), so the cookie never carries the
-token and every serve worker accepts it (:class:`Sessions`). A nonce rides in the URL as
+in an HTTP-only, SameSite=Strict cookie (Secure when clients use HTTPS), so the cookie never
+carries the token and every serve worker accepts it (:class:`Sessions`); signing out holds in
+every worker, after restarts too (the registry remembers it). A nonce rides in the URL as
 ``x-nonce`` (as Abaco takes nonces) and every link in the view keeps it; each page
 (and each live-refresh poll) counts as one use. Without either, a page redirects to
 the sign-in form. No page shows a job token, salt, API token or any nonce but the
@@ -26,7 +27,6 @@ import json
 import os
 import re
 import secrets
-import threading
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -43,6 +43,7 @@ from starlette.routing import Route
 
 from .. import __version__, fsm, logs, queries
 from ..errors import PipelineJobsError
+from ..store.registry import Registry
 from .abaco_records import Refused
 from .auth import authorize_read
 from .http import JSONResponse, bearer, server_of, status_of
@@ -80,19 +81,20 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 class Sessions:
     """Signed-in browsers, as signed cookie values: ``EXPIRY.ID.MAC`` with an HMAC-SHA256 over the rest.
 
-    Nothing is kept per session, so every serve process (``--workers``) that shares the key
-    accepts a cookie any of them gave out. The key is derived from serve's plain API tokens
-    (:func:`session_key`): whoever could forge a cookie already holds a token, and changing the
-    tokens signs everyone out. Signing out revokes the id in this process (the browser drops the
-    cookie); a copy kept elsewhere lapses at its expiry.
+    Every serve process (``--workers``) that shares the key accepts a cookie any of them gave out. The key
+    is derived from serve's plain API tokens (:func:`session_key`): whoever could forge a cookie already
+    holds a token, and changing the tokens signs everyone out. Signing out records the session's id in the
+    registry until the cookie's expiry (``Registry.revoke_session``), and each request with a cookie looks
+    there, so a copy of the cookie kept elsewhere is refused by every worker, after restarts too.
     """
 
-    def __init__(self, key: bytes, clock: Callable[[], datetime], ttl: float = SESSION_SECONDS) -> None:
+    def __init__(
+        self, key: bytes, clock: Callable[[], datetime], registry: Registry, ttl: float = SESSION_SECONDS
+    ) -> None:
         self._key = key
         self._clock = clock
+        self._registry = registry
         self._ttl = ttl
-        self._revoked: dict[str, float] = {}  # id -> its expiry, forgotten once past it
-        self._lock = threading.Lock()
 
     def _mac(self, expiry: int, session_id: str, owner: str) -> str:
         message = f"{expiry}.{session_id}.{owner}".encode("utf-8", "replace")
@@ -103,30 +105,32 @@ class Sessions:
         session_id = secrets.token_urlsafe(16)
         return f"{expiry}.{session_id}.{self._mac(expiry, session_id, owner)}"
 
-    def _valid(self, value: str | None, owner: str) -> tuple[int, str] | None:
+    def _signed(self, value: str | None, owner: str) -> tuple[int, str] | None:
+        """(expiry, id) of a cookie this key signed and that has not expired; None otherwise (no I/O)."""
         parts = (value or "").split(".")
         if len(value or "") > 200 or len(parts) != 3 or not parts[0].isdigit():
             return None
         expiry, session_id, mac = int(parts[0]), parts[1], parts[2]
         if expiry <= self._clock().timestamp() or not hmac.compare_digest(mac, self._mac(expiry, session_id, owner)):
             return None
-        with self._lock:
-            if session_id in self._revoked:
-                return None
         return expiry, session_id
 
     def owner(self, value: str | None, owner: str) -> str | None:
-        """``owner`` (who sessions act as) when ``value`` is a live cookie this key signed; else None."""
-        return owner if self._valid(value, owner) is not None else None
+        """``owner`` (who sessions act as) when ``value`` is a live cookie this key signed; else None.
+
+        A signed cookie costs one registry read (a worker thread's work: the registry may be a server away).
+        """
+        found = self._signed(value, owner)
+        if found is None or self._registry.session_revoked(found[1], self._clock()):
+            return None
+        return owner
 
     def close(self, value: str | None, owner: str) -> None:
-        found = self._valid(value, owner)
-        if found is None:
-            return
-        now = self._clock().timestamp()
-        with self._lock:
-            self._revoked = {k: v for k, v in self._revoked.items() if v > now}
-            self._revoked[found[1]] = found[0]
+        """Sign the cookie's session out everywhere, until the cookie would have expired anyway."""
+        found = self._signed(value, owner)
+        if found is not None:
+            expiry = datetime.fromtimestamp(found[0], timezone.utc)
+            self._registry.revoke_session(found[1], expiry, self._clock())
 
 
 SESSION_KEY_ENV = "PIPELINEJOBS_UI_SESSION_KEY"  # 32 random bytes in hex, from serve's supervisor to its workers
@@ -156,12 +160,15 @@ def _sessions(request: Request) -> Sessions:
     found = getattr(state, "ui_sessions", None)
     if found is None:
         server = server_of(request)
-        found = state.ui_sessions = Sessions(session_key(server), server.clock)
+        found = state.ui_sessions = Sessions(session_key(server), server.clock, server.registry)
     return cast(Sessions, found)
 
 
-def _session_owner(request: Request) -> str | None:
-    return _sessions(request).owner(request.cookies.get(COOKIE), server_of(request).config.owner)
+async def _session_owner(request: Request) -> str | None:
+    cookie = request.cookies.get(COOKIE)
+    if not cookie:
+        return None
+    return await run_in_threadpool(_sessions(request).owner, cookie, server_of(request).config.owner)
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,8 @@ class Viewer:
     owner: str
     nonce: str | None = None
     root: str = ""
+    #: holds an API token (or a session made with one): sees what the API shows only to such holders
+    operator: bool = False
 
     def link(self, path: str, params: Mapping[str, Any] | None = None) -> str:
         """``/ui``-relative ``path`` with ``params`` (empty values dropped) and the viewer's nonce."""
@@ -191,9 +200,9 @@ class SignInNeeded(Exception):
 async def _viewer(request: Request) -> Viewer:
     """The session's owner, else read.py's rules (bearer token, then a READ nonce, one use counted)."""
     root = str(request.scope.get("root_path") or "").rstrip("/")
-    owner = _session_owner(request)
+    owner = await _session_owner(request)
     if owner is not None:
-        return Viewer(owner, None, root)
+        return Viewer(owner, None, root, operator=True)
     nonce = request.query_params.get("x-nonce") or None
     if not nonce and not bearer(request):
         raise SignInNeeded()
@@ -201,7 +210,8 @@ async def _viewer(request: Request) -> Viewer:
         owner = await authorize_read(request)
     except Refused as exc:
         raise SignInNeeded(exc.message) from None
-    return Viewer(owner, nonce if not bearer(request) else None, root)
+    operator = bearer(request) is not None  # authorize_read refused a bearer token it does not accept
+    return Viewer(owner, None if operator else nonce, root, operator=operator)
 
 
 # -- rendering -----------------------------------------------------------------------------------
@@ -502,8 +512,11 @@ def delivery_attempts(server: Any, uuid: str) -> list[dict[str, Any]]:
     ]
 
 
-def _job_view(server: Any, uuid: str, now: datetime, after: str | None) -> dict[str, Any] | None:
-    """Everything a job page shows, read in one worker thread (the job, up to EVENTS_SHOWN events)."""
+def _job_view(server: Any, uuid: str, now: datetime, after: str | None, viewer: Viewer) -> dict[str, Any] | None:
+    """Everything a job page shows, read in one worker thread (the job, up to EVENTS_SHOWN events).
+
+    Delivery attempts (webhook hosts, errors) only for an operator, as the API's ``/deliveries``.
+    """
     store = server.store
     job = queries.get_job(store, uuid)
     if job is None:
@@ -530,7 +543,7 @@ def _job_view(server: Any, uuid: str, now: datetime, after: str | None) -> dict[
         "timeline": timeline(job, events, now),
         "graph": Markup(queries.state_machine_svg(path[:100])),
         "path": path,
-        "deliveries": delivery_attempts(server, uuid),
+        "deliveries": delivery_attempts(server, uuid) if viewer.operator else None,
         "after": events[-1]["cursor"] if events else after,
     }
 
@@ -541,7 +554,7 @@ async def job_page(request: Request, viewer: Viewer) -> Response:
     uuid = request.path_params["uuid"]
     now = server.clock()
     after = request.query_params.get("after") or None
-    view = await run_in_threadpool(_job_view, server, uuid, now, after)
+    view = await run_in_threadpool(_job_view, server, uuid, now, after, viewer)
     if view is None:
         message = f"No job found with identifier '{uuid[:64]}'."
         return page(request, "error.html", 404, viewer=viewer, title="No such job", error=message)
@@ -561,7 +574,7 @@ async def job_updates(request: Request, viewer: Viewer) -> Response:
         return JSONResponse({"gone": True}, status_code=404, headers=HEADERS)
     if not newer["events"]:
         return JSONResponse({"after": after, "count": 0}, headers=HEADERS)
-    view = await run_in_threadpool(_job_view, server, uuid, now, None)
+    view = await run_in_threadpool(_job_view, server, uuid, now, None, viewer)
     if view is None:
         return JSONResponse({"gone": True}, status_code=404, headers=HEADERS)
     shown_from = len(view["events"]) - len(newer["events"])
@@ -632,12 +645,18 @@ async def _small_form(request: Request, limit: int = 16384) -> dict[str, str] | 
 
 
 async def signin_form(request: Request) -> Response:
-    owner = _session_owner(request)
+    owner = await _session_owner(request)
     target = _next_target(request.query_params.get("next"))
     if owner is not None:
         return RedirectResponse(target, status_code=303, headers=HEADERS)
     notice = "You are signed out." if request.query_params.get("signed_out") else None
     return page(request, "signin.html", next=target, notice=notice)
+
+
+def _secure(request: Request) -> bool:
+    """Whether the cookie is HTTPS-only: when clients use HTTPS (``api_server``), even if a TLS proxy in
+    front of serve does not say so with ``X-Forwarded-Proto``; or when this request came over HTTPS."""
+    return server_of(request).config.https or request.url.scheme == "https"
 
 
 async def signin(request: Request) -> Response:
@@ -661,7 +680,7 @@ async def signin(request: Request) -> Response:
         path="/ui",
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=_secure(request),
     )
     log.info("web view: signed in")
     return response
@@ -670,10 +689,10 @@ async def signin(request: Request) -> Response:
 async def signout(request: Request) -> Response:
     if not _same_origin(request):
         return page(request, "error.html", 403, title="Not from this site", error="Sign out from the view itself.")
-    _sessions(request).close(request.cookies.get(COOKIE), server_of(request).config.owner)
+    await run_in_threadpool(_sessions(request).close, request.cookies.get(COOKIE), server_of(request).config.owner)
     root = str(request.scope.get("root_path") or "").rstrip("/")
     response = RedirectResponse(f"{root}/ui/signin?signed_out=1", status_code=303, headers=HEADERS)
-    response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    response.delete_cookie(COOKIE, path="/ui", httponly=True, samesite="strict", secure=_secure(request))
     return response
 
 

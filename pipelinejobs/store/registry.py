@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from ..errors import ErrorKind, PipelineJobsError
 from ..jsontext import dumps_utf8, surrogate_safe
+from .files import private_store_file
 from .sqlite import SqliteJobStore
 
 Record = dict[str, Any]
@@ -87,6 +88,14 @@ class Registry(Protocol):
 
     def close(self) -> None: ...
 
+    # -- the web view's signed-out sessions ------------------------------------------------------
+    def revoke_session(self, session_id: str, expires: datetime, now: datetime) -> None:
+        """Remember that a web view session was signed out, until ``expires`` (when its cookie lapses
+        anyway); forget the revocations already past theirs."""
+
+    def session_revoked(self, session_id: str, now: datetime) -> bool:
+        """Whether the session was signed out (and its cookie has not expired yet)."""
+
 
 class MongoRegistry(Registry):
     """Collections ``abaco_nonces`` and ``abaco_executions`` in the catalog database.
@@ -106,6 +115,7 @@ class MongoRegistry(Registry):
     def ensure_indexes(self) -> None:
         from pymongo import IndexModel
 
+        self._ensure_session_indexes()
         with self._translate():
             self.nonces.create_indexes([IndexModel("id", unique=True, name="id_unique")])
             self.executions.create_indexes(
@@ -198,6 +208,26 @@ class MongoRegistry(Registry):
     def close(self) -> None:
         """The client belongs to the job store, which closes it."""
 
+    # -- the web view's signed-out sessions (collection ``ui_revoked_sessions``) -------------------
+    def _sessions(self) -> Any:
+        return self.nonces.database["ui_revoked_sessions"]
+
+    def _ensure_session_indexes(self) -> None:
+        from pymongo import IndexModel
+
+        with self._translate():
+            self._sessions().create_indexes([IndexModel("expires", name="expires")])
+
+    def revoke_session(self, session_id: str, expires: datetime, now: datetime) -> None:
+        with self._translate():
+            sessions = self._sessions()
+            sessions.delete_many({"expires": {"$lte": now}})
+            sessions.update_one({"_id": session_id}, {"$set": {"expires": expires}}, upsert=True)
+
+    def session_revoked(self, session_id: str, now: datetime) -> bool:
+        with self._translate():
+            return self._sessions().find_one({"_id": session_id, "expires": {"$gt": now}}, {"_id": 1}) is not None
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS abaco_nonces (
@@ -218,6 +248,11 @@ CREATE TABLE IF NOT EXISTS abaco_executions (
 );
 CREATE INDEX IF NOT EXISTS abaco_executions_actor ON abaco_executions (actor_id, received);
 """
+#: the web view's signed-out sessions, each kept until its cookie would have expired anyway
+_SESSIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ui_revoked_sessions (id TEXT PRIMARY KEY, expires REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS ui_revoked_sessions_expires ON ui_revoked_sessions (expires);
+"""
 
 
 class SqliteRegistry(Registry):
@@ -231,7 +266,10 @@ class SqliteRegistry(Registry):
 
     def __init__(self, path: str | Path, *, pool_size: int = 8) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            private_store_file(self.path)  # 0600 in a 0700 directory: nonces are credentials
+        except OSError as exc:
+            raise _unavailable(self.path, exc) from exc
         self._pool_size = pool_size
         self._idle: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -243,6 +281,7 @@ class SqliteRegistry(Registry):
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.executescript(_SCHEMA)
+            conn.executescript(_SESSIONS_SCHEMA)
 
     def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
@@ -376,6 +415,28 @@ class SqliteRegistry(Registry):
             idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
+
+    # -- the web view's signed-out sessions (table ``ui_revoked_sessions``) ------------------------
+    def revoke_session(self, session_id: str, expires: datetime, now: datetime) -> None:
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("DELETE FROM ui_revoked_sessions WHERE expires <= ?", (now.timestamp(),))
+                conn.execute(
+                    "INSERT OR REPLACE INTO ui_revoked_sessions (id, expires) VALUES (?, ?)",
+                    (session_id, expires.timestamp()),
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+    def session_revoked(self, session_id: str, now: datetime) -> bool:
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT 1 FROM ui_revoked_sessions WHERE id = ? AND expires > ?", (session_id, now.timestamp())
+            ).fetchone()
+        return row is not None
 
 
 def _unavailable(path: Path, exc: Exception) -> PipelineJobsError:

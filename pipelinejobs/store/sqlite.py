@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ErrorKind, PipelineJobsError
+from .files import private_store_file
 from .listing import (
     JOB_SUMMARY_FIELDS,
     JOB_SUMMARY_PATHS,
@@ -357,7 +358,7 @@ class SqliteJobStore(SharedStore):
         self._writer_lock: int | None = None  # the ``<file>-lock`` descriptor processes take turns on
         self._held: dict[str, tuple[datetime, datetime]] = {}  # dispatcher -> (outbox lease taken at, until)
         with self._translate_errors():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_store_file(self.path)  # 0600 in a 0700 directory: it holds salts, nonces, webhook secrets
             self._writer_lock = os.open(f"{self.path}-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             conn = sqlite3.connect(self.path, timeout=timeout, isolation_level=None, check_same_thread=False)
             try:
