@@ -30,7 +30,7 @@ import pymongo
 import pytest
 
 from pipelinejobs import identifiers, queries
-from pipelinejobs.server import ui
+from pipelinejobs.server import sessions
 from pipelinejobs.settings import DEFAULT_ADMIN_KEY
 from pipelinejobs.store.registry import MongoRegistry, SqliteRegistry
 from pipelinejobs.store.sqlite import SqliteJobStore
@@ -378,7 +378,7 @@ def _cookie(answer: httpx.Response) -> str:
 
 
 def _with_cookie(server: LiveServer, value: str) -> int:
-    return httpx.get(f"{server.url}/ui/jobs", headers={"Cookie": f"{ui.COOKIE}={value}"}).status_code
+    return httpx.get(f"{server.url}/ui/jobs", headers={"Cookie": f"{sessions.COOKIE}={value}"}).status_code
 
 
 def test_behind_a_tls_proxy_the_cookie_is_secure_and_hsts_is_sent(sqlite_server: LiveServer, tmp_path: Path) -> None:
@@ -431,7 +431,7 @@ def test_a_read_nonce_viewer_sees_no_delivery_details(server: LiveServer) -> Non
 def test_signing_out_holds_in_other_processes_and_after_a_restart(server: LiveServer, tmp_path: Path) -> None:
     signed_out, kept = _cookie(_sign_in(server)), _cookie(_sign_in(server))
     assert _with_cookie(server, signed_out) == 200
-    out = httpx.post(f"{server.url}/ui/signout", headers={"Cookie": f"{ui.COOKIE}={signed_out}"})
+    out = httpx.post(f"{server.url}/ui/signout", headers={"Cookie": f"{sessions.COOKIE}={signed_out}"})
     assert out.status_code == 303
     assert _with_cookie(server, signed_out) == 303  # the thief's copy of the cookie, here...
     options = server.store_options

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipelinejobs.server import ui
+from pipelinejobs.server import sessions
 from tests.conftest import ROOT, stop_process
 from tests.server_fixtures import ACTOR_ID, LiveServer, _wait_until_ready, free_port, new_job, start_server
 from tests.test_server import job
@@ -180,9 +180,9 @@ def test_a_web_view_sign_in_holds_in_every_worker_with_token_digests_only(tmp_pa
         _wait_until_ready(server)
         signed_in = httpx.post(f"{server.url}/ui/signin", data={"token": token, "next": "/ui/jobs"})
         assert signed_in.status_code == 303, signed_in.text
-        cookie = signed_in.cookies[ui.COOKIE]
+        cookie = signed_in.cookies[sessions.COOKIE]
         for _ in range(12):  # fresh connections: the kernel hands them to either worker
-            page = httpx.get(f"{server.url}/ui/jobs", cookies={ui.COOKIE: cookie}, follow_redirects=False)
+            page = httpx.get(f"{server.url}/ui/jobs", cookies={sessions.COOKIE: cookie}, follow_redirects=False)
             assert page.status_code == 200, page.headers.get("location")
         assert token not in server.read_log()
     finally:

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from pipelinejobs import fsm
-from pipelinejobs.server import ui
+from pipelinejobs.server import presentation, sessions, ui
 from tests import server_fixtures
 from tests.conftest import EXAMPLE_PIPELINE_UUID
 from tests.server_fixtures import LiveServer, register_example_pipeline, start_server
@@ -120,7 +120,7 @@ def test_sign_in_keeps_a_session_cookie_that_is_not_the_token(live_server_sqlite
         assert answer.status_code == 303 and answer.headers["location"] == "/ui/"  # never off the site
         cookie = answer.headers["set-cookie"]
         name, value = cookie.split(";")[0].split("=", 1)
-        assert name == ui.COOKIE and len(value) >= 40
+        assert name == sessions.COOKIE and len(value) >= 40
         assert server.api_token not in cookie and server.api_token not in value
         attributes = {part.strip().lower() for part in cookie.split(";")[1:]}
         assert {"httponly", "samesite=strict", "path=/ui"} <= attributes
@@ -139,11 +139,11 @@ def test_sign_in_keeps_a_session_cookie_that_is_not_the_token(live_server_sqlite
         assert browser.get("/ui/jobs").status_code == 200  # still signed in
         out = browser.post("/ui/signout")
         assert out.status_code == 303 and out.headers["location"] == "/ui/signin?signed_out=1"
-        assert ui.COOKIE in out.headers["set-cookie"] and "max-age=0" in out.headers["set-cookie"].lower()
+        assert sessions.COOKIE in out.headers["set-cookie"] and "max-age=0" in out.headers["set-cookie"].lower()
     with client(server) as replay:  # the old cookie is dead on the server, not just forgotten by the browser
-        replay.cookies.set(ui.COOKIE, value, domain="127.0.0.1", path="/ui")
+        replay.cookies.set(sessions.COOKIE, value, domain="127.0.0.1", path="/ui")
         assert replay.get("/ui/jobs").status_code == 303
-        replay.cookies.set(ui.COOKIE, "forged-" + "a" * 40, domain="127.0.0.1", path="/ui")
+        replay.cookies.set(sessions.COOKIE, "forged-" + "a" * 40, domain="127.0.0.1", path="/ui")
         assert replay.get("/ui/jobs").status_code == 303
 
 
@@ -160,15 +160,15 @@ def test_a_session_holds_in_every_serve_process_with_the_same_tokens(
     twin = next(twins)
     try:
         with sign_in(first) as browser:
-            value = browser.cookies[ui.COOKIE]
+            value = browser.cookies[sessions.COOKIE]
             with client(twin) as elsewhere:
-                elsewhere.cookies.set(ui.COOKIE, value, domain="127.0.0.1", path="/ui")
+                elsewhere.cookies.set(sessions.COOKIE, value, domain="127.0.0.1", path="/ui")
                 assert elsewhere.get("/ui/jobs").status_code == 200
                 tampered = value[:-2] + ("AA" if not value.endswith("AA") else "BB")
-                elsewhere.cookies.set(ui.COOKIE, tampered, domain="127.0.0.1", path="/ui")
+                elsewhere.cookies.set(sessions.COOKIE, tampered, domain="127.0.0.1", path="/ui")
                 assert elsewhere.get("/ui/jobs").status_code == 303
                 expiry, rest = value.split(".", 1)
-                elsewhere.cookies.set(ui.COOKIE, f"{int(expiry) + 86400}.{rest}", domain="127.0.0.1", path="/ui")
+                elsewhere.cookies.set(sessions.COOKIE, f"{int(expiry) + 86400}.{rest}", domain="127.0.0.1", path="/ui")
                 assert elsewhere.get("/ui/jobs").status_code == 303  # the expiry is signed too
     finally:
         twins.close()
@@ -177,7 +177,7 @@ def test_a_session_holds_in_every_serve_process_with_the_same_tokens(
     other = next(others)
     try:
         with client(other) as stranger:
-            stranger.cookies.set(ui.COOKIE, value, domain="127.0.0.1", path="/ui")
+            stranger.cookies.set(sessions.COOKIE, value, domain="127.0.0.1", path="/ui")
             assert stranger.get("/ui/jobs").status_code == 303  # other tokens, another key
     finally:
         others.close()
@@ -250,7 +250,9 @@ def test_a_job_page_shows_every_event_safely_and_no_secret(server: LiveServer) -
         assert "{{ 7*7 }} {% raw %}" in html  # data, never template source
         assert "naïve ☃ 𝄞" in html
         longest = max(len(run) for run in re.findall(r"x{1000,}", html))
-        assert 19_000 < longest < ui.DATA_SHOWN_CHARS  # the 200,000 characters are cut on the page, with a note
+        assert (
+            19_000 < longest < presentation.DATA_SHOWN_CHARS
+        )  # the 200,000 characters are cut on the page, with a note
         assert "more characters; the whole record is in the read API" in html
         # parents, pipeline, archive path, session
         assert f'href="/ui/jobs/{parent["uuid"]}"' in html and "/products/&lt;b&gt;bold&lt;/b&gt;/run" in html
@@ -317,7 +319,9 @@ def test_lone_surrogates_and_markup_in_data_render_as_text() -> None:
             "data": {"bad\udfff": "\ud800</script>"},
         },
     ]
-    text = ui.render("_rows.html", rows=rows, first_index=0, viewer=ui.Viewer("me"), ago=lambda v: ui.relative(v, now))
+    text = ui.render(
+        "_rows.html", rows=rows, first_index=0, viewer=ui.Viewer("me"), ago=lambda v: presentation.relative(v, now)
+    )
     assert "\ufffd" in text and "\ud800" not in text
     assert text.encode("utf-8")  # what the response sends
     assert "&lt;/script&gt;" in text and "</script>" not in text and "&lt;/td&gt;" in text
@@ -332,18 +336,22 @@ def test_the_timeline_measures_time_in_each_state() -> None:
         {"name": "run", "date": "2026-01-01T00:25:00Z", "state": "", "outcome": "stale"},
     ]
     now = datetime(2026, 1, 1, 0, 40, tzinfo=timezone.utc)
-    drawn = ui.timeline(job, events, now)
+    drawn = presentation.timeline(job, events, now)
     assert [(b.state, b.left, b.width) for b in drawn["bands"]] == [("CREATED", 0.0, 25.0), ("RUNNING", 25.0, 75.0)]
     assert dict(drawn["totals"]) == {"CREATED": 600.0, "RUNNING": 1800.0}
     assert [t["left"] for t in drawn["ticks"]] == [0.0, 25.0, 50.0, 62.5] and drawn["ongoing"]
-    finished = ui.timeline(
+    finished = presentation.timeline(
         {**job, "state": "FAILED"},
         [*events, {"name": "fail", "date": "2026-01-01T00:30:00Z", "state": "FAILED", "outcome": "applied"}],
         now,
     )
     assert finished["end"] == datetime(2026, 1, 1, 0, 30, tzinfo=timezone.utc)  # a terminal state ends the span
-    assert ui.state_path(events) == ["CREATED", "RUNNING"]
-    assert ui.duration(3725) == "1 h 2 min" and ui.duration(59) == "59 s" and ui.duration(90061) == "1 d 1 h"
+    assert presentation.state_path(events) == ["CREATED", "RUNNING"]
+    assert (
+        presentation.duration(3725) == "1 h 2 min"
+        and presentation.duration(59) == "59 s"
+        and presentation.duration(90061) == "1 d 1 h"
+    )
 
 
 # -- the jobs list and the pipelines ---------------------------------------------------------------
@@ -443,9 +451,11 @@ def test_the_jobs_list_filters_counts_and_pages(live_server_sqlite: LiveServer) 
 
 
 def test_time_helpers_and_nonce_links() -> None:
-    assert ui.absolute("2026-01-01T00:00:05Z") == "2026-01-01 00:00:05 UTC"
-    assert ui.iso("2026-01-01T00:00:05+00:00") == "2026-01-01T00:00:05Z"
+    assert presentation.absolute("2026-01-01T00:00:05Z") == "2026-01-01 00:00:05 UTC"
+    assert presentation.iso("2026-01-01T00:00:05+00:00") == "2026-01-01T00:00:05Z"
     now = datetime(2026, 1, 1, 1, tzinfo=timezone.utc)
-    assert ui.relative("2026-01-01T00:00:00Z", now) == "1 h ago" and ui.relative("nonsense", now) == ""
+    assert (
+        presentation.relative("2026-01-01T00:00:00Z", now) == "1 h ago" and presentation.relative("nonsense", now) == ""
+    )
     viewer = ui.Viewer("me", "SD2E_abc")
     assert viewer.link("/jobs", {"state": "RUNNING", "session": ""}) == "/ui/jobs?state=RUNNING&x-nonce=SD2E_abc"

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import queries
+from .. import queries, stategraph
 from ..errors import PipelineJobsError
 from .abaco_records import Refused
 from .auth import authorize_read
@@ -141,8 +141,8 @@ async def state_machine(request: Request) -> Response:
     """``GET /state-machine``: the transitions as JSON, or SVG with ``?format=svg`` (``path=A,B,..`` highlights)."""
     if request.query_params.get("format", "").lower() == "svg" or request.url.path.endswith(".svg"):
         path = [s.strip().upper() for s in request.query_params.get("path", "").split(",") if s.strip()]
-        return Response(queries.state_machine_svg(path[:100]), media_type="image/svg+xml")
-    return answer(request, queries.state_machine(), "State machine retrieved successfully.")
+        return Response(stategraph.state_machine_svg(path[:100]), media_type="image/svg+xml")
+    return answer(request, stategraph.state_machine(), "State machine retrieved successfully.")
 
 
 def read_routes() -> list[Route]:

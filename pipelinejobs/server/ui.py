@@ -20,16 +20,9 @@ viewer's own.
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import json
-import os
-import re
-import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import parse_qs, urlencode
@@ -41,12 +34,13 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from .. import __version__, fsm, logs, queries
+from .. import __version__, fsm, logs, queries, stategraph
 from ..errors import PipelineJobsError
-from ..store.registry import Registry
 from .abaco_records import Refused
 from .auth import authorize_read
 from .http import JSONResponse, bearer, server_of, status_of
+from .presentation import absolute, data_text, duration, iso, relative, safe_text, state_path, timeline
+from .sessions import COOKIE, SESSION_SECONDS, Sessions, session_key
 
 log = logs.get_logger("server.ui")
 
@@ -55,10 +49,7 @@ TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 STATIC_FILES = {"ui.css": "text/css; charset=utf-8", "ui.js": "text/javascript; charset=utf-8"}
 
-COOKIE = "pj_ui_session"
-SESSION_SECONDS = 12 * 3600
 EVENTS_SHOWN = 1000  # a job page lists this many events; later ones are a "next" link away
-DATA_SHOWN_CHARS = 20_000  # an event's data is cut here on the page (the API has all of it)
 POLL_MS = 3000
 PAGE_SIZES = (25, 50, 100, 200)
 
@@ -73,86 +64,6 @@ HEADERS = {
         "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
     ),
 }
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-# -- sessions ------------------------------------------------------------------------------------
-class Sessions:
-    """Signed-in browsers, as signed cookie values: ``EXPIRY.ID.MAC`` with an HMAC-SHA256 over the rest.
-
-    Every serve process (``--workers``) that shares the key accepts a cookie any of them gave out. The key
-    is derived from serve's plain API tokens (:func:`session_key`): whoever could forge a cookie already
-    holds a token, and changing the tokens signs everyone out. Signing out records the session's id in the
-    registry until the cookie's expiry (``Registry.revoke_session``), and each request with a cookie looks
-    there, so a copy of the cookie kept elsewhere is refused by every worker, after restarts too.
-    """
-
-    def __init__(
-        self, key: bytes, clock: Callable[[], datetime], registry: Registry, ttl: float = SESSION_SECONDS
-    ) -> None:
-        self._key = key
-        self._clock = clock
-        self._registry = registry
-        self._ttl = ttl
-
-    def _mac(self, expiry: int, session_id: str, owner: str) -> str:
-        message = f"{expiry}.{session_id}.{owner}".encode("utf-8", "replace")
-        return base64.urlsafe_b64encode(hmac.new(self._key, message, hashlib.sha256).digest()).decode().rstrip("=")
-
-    def open(self, owner: str) -> str:
-        expiry = int(self._clock().timestamp() + self._ttl)
-        session_id = secrets.token_urlsafe(16)
-        return f"{expiry}.{session_id}.{self._mac(expiry, session_id, owner)}"
-
-    def _signed(self, value: str | None, owner: str) -> tuple[int, str] | None:
-        """(expiry, id) of a cookie this key signed and that has not expired; None otherwise (no I/O)."""
-        parts = (value or "").split(".")
-        if len(value or "") > 200 or len(parts) != 3 or not parts[0].isdigit():
-            return None
-        expiry, session_id, mac = int(parts[0]), parts[1], parts[2]
-        if expiry <= self._clock().timestamp() or not hmac.compare_digest(mac, self._mac(expiry, session_id, owner)):
-            return None
-        return expiry, session_id
-
-    def owner(self, value: str | None, owner: str) -> str | None:
-        """``owner`` (who sessions act as) when ``value`` is a live cookie this key signed; else None.
-
-        A signed cookie costs one registry read (a worker thread's work: the registry may be a server away).
-        """
-        found = self._signed(value, owner)
-        if found is None or self._registry.session_revoked(found[1], self._clock()):
-            return None
-        return owner
-
-    def close(self, value: str | None, owner: str) -> None:
-        """Sign the cookie's session out everywhere, until the cookie would have expired anyway."""
-        found = self._signed(value, owner)
-        if found is not None:
-            expiry = datetime.fromtimestamp(found[0], timezone.utc)
-            self._registry.revoke_session(found[1], expiry, self._clock())
-
-
-SESSION_KEY_ENV = "PIPELINEJOBS_UI_SESSION_KEY"  # 32 random bytes in hex, from serve's supervisor to its workers
-
-
-def session_key(server: Any) -> bytes:
-    """The cookies' HMAC key, the same in every serve process: derived from the plain API tokens.
-
-    Serve holds its plain tokens among ``server.secrets`` (for the log redactor); those that
-    its token check accepts are the tokens. A server that knows its tokens only as sha256
-    digests has nothing secret to derive from, so it signs with a random key: the one
-    ``serve --workers`` hands its workers (``SESSION_KEY_ENV``), else one of its own.
-    """
-    plain = sorted({s for s in server.secrets if s and server.config.api_tokens.check(s)})
-    if not plain:
-        try:
-            shared = bytes.fromhex(os.environ.get(SESSION_KEY_ENV, ""))
-        except ValueError:
-            shared = b""
-        return shared if len(shared) == 32 else secrets.token_bytes(32)
-    material = "\0".join(plain).encode("utf-8", "surrogatepass")
-    return hmac.new(b"pipelinejobs web view sessions v1", material, hashlib.sha256).digest()
 
 
 def _sessions(request: Request) -> Sessions:
@@ -215,74 +126,6 @@ async def _viewer(request: Request) -> Viewer:
 
 
 # -- rendering -----------------------------------------------------------------------------------
-def _moment(value: Any) -> datetime | None:
-    """An ISO 8601 text (as ``queries.jsonable`` writes times) or a datetime, as aware UTC; else None."""
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        moment = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-
-
-def absolute(value: Any) -> str:
-    moment = _moment(value)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "—"
-
-
-def iso(value: Any) -> str:
-    moment = _moment(value)
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if moment else ""
-
-
-def duration(seconds: float) -> str:
-    """A span for people: ``4 s``, ``3 min 20 s``, ``2 h 5 min``, ``3 d 4 h``."""
-    seconds = max(0, round(seconds))
-    days, rest = divmod(seconds, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days} d {hours} h" if hours else f"{days} d"
-    if hours:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    if minutes:
-        return f"{minutes} min {secs} s" if secs else f"{minutes} min"
-    return f"{secs} s"
-
-
-def relative(value: Any, now: datetime) -> str:
-    moment = _moment(value)
-    if moment is None:
-        return ""
-    delta = (now - moment).total_seconds()
-    if abs(delta) < 5:
-        return "just now"
-    return f"{duration(abs(delta))} ago" if delta > 0 else f"in {duration(delta * -1)}"
-
-
-def data_text(data: Any) -> tuple[str, int]:
-    """Event or job data as indented JSON, cut at :data:`DATA_SHOWN_CHARS`; and its full length."""
-    if data is None:
-        return "", 0
-    try:
-        text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
-    except (ValueError, RecursionError):
-        text = "(this data cannot be shown as JSON)"
-    return text[:DATA_SHOWN_CHARS], len(text)
-
-
-def safe_text(text: str) -> str:
-    """``text`` that UTF-8 can carry: each lone surrogate becomes U+FFFD (as serve's JSON answers do)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return _LONE_SURROGATE.sub("\ufffd", text)
-    return text
-
-
 ENV = Environment(
     loader=FileSystemLoader(str(TEMPLATES)),
     autoescape=True,
@@ -424,74 +267,6 @@ async def jobs_page(request: Request, viewer: Viewer) -> Response:
 
 
 # -- a job -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Band:
-    state: str
-    start: datetime
-    end: datetime
-    left: float  # percent of the timeline
-    width: float
-
-
-def state_path(events: list[dict[str, Any]]) -> list[str]:
-    """The states a job went through, in order: each applied event's resulting state, repeats folded."""
-    path: list[str] = []
-    for event in events:
-        state = event.get("state")
-        if event.get("outcome") == "applied" and state and (not path or path[-1] != state):
-            path.append(state)
-    return path
-
-
-def timeline(job: Mapping[str, Any], events: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
-    """Bands of time in each state, event ticks and the total per state, as percentages of the span.
-
-    The span runs from the job's creation to ``now``, or to its last event once it is in a
-    terminal state (where it stays for good: a band up to today would only say how old it is).
-    """
-    changes = [
-        (moment, str(e["state"]))
-        for e in events
-        if e.get("outcome") == "applied" and e.get("state") and (moment := _moment(e.get("date"))) is not None
-    ]
-    stamped = [(moment, e) for e in events if (moment := _moment(e.get("date"))) is not None]
-    created = _moment((job.get("_properties") or {}).get("created_date")) or (changes[0][0] if changes else None)
-    if created is None:
-        return {"bands": [], "ticks": [], "totals": [], "start": None, "end": None}
-    last = max([created, *(m for m, _ in stamped)])
-    end = last if job.get("state") in {s.value for s in fsm.TERMINAL_STATES} else max(now, last)
-    start = min([created, *(m for m, _ in stamped)])
-    span = max((end - start).total_seconds(), 1e-9)
-
-    def at(moment: datetime) -> float:
-        return round(100 * (moment - start).total_seconds() / span, 3)
-
-    bands: list[Band] = []
-    if not changes or changes[0][0] > start:  # the time before the first recorded change: CREATED
-        changes.insert(0, (start, fsm.State.CREATED.value))
-    for i, (moment, state) in enumerate(changes):
-        until = changes[i + 1][0] if i + 1 < len(changes) else end
-        if bands and bands[-1].state == state:
-            previous = bands.pop()
-            moment = previous.start
-        bands.append(Band(state, moment, until, at(moment), max(at(until) - at(moment), 0.0)))
-    totals: dict[str, float] = {}
-    for band in bands:
-        totals[band.state] = totals.get(band.state, 0.0) + (band.end - band.start).total_seconds()
-    ticks = [
-        {"left": at(moment), "name": e.get("name"), "date": e.get("date"), "outcome": e.get("outcome")}
-        for moment, e in stamped
-    ]
-    return {
-        "bands": bands,
-        "ticks": ticks,
-        "totals": [(state, seconds) for state, seconds in totals.items()],
-        "start": start,
-        "end": end,
-        "ongoing": end > last,
-    }
-
-
 DELIVERIES_SHOWN = 50  # the job page's latest delivery attempts; the API pages through all
 
 
@@ -541,7 +316,7 @@ def _job_view(server: Any, uuid: str, now: datetime, after: str | None, viewer: 
         "partial": after is not None,
         "pipeline": pipeline,
         "timeline": timeline(job, events, now),
-        "graph": Markup(queries.state_machine_svg(path[:100])),
+        "graph": Markup(stategraph.state_machine_svg(path[:100])),
         "path": path,
         "deliveries": delivery_attempts(server, uuid) if viewer.operator else None,
         "after": events[-1]["cursor"] if events else after,

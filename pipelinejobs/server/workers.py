@@ -38,7 +38,7 @@ from .. import logs, notify
 from ..settings import Settings, load_settings, words
 from .app import create_app, start_background
 from .execution import Server, open_server, serve_config
-from .ui import SESSION_KEY_ENV
+from .sessions import SESSION_KEY_ENV
 
 log = logs.get_logger("server.workers")
 
