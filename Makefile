@@ -71,7 +71,7 @@ ENGINE   ?= $(eval ENGINE := $(shell for e in docker podman; do $$e info >/dev/n
 
 image:
 	@test -n "$(ENGINE)" || { echo "make image: neither 'docker info' nor 'podman info' answers" >&2; exit 1; }
-	$(ENGINE) build --network host $(if $(filter podman,$(ENGINE)),--jobs 2) \
+	$(ENGINE) build $(if $(filter podman,$(ENGINE)),--network host --jobs 2) \
 	  $(if $(wildcard $(CA_BUNDLE)),--secret id=ca$(,)src=$(CA_BUNDLE)) \
 	  --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) --build-arg SOURCE=$(SOURCE) \
 	  --tag $(IMAGE) .

@@ -139,6 +139,12 @@ class Catalog:
     def job(self, uuid: str) -> dict[str, Any] | None:
         return self.db.jobs.find_one({"uuid": uuid}, {"_id": False})
 
+    def existing_job(self, uuid: str) -> dict[str, Any]:
+        found = self.job(uuid)
+        if found is None:
+            raise Failed(f"catalog: job {uuid} is missing")
+        return found
+
     def events(self, uuid: str) -> list[dict[str, Any]]:
         return list(self.db.events.find({"uuid": uuid}, {"_id": False}).sort([("seq", 1), ("slot", 1)]))
 
@@ -276,8 +282,8 @@ class ImageTest:
         data = {"step": "align", "ok": True, "note": None}
         out = container.message({"uuid": job, "name": "run", "token": token, "data": data})
         expect_ok(out, "JSON event", action="event", event="run", state="RUNNING", applied=True)
-        doc = catalog.job(job)
-        check(doc is not None and doc["state"] == "RUNNING", "catalog: the job is RUNNING", doc and doc["state"])
+        doc = catalog.existing_job(job)
+        check(doc["state"] == "RUNNING", "catalog: the job is RUNNING", doc["state"])
         check(
             doc["history"][-1]["name"] == "run" and doc["history"][-1]["data"] == data,
             "catalog: history",
@@ -292,8 +298,8 @@ class ImageTest:
         params = {"uuid": job, "token": token, "name": "update", "PYTHONHOME": "/nonexistent", "PYTHONPATH": "/tmp"}
         out = container.message(body, params)
         expect_ok(out, "URL-parameter event", action="event", event="update", state="RUNNING", applied=True)
-        doc = catalog.job(job)
-        check(doc is not None and doc["history"][-1]["name"] == "update", "catalog: update in history", doc)
+        doc = catalog.existing_job(job)
+        check(doc["history"][-1]["name"] == "update", "catalog: update in history", doc)
         check(doc["history"][-1]["data"] == body, "catalog: the JSON body is the event's data", doc["history"][-1])
         step(f"URL-parameter event: exit {out.code}, {out.result['state']} ({out.seconds:.2f} s)")
 
@@ -318,8 +324,8 @@ class ImageTest:
         record = json.loads((ROOT / "examples" / "agave-job.json").read_text())
         out = container.message(record, {"uuid": job, "token": token, "status": "FINISHED"})
         expect_ok(out, "Agave callback", action="event", event="finish", state="FINISHED", applied=True)
-        doc = catalog.job(job)
-        check(doc is not None and doc["state"] == "FINISHED", "catalog: the job is FINISHED", doc and doc["state"])
+        doc = catalog.existing_job(job)
+        check(doc["state"] == "FINISHED", "catalog: the job is FINISHED", doc["state"])
         last = catalog.events(job)[-1]
         delivery = f"agave:{record['id']}:FINISHED:{record['lastUpdated']}"
         check(last.get("event_id") == delivery, "catalog: the callback's delivery id", last.get("event_id"))
@@ -372,8 +378,8 @@ class ImageTest:
             answer = reply.json()
             check(answer.get("status") == "ok" and answer.get("event") == "update", "serve: the outcome", answer)
             check(len(self.catalog.events(job)) == before + 1, "serve: one event record more")
-            doc = self.catalog.job(job)
-            check(doc is not None and doc["history"][-1]["data"] == {"via": "serve"}, "serve: catalog history")
+            doc = self.catalog.existing_job(job)
+            check(doc["history"][-1]["data"] == {"via": "serve"}, "serve: catalog history")
             refused = httpx.post(f"http://127.0.0.1:{port}/actors/v2/{ACTOR_ID}/messages", json={}, timeout=30)
             check(refused.status_code == 400, "serve: a POST without a token is refused", refused.status_code)
             step(f"serve from the image on port {port}: HTTP {reply.status_code}, {answer.get('state')}")
