@@ -57,17 +57,6 @@ RUN /opt/build/bin/pip wheel --quiet --no-deps --no-build-isolation --wheel-dir 
 
 # -- the image: Debian's python3, the virtual environment, reactor.py and its config.yml
 FROM python
-ARG VERSION=unknown
-ARG REVISION=unknown
-ARG SOURCE=
-ARG BASE_IMAGE
-LABEL org.opencontainers.image.title="PipelineJobs Manager" \
-      org.opencontainers.image.description="Abaco / Tapis v3 actor that keeps the state of research pipeline jobs" \
-      org.opencontainers.image.licenses="BSD-3-Clause" \
-      org.opencontainers.image.source="${SOURCE}" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${REVISION}" \
-      org.opencontainers.image.base.name="${BASE_IMAGE}"
 # A user of its own (Abaco runs containers as the actor owner's uid anyway: nothing here needs root or a
 # writable file; the .pyc files were made at build time).
 RUN echo 'pipelinejobs:x:10001:10001:PipelineJobs Manager:/nonexistent:/usr/sbin/nologin' >>/etc/passwd \
@@ -83,6 +72,18 @@ ENV PATH=/opt/pipelinejobs/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin
     PYTHONUNBUFFERED=1
 USER 10001:10001
 WORKDIR /
+# Labels last: a new revision then rebuilds nothing but them.
+ARG VERSION=unknown
+ARG REVISION=unknown
+ARG SOURCE=
+ARG BASE_IMAGE
+LABEL org.opencontainers.image.title="PipelineJobs Manager" \
+      org.opencontainers.image.description="Abaco / Tapis v3 actor that keeps the state of research pipeline jobs" \
+      org.opencontainers.image.licenses="BSD-3-Clause" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 # Abaco: one `python /reactor.py` per message. -I (isolated): Abaco turns every URL parameter of a POST into an
 # environment variable, so a caller could otherwise set PYTHONPATH, PYTHONHOME, PYTHONWARNINGS, PYTHONOPTIMIZE...
 # The same image serves the local endpoint: `... IMAGE pipelinejobs serve --host 0.0.0.0` (docs/deploying.md).

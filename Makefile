@@ -81,5 +81,9 @@ base-image:
 	tools/debian_base.sh $(ENGINE)
 
 # Builds the image, then runs it as Abaco does against a secantusd-py on this host (not part of `make test`).
-image-test: install image
+# It needs the virtual environment (secantusd-py, pymongo, httpx), made by `make install` when missing.
+$(BIN)/secantusd-py:
+	$(MAKE) install
+
+image-test: $(BIN)/secantusd-py image
 	$(BIN)/python tools/image_test.py --engine $(ENGINE) --image $(IMAGE) --revision $(REVISION)

@@ -52,8 +52,11 @@ if [ -s "$tarball" ] && [ -n "$(find "$tarball" -mtime -7)" ]; then
 else
   echo "debian_base: $name cannot be pulled; bootstrapping Debian $suite from $mirror"
   rm -f "$tarball.part"
-  # merged-/usr the way debootstrap (and so the official images) sets it up: with usr-is-merged, not usrmerge + perl
+  # merged-/usr the way debootstrap (and so the official images) sets it up: with usr-is-merged, not usrmerge + perl;
+  # and two of the official images' settings (debuerreotype's docker-apt-speedup and docker-no-languages):
+  # dpkg does not fsync every unpacked file, apt fetches no translations
   mmdebstrap --quiet --variant=minbase --format=tar --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
+    --dpkgopt='force-unsafe-io' --aptopt='Acquire::Languages "none"' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/info/*' --dpkgopt='path-exclude=/usr/share/groff/*' \
