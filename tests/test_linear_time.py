@@ -5,7 +5,7 @@ a log line, is fed adversarial strings: the known bad shapes (``mongodb://a:b`` 
 without an ``@``, a quote followed by escaped quotes that never close, and their kin) and
 shapes hypothesis builds from the pieces such patterns trip on, each repeated up to the size
 limits (a 1 MiB message; request paths as long). Nothing here measures an absolute time:
-each function is timed at n and at 8n characters in the same run, and the time may grow by
+each function's CPU time is measured at n and at 8n characters in the same run, and it may grow by
 at most ``GROWTH_BOUND`` (linear code grows ~8x, quadratic ~64x). Sizes climb from 2 KB, so
 a quadratic function fails on a small pair long before the large ones would take minutes.
 
@@ -48,7 +48,7 @@ MESSAGE_LIMIT = 1048576  # config.yml's limits.max_message_bytes
 SIZES = (2048, 16384, 131072, MESSAGE_LIMIT)  # each step is 8x the last
 SHORTER_SIZES = SIZES[:3]  # up to 128 KiB, to keep `make test` short: only the findings' shapes go on to 1 MiB
 GROWTH_BOUND = 20.0  # time(8n) / time(n): ~8 when linear, ~64 when quadratic
-REPEAT = 3  # the best of this many runs is a size's time (another process's burst inflates one run, not all)
+REPEAT = 3  # the best of this many runs is a size's time (a cache or allocator hiccup inflates one run, not all)
 
 NOW = datetime(2024, 5, 1, tzinfo=timezone.utc)
 SETTINGS = load_settings({}, ROOT / "config.yml")
@@ -128,11 +128,16 @@ def surfaces(store: SqliteJobStore) -> Iterator[dict[str, Callable[[str], Any]]]
 
 
 def _seconds(function: Callable[[str], Any], text: str) -> float:
+    """The CPU time this thread spends on ``function(text)``, best of ``REPEAT``.
+
+    CPU time, not wall time: on a loaded machine a longer run is more often preempted, which
+    would inflate the larger size's time and the ratio with it.
+    """
     best = float("inf")
     for _ in range(REPEAT):
-        start = time.perf_counter()
+        start = time.thread_time()
         function(text)
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.thread_time() - start)
     return best
 
 
@@ -357,9 +362,10 @@ def test_serve_keeps_answering_while_findings_2_and_3_are_sent(live_server_sqlit
             thread.join(timeout=600)
     assert set(answered["path"]) == {404} and set(answered["form"]) == {200}, answered
     typical_before, typical_during = statistics.median(before), statistics.median(during)
-    # The attackers keep the loop busy, so /healthz waits for the request at hand (3-6x its quiet median
-    # here); a request that holds the loop for seconds (the old scanners: 2-3 s each) makes it ~500x.
-    assert typical_during < 25 * typical_before, (
+    # The attackers keep the loop busy, so /healthz waits for the request at hand: 3-11x its quiet median
+    # here, on a loaded machine too. A request that holds the loop for seconds (the old patterns: 2-3 s
+    # each) made it ~4000x (8.7 s against 2.2 ms).
+    assert typical_during < 50 * typical_before, (
         f"/healthz took {typical_during * 1000:.1f} ms (median) under attack, {typical_before * 1000:.1f} ms before"
     )
     log = Path(server.log_path).read_text(encoding="utf-8", errors="replace")
