@@ -199,4 +199,5 @@ def backends_for(kind: str, workdir: Path, uri: str | None) -> tuple[Backend, Ba
         where = workdir / f"notify-{kind}-{side}"
         where.mkdir()
         pair.append(embedded_backend(where) if kind == "embedded" else mongodb_backend(where, uri or ""))
+    pair[1].env["_REACTOR_NOTIFICATIONS_ALLOWED_NETWORKS"] = "127.0.0.0/8"  # the receiver is on this host (issue 18)
     return pair[0], pair[1]

@@ -36,6 +36,7 @@ from .store.records import Document, EventRecord
 if TYPE_CHECKING:  # the event path imports this module: what only delivery needs is imported there
     import httpx
 
+    from . import egress
     from .store.outbox import OutboxItem
 
 log = get_logger("notify")
@@ -175,7 +176,10 @@ def _names(values: Iterable[str] | None, known: Iterable[str], what: str) -> lis
 def _url(value: str, what: str) -> str:
     from urllib.parse import urlsplit
 
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:  # "http://[::1/": an unclosed IPv6 bracket
+        raise _bad(f"{what} must be an http:// or https:// URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _bad(f"{what} must be an http:// or https:// URL")
     if parts.username or parts.password:
@@ -429,7 +433,22 @@ class WakeSocket:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def add_subscription(store: Any, settings: Settings, subscription: Document) -> Document:
+def check_destinations(subscription: Document, policy: egress.Policy) -> None:
+    """Refuse (``BAD_MESSAGE``) a subscription whose webhook URL, actor URL or ``api_server`` the
+    outbound policy would not send to, as resolved now; every send checks again (``egress``)."""
+    for name in ("url", "actor", "api_server"):
+        value = subscription.get(name)
+        if isinstance(value, str) and value.startswith(("http://", "https://")):
+            policy.check_url(value, name)
+
+
+def add_subscription(
+    store: Any, settings: Settings, subscription: Document, *, policy: egress.Policy | None = None
+) -> Document:
+    """Save a subscription that ``new_subscription`` built, once its destinations pass the outbound policy."""
+    from . import egress
+
+    check_destinations(subscription, policy or egress.Policy.from_settings(settings))
     store.save_subscription(subscription)
     add_secrets([str(subscription[name]) for name in SECRET_FIELDS if subscription.get(name)])
     forget_cache(store)
@@ -477,6 +496,7 @@ class Attempt(NamedTuple):
     status: int | None
     error: str | None
     duration_ms: float
+    refused: bool = False  # the outbound policy refused the destination: nothing was sent, nor will be
 
 
 def _encode(body: dict[str, Any]) -> bytes:
@@ -554,11 +574,13 @@ class Senders:
     and each answer read by :func:`read_answer`: a POST costs a fraction of httpx's CPU, and
     serve's requests share the cores with its dispatcher (see ``make bench``'s notify part).
     Actor messages go through ``abaco.send_message`` (httpx), as every other message the
-    package sends.
+    package sends. Both connect only to addresses the outbound ``policy`` vetted (``egress``):
+    webhooks through ``Policy.connect``, actor messages through its httpx transport.
     """
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, policy: egress.Policy) -> None:
         self.timeout = timeout
+        self.policy = policy
         self._idle: dict[tuple[str, str], list[Any]] = {}
         self._lock = threading.Lock()
         self._httpx: httpx.Client | None = None
@@ -568,16 +590,18 @@ class Senders:
 
         with self._lock:
             if self._httpx is None:
-                self._httpx = httpx.Client(timeout=self.timeout, follow_redirects=False)
+                self._httpx = httpx.Client(
+                    timeout=self.timeout, follow_redirects=False, trust_env=False, transport=self.policy.transport()
+                )
             return self._httpx
 
     def _connect(self, scheme: str, netloc: str) -> Any:
         import socket
-        from urllib.parse import urlsplit
 
-        parts = urlsplit(f"{scheme}://{netloc}")
-        host, port = parts.hostname or "", parts.port or (443 if scheme == "https" else 80)
-        sock = socket.create_connection((host, port), timeout=self.timeout)
+        from . import egress
+
+        host, port = egress.port_of(f"{scheme}://{netloc}")
+        sock = self.policy.connect(host, port, self.timeout)  # egress.Refused: nothing is sent
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if scheme == "https":
             import ssl
@@ -632,6 +656,7 @@ class Senders:
 
 def deliver(subscription: Document, body: dict[str, Any], *, senders: Senders) -> Attempt:
     """Send ``body`` once; an error is a short text without the URL's query, a token or a secret."""
+    from . import egress
     from .abaco import send_message
 
     start = time.perf_counter()
@@ -652,6 +677,8 @@ def deliver(subscription: Document, body: dict[str, Any], *, senders: Senders) -
                 retries=0,  # the outbox retries, with its own backoff and records
                 client=senders.actor_client(),
             )
+        except egress.Refused as exc:
+            return Attempt(False, None, exc.message, took(), refused=True)
         except PipelineJobsError as exc:
             status = getattr(exc, "status_code", None)
             return Attempt(False, status, exc.message[:MAX_ERROR_CHARS], took())
@@ -661,6 +688,10 @@ def deliver(subscription: Document, body: dict[str, Any], *, senders: Senders) -
     url = str(subscription["url"])
     try:
         status = senders.post(url, payload, headers)
+    except egress.Refused as exc:
+        return Attempt(False, None, exc.message, took(), refused=True)
+    except PipelineJobsError as exc:  # a port that is not a number
+        return Attempt(False, None, exc.message, took())
     except (OSError, ValueError) as exc:  # refused, reset, timed out, a bad host
         return Attempt(False, None, f"{type(exc).__name__} reaching {shown_url(url)}", took())
     except BadAnswer as exc:
@@ -696,7 +727,7 @@ def delivery_record(
         "revision": record.seq if record else None,
         "target": target,
         "attempt": attempt,
-        "outcome": outcome,  # delivered | failed (will retry) | gave_up | dropped | test
+        "outcome": outcome,  # delivered | failed (will retry) | gave_up | refused (by policy) | dropped | test
         "status": tried.status if tried else None,
         "error": (tried.error if tried else None) or note,
         "duration_ms": tried.duration_ms if tried else None,
@@ -707,11 +738,11 @@ def delivery_record(
 
 # -- the dispatcher -----------------------------------------------------------------------------
 class DrainReport:
-    """What a pass or a drain did: delivered, retrying, gave up, dropped, waiting (MongoDB: logged,
-    not yet applied; looked at again later)."""
+    """What a pass or a drain did: delivered, retrying, gave up, refused (by the outbound policy), dropped,
+    waiting (MongoDB: logged, not yet applied; looked at again later)."""
 
     def __init__(self) -> None:
-        self.delivered = self.retrying = self.gave_up = self.dropped = self.waiting = 0
+        self.delivered = self.retrying = self.gave_up = self.refused = self.dropped = self.waiting = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -738,12 +769,16 @@ class Dispatcher:
         store: JobStore,
         settings: Settings,
         clock: Callable[[], datetime] = utc_now,
+        *,
+        policy: egress.Policy | None = None,
     ) -> None:
         self.store: Any = store
         self.settings = settings
         self.clock = clock
         self.plan = budget(settings)
-        self.senders = Senders(self.plan.timeout_seconds)
+        from . import egress
+
+        self.senders = Senders(self.plan.timeout_seconds, policy or egress.Policy.from_settings(settings))
         import secrets
 
         self.owner = "dispatcher-" + secrets.token_hex(6)  # this dispatcher's name on its leases
@@ -791,6 +826,7 @@ class Dispatcher:
             attempts = item.attempts + 1
             pending = tuple(still)
             report.delivered += sum(1 for row in rows if row["outcome"] == "delivered")
+            report.refused += sum(1 for row in rows if row["outcome"] == "refused")
             report.dropped += sum(1 for row in rows if row["outcome"] == "dropped")
             if pending and attempts >= self.plan.max_attempts:
                 report.gave_up += len(pending)
@@ -867,8 +903,12 @@ class Dispatcher:
                 tried = Attempt(False, None, "not sent: the receiver did not answer earlier in this pass", 0.0)
             else:
                 tried = deliver(sub, body, senders=self.senders)
-                if tried.status is None and not tried.ok:
+                if tried.status is None and not tried.ok and not tried.refused:
                     unreachable.add(sub_id)
+            if tried.refused:  # not retried: the policy is the process's, and says the same until a restart
+                rows.append(row("refused", tried, at))
+                log.warning("notification %s (job %s) not sent: %s", msg_id, item.uuid, tried.error)
+                continue
             rows.append(row("delivered" if tried.ok else "failed", tried, at))
             if not tried.ok:
                 still.append(sub_id)
@@ -890,9 +930,18 @@ class Dispatcher:
         return total
 
 
-def send_test(store: Any, settings: Settings, subscription: Document, *, now: datetime) -> Document:
-    """Send a signed sample notification to a subscription now, record it, and say how it went."""
+def send_test(
+    store: Any, settings: Settings, subscription: Document, *, now: datetime, policy: egress.Policy | None = None
+) -> Document:
+    """Send a signed sample notification to a subscription now, record it, and say how it went.
+
+    ``outcome`` is "delivered", "refused by policy" or "failed". A refused destination is answered
+    before any connection is tried, in the same words whatever listens there: the test is no port
+    scanner of the networks the policy keeps notifications out of.
+    """
     import secrets
+
+    from . import egress
 
     plan = budget(settings)
     sample = EventRecord(
@@ -908,7 +957,7 @@ def send_test(store: Any, settings: Settings, subscription: Document, *, now: da
     body = notification_body(subscription, sample, subscription.get("pipeline_uuid"), msg_id)
     body["type"] = TEST_TYPE
     body["job_uuid"] = subscription.get("job_uuid")
-    senders = Senders(plan.timeout_seconds)
+    senders = Senders(plan.timeout_seconds, policy or egress.Policy.from_settings(settings))
     try:
         tried = deliver(subscription, body, senders=senders)
     finally:
@@ -926,7 +975,8 @@ def send_test(store: Any, settings: Settings, subscription: Document, *, now: da
     )
     row["job_uuid"] = subscription.get("job_uuid")
     store.settle_notifications("test", [], [row])
-    return {"ok": tried.ok, "webhook_id": msg_id, "status": tried.status, "error": tried.error}
+    outcome = "delivered" if tried.ok else egress.REFUSED if tried.refused else "failed"
+    return {"ok": tried.ok, "outcome": outcome, "webhook_id": msg_id, "status": tried.status, "error": tried.error}
 
 
 def start_background(store: JobStore, settings: Settings, clock: Callable[[], datetime]) -> Callable[[], None] | None:

@@ -19,7 +19,11 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("the one way in", {"runtime"}),
     ("passes", {"watch", "retention"}),
     ("business", {"service"}),
-    ("around the core", {"notify", "queries", "stategraph", "abaco", "deadlines", "auth", "messages", "intake", "agave", "tapis"}),
+    (
+        "around the core",
+        {"notify", "egress", "queries", "stategraph", "abaco", "deadlines", "auth", "messages", "intake"}
+        | {"agave", "tapis"},
+    ),
     ("storage", {"store"}),
     (
         "leaves",

@@ -635,14 +635,16 @@ def served(
 ) -> Iterator[Served]:
     """One live serve per store for the whole module, with the example pipeline and a first job."""
     tmp = tmp_path_factory.mktemp(f"hostile-{request.param}")
+    loopback = {"_REACTOR_NOTIFICATIONS_ALLOWED_NETWORKS": "127.0.0.0/8"}  # subscription bodies name 127.0.0.1:9
     if request.param == "mongodb":
         name = "t_hp_" + uuidlib.uuid4().hex[:10]
-        env = {"_REACTOR_MONGODB_AUTHN": authn_for(mongodb_uri), "_REACTOR_MONGODB_DATABASE": name}
+        env = {"_REACTOR_MONGODB_AUTHN": authn_for(mongodb_uri), "_REACTOR_MONGODB_DATABASE": name, **loopback}
         servers = start_server(tmp, "mongodb", env, {"uri": mongodb_uri, "database": name})
         snapshot: Any = lambda: mongo_snapshot(mongo_client[name])  # noqa: E731
     else:
         path = tmp / "catalog.sqlite3"
-        servers = start_server(tmp, "sqlite", {"_REACTOR_STORE_SQLITE_PATH": str(path)}, {"path": path})
+        env = {"_REACTOR_STORE_SQLITE_PATH": str(path), **loopback}
+        servers = start_server(tmp, "sqlite", env, {"path": path})
         snapshot = lambda: sqlite_snapshot(path)  # noqa: E731
     server = next(servers)
     try:

@@ -24,7 +24,7 @@ from hypothesis import settings as examples
 from hypothesis import strategies as st
 from pymongo import monitoring
 
-from pipelinejobs import documents, notify, service
+from pipelinejobs import documents, egress, notify, service
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.messages import EventMessage
 from pipelinejobs.settings import Settings, load_settings
@@ -44,8 +44,11 @@ FAST = {
     "_REACTOR_NOTIFICATIONS_MAX_ATTEMPTS": "4",
     "_REACTOR_NOTIFICATIONS_LEASE_SECONDS": "1",
     "_REACTOR_NOTIFICATIONS_GRACE_SECONDS": "1",
+    # the receivers here listen on this host: allowed explicitly, as a deployment would (issue 18)
+    "_REACTOR_NOTIFICATIONS_ALLOWED_NETWORKS": "127.0.0.0/8",
 }
 Factory = Callable[..., JobStore]
+LOOPBACK = egress.Policy(egress.allowed_networks("127.0.0.0/8"))
 
 
 def now() -> datetime:
@@ -168,7 +171,7 @@ def test_a_subscription_is_checked_and_its_secrets_are_masked(store: JobStore, s
     shown = notify.public_view(sub)
     assert shown["secret"] == "*****" and shown["url"] == "http://127.0.0.1:9/hook"
     assert notify.public_view(sub, reveal_secret=True)["secret"] == sub["secret"]
-    actor = subscribe(store, settings, actor="http://h/actors/v2/a/messages?x=1", nonce="SD2E_nonce123")
+    actor = subscribe(store, settings, actor="http://127.0.0.1:9/actors/v2/a/messages?x=1", nonce="SD2E_nonce123")
     listed = [notify.public_view(s) for s in store.list_subscriptions()]
     assert "s3cr3t" not in json.dumps(listed, default=str) and "SD2E_nonce123" not in json.dumps(listed, default=str)
     assert [s["id"] for s in listed] == [sub["id"], actor["id"]]
@@ -403,7 +406,7 @@ def test_an_answer_is_read_to_its_end_and_the_connection_kept_only_when_that_is_
     """Two POSTs: the second goes over the first's connection exactly when the first answer's end
     was found and the receiver allows it; either way the second gets its own answer."""
     receiver = ScriptedReceiver([answer, OK_204])
-    senders = notify.Senders(timeout=5)
+    senders = notify.Senders(timeout=5, policy=LOOPBACK)
     try:
         assert senders.post(receiver.url, b'{"a": 1}', {"webhook-id": "msg_1"}) == status
         assert senders.post(receiver.url, b'{"a": 2}', {"webhook-id": "msg_2"}) == 204
@@ -427,7 +430,7 @@ def test_an_answer_is_read_to_its_end_and_the_connection_kept_only_when_that_is_
 )
 def test_a_malformed_or_cut_answer_is_a_failed_attempt_with_a_short_error(answer: bytes) -> None:
     receiver = ScriptedReceiver([answer])
-    senders = notify.Senders(timeout=5)
+    senders = notify.Senders(timeout=5, policy=LOOPBACK)
     subscription = {"id": "sub_x", "url": receiver.url + "?key=s3cret", "secret": notify.new_secret()}
     record = EventRecord(
         uuid="u",

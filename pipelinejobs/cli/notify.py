@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from .. import notify
+from .. import egress, notify
 from ..errors import ErrorKind, PipelineJobsError
 from ..store.base import JobStore
 from .common import EXIT_CODES, emit, open_store, settings_of, when
@@ -84,9 +84,12 @@ def cmd_subscription_test(args: argparse.Namespace) -> int:
             raise PipelineJobsError(ErrorKind.NOT_FOUND, f"no subscription {args.id[:64]}")
         result = notify.send_test(store, settings, subscription, now=notify.utc_now())
     said = f"HTTP {result['status']}" if result["status"] else "no answer"
-    human = f"test {result['webhook_id']}: {'delivered' if result['ok'] else 'failed'} ({result['error'] or said})"
+    human = f"test {result['webhook_id']}: {result['outcome']} ({result['error'] or said})"
     emit(args, result, human)
-    return 0 if result["ok"] else EXIT_CODES[ErrorKind.REMOTE_UNAVAILABLE]
+    if result["ok"]:
+        return 0
+    refused = result["outcome"] == egress.REFUSED  # the subscription is what is wrong, not the receiver
+    return EXIT_CODES[ErrorKind.BAD_MESSAGE if refused else ErrorKind.REMOTE_UNAVAILABLE]
 
 
 def deliveries_text(rows: list[dict[str, Any]]) -> str:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from .. import logs
+from .. import egress, logs
 from ..errors import ErrorKind, PipelineJobsError
 from ..runtime import dumps, handle_env, open_store
 from ..settings import Settings, collect_secrets, words
@@ -159,6 +159,7 @@ def serve_config(
     chosen = tuple(dict.fromkeys(words(actors) or words(section.get("actors"))))
     if not chosen:
         raise PipelineJobsError(ErrorKind.CONFIGURATION, "no actor ids: pass --actor ID or set serve.actors")
+    egress.Policy.from_settings(settings)  # a notifications.allowed_networks that is no CIDR stops serve here
     plain = tuple(dict.fromkeys([*words(api_tokens), *words(section.get("api_tokens"))]))
     tokens = ApiTokens.from_plain(plain, words(section.get("api_token_sha256")))
     config = ServeConfig(

@@ -187,16 +187,30 @@ class Metrics:
 
 
 _NONCE_IN_PATH = re.compile(r"(/nonces/)[^/]+")
+#: A longer request path is cut in the access log (a path is the client's to choose, up to the HTTP
+#: parser's limits; every log line goes through the redactor), at a ``/`` so no segment shows in part.
+MAX_LOGGED_PATH = 512
 access_log = logs.get_logger("server")
+
+
+def logged_path(path: str) -> str:
+    """``path`` as the access log shows it: nonce ids masked, and past ``MAX_LOGGED_PATH`` characters cut,
+    saying so (``/a/b/...[cut: 70000 characters]``)."""
+    if len(path) > MAX_LOGGED_PATH:
+        kept = path[: max(path.rfind("/", 0, MAX_LOGGED_PATH), 0)]
+        path = f"{kept}/...[cut: {len(path)} characters]"
+    return _NONCE_IN_PATH.sub(lambda m: m.group(1) + logs.MASK, path)
+
+
 EXECUTION_NOTE = "pipelinejobs.execution"  # scope key: a message POST's execution id and exit code, for its line
 
 
 class RequestObserver:
     """ASGI middleware, one pass per HTTP request: its access-log line, latency and status.
 
-    The log line is method, path (nonce ids masked) and status, never the query string (it can
-    carry an ``x-nonce``); a message POST adds its execution id and exit code. Metrics go by
-    route template, read from the route Starlette matched.
+    The log line is method, path (``logged_path``: nonce ids masked, cut past 512 characters) and
+    status, never the query string (it can carry an ``x-nonce``); a message POST adds its execution
+    id and exit code. Metrics go by route template, read from the route Starlette matched.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
@@ -237,9 +251,12 @@ class RequestObserver:
             latency, requests = self._children(method, route, code)
             latency.observe(elapsed)
             requests.inc()
-            path = _NONCE_IN_PATH.sub(lambda m: m.group(1) + logs.MASK, scope.get("path", ""))
             access_log.info(
-                "%s %s %s%s", method, path, code, f" ({scope[EXECUTION_NOTE]})" if EXECUTION_NOTE in scope else ""
+                "%s %s %s%s",
+                method,
+                logged_path(scope.get("path", "")),
+                code,
+                f" ({scope[EXECUTION_NOTE]})" if EXECUTION_NOTE in scope else "",
             )
 
 

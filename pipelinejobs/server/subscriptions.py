@@ -4,8 +4,10 @@
 ``nonce``/``bearer``/``tapis_token`` and ``api_server``, optional ``states``, ``events``,
 ``include_data``, ``description``) answers the subscription with its signing secret, the only
 time it is shown; ``GET /subscriptions`` lists them masked; ``DELETE /subscriptions/{id}``;
-``POST /subscriptions/{id}/test`` sends a signed sample; ``GET /subscriptions/{id}/deliveries``
-and ``GET /jobs/{uuid}/deliveries`` show the attempts, newest first.
+``POST /subscriptions/{id}/test`` sends a signed sample ("delivered", "refused by policy" or
+"failed"); ``GET /subscriptions/{id}/deliveries`` and ``GET /jobs/{uuid}/deliveries`` show the
+attempts, newest first. Destinations pass the outbound policy (``pipelinejobs.egress``) when a
+subscription is made and at every send.
 
 Only a holder of one of serve's API tokens may use them: a subscription can send a job's
 data anywhere, so an actor's nonce (which a job's owner may hold) is not enough.
@@ -23,7 +25,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import notify, queries
+from .. import egress, notify, queries
 from ..errors import PipelineJobsError
 from .abaco_records import Refused
 from .auth import authorize_operator
@@ -142,7 +144,8 @@ async def test_subscription(request: Request) -> Response:
     result = await run_in_threadpool(
         lambda: notify.send_test(server.store, server.settings, subscription, now=server.clock())
     )
-    return _answer(request, result, "Test notification sent." if result["ok"] else "Test notification failed.")
+    said = {"delivered": "Test notification sent.", egress.REFUSED: "Test notification refused by policy."}
+    return _answer(request, result, said.get(result["outcome"], "Test notification failed."))
 
 
 async def subscription_deliveries(request: Request) -> Response:
