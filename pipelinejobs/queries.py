@@ -93,7 +93,8 @@ def parse_limit(raw: str | None, default: int = DEFAULT_PAGE, maximum: int = MAX
     if raw is None or raw == "":
         return default
     text = raw.strip()
-    if not text.isdigit() or int(text[:7]) < 1:
+    # ASCII digits only: str.isdigit also takes "²" or "٣", which int() refuses (a 500, not a 400)
+    if not (text.isascii() and text.isdigit()) or int(text[:7]) < 1:
         raise QueryError(f"limit must be a positive integer; got {_short(raw)!r}")
     return min(int(text[:7]), maximum)
 

@@ -224,6 +224,8 @@ def test_bad_parameters_are_refused_clearly(server: LiveServer) -> None:
         ({"state": "BOGUS"}, "state must be one of"),
         ({"limit": "-1"}, "limit must be a positive integer"),
         ({"limit": "ten"}, "limit must be a positive integer"),
+        ({"limit": "\u00b2"}, "limit must be a positive integer"),  # a Unicode digit int() refuses
+        ({"limit": "\u0663"}, "limit must be a positive integer"),
         ({"created_after": "yesterday"}, "created_after must be an ISO 8601 time"),
         ({"after": "not-a-cursor"}, "after is not a cursor"),
         ({"hidden": "maybe"}, "hidden must be true or false"),
