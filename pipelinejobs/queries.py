@@ -19,7 +19,7 @@ from html import escape
 from typing import Any
 
 from . import fsm
-from .messages import SCHEMA_FILES, schema_dir
+from .bundled_schemas import SCHEMA_FILES, schema_dir
 from .store.base import EventRecord, JobFilter, JobStore, ReadStore
 
 DEFAULT_PAGE = 50

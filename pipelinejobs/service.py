@@ -12,11 +12,11 @@ import time
 from datetime import datetime
 from typing import Any
 
-from . import auth, deadlines, documents, fsm, identifiers, notify
+from . import adapters, auth, deadlines, documents, fsm, identifiers, notify
 from .errors import ErrorKind, PipelineJobsError
 from .intake import Origin
 from .logs import add_secrets, get_logger
-from .messages import CreateMessage, DeleteMessage, EventMessage, Message
+from .message_types import CreateMessage, DeleteMessage, EventMessage, Message
 from .settings import Settings
 from .store.base import Append, AppendResult, Document, EventRecord, JobStore
 from .store.base import Outcome as RecordOutcome
@@ -127,7 +127,7 @@ def apply_event(message: EventMessage, *, store: JobStore, settings: Settings, n
         _require_visible(head)
         state, revision = str(head.get("state", "")), documents.revision(head)
         status = getattr(message, "status", None)
-        stale = fsm.is_stale(state, name, message.via, status)
+        stale = fsm.is_stale(state, name, scheduler=adapters.is_scheduler(message.via), status=status)
         if stale or not fsm.allows(state, name):
             if event_id is not None:
                 existing = store.find_delivery(message.uuid, event_id)
@@ -413,7 +413,7 @@ def apply_heartbeat(message: EventMessage, *, store: JobStore, settings: Setting
     _require_visible(head)
     state, revision = str(head.get("state", "")), documents.revision(head)
     if not fsm.accepts_heartbeat(state):
-        if message.via in fsm.SCHEDULER_SOURCES:  # a late scheduler heartbeat: answered, nothing recorded
+        if adapters.is_scheduler(message.via):  # a late scheduler heartbeat: answered, nothing recorded
             return _heartbeat_outcome(message.uuid, state, None, logged=False, recorded=False)
         raise PipelineJobsError(
             ErrorKind.INVALID_TRANSITION,
