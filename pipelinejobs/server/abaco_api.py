@@ -95,7 +95,7 @@ def _request_base(request: Request) -> str:
     scope = request.scope
     key = (
         scope["scheme"],
-        scope.get("server"),
+        tuple(scope.get("server") or ()),  # any iterable in ASGI: uvicorn gives a tuple, Starlette's TestClient a list
         request.headers.get("host"),
         scope.get("app_root_path"),
         scope.get("root_path"),
