@@ -40,4 +40,30 @@ class CreateMessage:
     token: str | None = field(default=None, repr=False)
 
 
-Message = EventMessage | DeleteMessage | CreateMessage
+#: What a report's ``effect`` may be: the job event it stands for.
+REPORT_EFFECTS = ("run", "finish", "fail")
+
+
+@dataclass(frozen=True)
+class ReportMessage:
+    """A workflow engine's report on the run a job stands for (Snakemake, Nextflow).
+
+    Every report is kept in the job's event log. Most are *task records* (a rule or process
+    started, finished, failed): logged with outcome ``task``, the job's state, revision and
+    history window unchanged. A report with an ``effect`` (the workflow started, succeeded
+    or failed) is that event applied to the job, and the first report on a CREATED job
+    makes it RUNNING. ``progress`` changes the job document's ``progress`` summary: keys are
+    paths under it (``done``, ``failed.12``), a None value removes the key.
+    """
+
+    uuid: str
+    name: str  # the engine's own word for it: job_finished, process_completed, started...
+    via: str  # the intake format: snakemake | nextflow
+    data: dict[str, Any]
+    token: str | None = field(default=None, repr=False)
+    effect: str | None = None  # one of REPORT_EFFECTS, or None for a task record
+    progress: dict[str, Any] = field(default_factory=dict)
+    event_id: str | None = None  # a delivery id: a repeated delivery is answered, not kept again
+
+
+Message = EventMessage | DeleteMessage | CreateMessage | ReportMessage

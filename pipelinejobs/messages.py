@@ -21,7 +21,7 @@ from .bundled_schemas import SCHEMA_FILES, Misfit, fits, schema, schema_dir, sch
 from .errors import ErrorKind, PipelineJobsError
 from .intake import Intake
 from .limits import check_json_value
-from .message_types import CreateMessage, DeleteMessage, EventMessage, Message
+from .message_types import CreateMessage, DeleteMessage, EventMessage, Message, ReportMessage
 
 __all__ = [
     "SCHEMA_FILES",
@@ -29,6 +29,7 @@ __all__ = [
     "DeleteMessage",
     "EventMessage",
     "Message",
+    "ReportMessage",
     "classify",
     "fits",
     "schema",

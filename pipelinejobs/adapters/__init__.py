@@ -19,7 +19,9 @@ REGISTRY: tuple[str, ...] = (
     "native",  # PipelineJobEvent, PipelineJobDeleteAction, PipelineJobAction as the body
     "agave",  # Agave v2 job notification callbacks (a status URL parameter)
     "tapis",  # Tapis v3 job notifications (an event object)
+    "nextflow",  # Nextflow weblog posts (runId, runName and an event word)
     "url_params",  # a PipelineJobEvent by URL parameters, the body as its data
+    "snakemake",  # Snakemake's panoptes protocol, on serve's /snakemake route only
 )
 
 
@@ -39,7 +41,6 @@ def on_channel(channel: str) -> Iterator[Adapter]:
             yield found
 
 
-@cache
 def scheduler_sources() -> frozenset[str]:
     """The ``via`` of every format whose events report a scheduler's or engine's view of a compute job:
     such an event arriving after the job moved past it is logged as stale, not refused (``fsm.is_stale``)."""
@@ -47,4 +48,9 @@ def scheduler_sources() -> frozenset[str]:
 
 
 def is_scheduler(via: str) -> bool:
-    return via in scheduler_sources()
+    """Whether events that came ``via`` a format are a scheduler's (see :func:`scheduler_sources`).
+
+    A scheduler format's module is named after its ``via`` (a test holds every format to it), so
+    this imports that module only: judging a person's or an actor's event imports no format.
+    """
+    return via in REGISTRY and adapter(via).SCHEDULER

@@ -5,6 +5,7 @@ An intake format is one module of this package that declares, as module-level na
 - ``VIA``: the word its messages carry in the log and the answers (``message``, ``agave``...);
 - ``SCHEDULER``: whether its events report a scheduler's or an engine's view of a compute job,
   which arrives late and out of order (such a late event is logged as stale, never refused);
+  a scheduler format's module is named after its ``VIA``;
 - ``CHANNELS``: where its messages arrive: ``messages`` (the Abaco messages route, reactor.py,
   the CLI, the client: recognised by their shape) or a serve route of its own (``snakemake``);
 - ``recognise(intake) -> Verdict``: whether a received message is of this format, and if it
@@ -19,10 +20,12 @@ a message out, no I/O. Registering it is one line in ``adapters/__init__.py``.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ..bundled_schemas import Misfit, fits, refusal
+from ..errors import ErrorKind, PipelineJobsError
 from ..intake import Intake
 from ..message_types import EventMessage, Message
 
@@ -86,6 +89,16 @@ def with_params(fields: dict[str, Any], params: dict[str, str], derived_id: str 
 
 
 # -- helpers for the formats whose reports are kept as they come (engines) ---------------------
+_JOB_UUID = re.compile(r"107[0-9a-f]{5}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def job_uuid(candidate: Any, where: str) -> str:
+    """``candidate`` if it is a PipelineJob uuid; else a refusal saying ``where`` it was looked for."""
+    if isinstance(candidate, str) and _JOB_UUID.fullmatch(candidate):
+        return candidate
+    raise PipelineJobsError(ErrorKind.BAD_MESSAGE, f"no PipelineJob uuid: {where}")
+
+
 def storable_keys(value: Any) -> bool:
     """Whether every field name in ``value`` is one both stores keep (no leading ``$``, no ``.``, no NUL)."""
     if isinstance(value, dict):

@@ -14,6 +14,7 @@ of the latest ``history`` entries); it never grows with the event count.
 from __future__ import annotations
 
 import enum
+import re
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ class Outcome(str, enum.Enum):
     STALE = "stale"  # a scheduler callback the job is already past: kept in the log, job unchanged
     IMPORTED = "imported"  # a history entry the job had before it had a log (python-datacatalog)
     HEARTBEAT = "heartbeat"  # a sign of life, logged at most once per interval: job unchanged
+    TASK = "task"  # a workflow engine's report on one of its tasks (issue 22): kept in the log, job unchanged
 
 
 @dataclass(frozen=True)
@@ -269,6 +271,29 @@ class JobStore(Protocol):
 
     def expire_tombstones(self, now: datetime, *, dry_run: bool = False) -> int:
         """Delete (or count) purge tombstones whose ``expires_at`` has passed."""
+
+    # -- workflow engines' reports (issue 22) --------------------------------------------------
+    def set_progress(self, uuid: str, changes: Document) -> bool:
+        """Set fields of the job document's ``progress`` summary (a None value removes one), each named by
+        its dotted path under ``progress`` (see :func:`progress_path`). State, revision, ``updated`` and
+        history are not changed. False when there is no such job."""
+
+    def record_task(self, record: EventRecord, progress: Document) -> AppendResult:
+        """Log a task record (outcome ``task``, the job unchanged) and make its ``progress`` changes (as
+        :meth:`set_progress`; none when empty) in one step: REPLAYED, changing nothing, when the record's
+        delivery id is known. One transaction on SQLite; on MongoDB the record first, then the summary."""
+
+
+#: One segment of a ``progress`` path: a name made by this package's adapters, never a user's text.
+PROGRESS_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def progress_path(key: str) -> list[str]:
+    """The segments of a ``set_progress`` key (``failed.12`` -> ``["failed", "12"]``); ValueError otherwise."""
+    segments = key.split(".")
+    if len(segments) > 3 or not all(PROGRESS_KEY.fullmatch(segment) for segment in segments):
+        raise ValueError(f"not a progress field: {key[:80]!r}")
+    return segments
 
 
 def iter_history(store: JobStore, uuid: str, page_size: int = 500) -> Iterator[EventRecord]:

@@ -52,6 +52,7 @@ from .base import (
     parse_cursor,
     parse_job_cursor,
     position_index,
+    progress_path,
     removed_key,
 )
 
@@ -889,6 +890,29 @@ class MongoJobStore:
     def ping(self, timeout: float = 2.0) -> None:
         with self._translate(), pymongo.timeout(timeout):
             self.database.command("ping")
+
+    # -- workflow engines' reports (issue 22) ---------------------------------------------------
+    def set_progress(self, uuid: str, changes: Document) -> bool:
+        """One ``update_one``: ``$set`` for values, ``$unset`` for None, on paths under ``progress``."""
+        paths = {"progress." + ".".join(progress_path(key)): value for key, value in changes.items()}
+        update: dict[str, Any] = {}
+        setting = {path: value for path, value in paths.items() if value is not None}
+        removing = {path: "" for path, value in paths.items() if value is None}
+        if setting:
+            update["$set"] = setting
+        if removing:
+            update["$unset"] = removing
+        with self._translate():
+            if not update:
+                return self.jobs.find_one({"uuid": uuid}, {"_id": True}) is not None
+            return self.jobs.update_one({"uuid": uuid}, update).matched_count == 1
+
+    def record_task(self, record: EventRecord, progress: Document) -> AppendResult:
+        """The record first (the truth, and the delivery id's check), then the summary: two writes."""
+        logged = self.record_stale(record)
+        if logged.status is Append.APPLIED and progress:
+            self.set_progress(record.uuid, progress)
+        return logged
 
 
 _SUMMARY_PROJECTION = {
