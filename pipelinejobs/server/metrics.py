@@ -19,7 +19,6 @@ Every series is named ``pipelinejobs_*`` and lives in the app's own registry.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -37,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import logs
 from ..errors import ErrorKind, PipelineJobsError
 from ..store.base import ReadStore
-from .http import JSONResponse
+from .http import JSONResponse, shown_path
 
 log = logs.get_logger("server.metrics")
 DEFAULT_REFRESH_SECONDS = 30.0
@@ -186,7 +185,6 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-_NONCE_IN_PATH = re.compile(r"(/nonces/)[^/]+")
 access_log = logs.get_logger("server")
 EXECUTION_NOTE = "pipelinejobs.execution"  # scope key: a message POST's execution id and exit code, for its line
 
@@ -194,8 +192,8 @@ EXECUTION_NOTE = "pipelinejobs.execution"  # scope key: a message POST's executi
 class RequestObserver:
     """ASGI middleware, one pass per HTTP request: its access-log line, latency and status.
 
-    The log line is method, path (nonce ids masked) and status, never the query string (it can
-    carry an ``x-nonce``); a message POST adds its execution id and exit code. Metrics go by
+    The log line is method, path (``http.shown_path``: no credential) and status, never the query
+    string (it can carry an ``x-nonce``); a message POST adds its execution id and exit code. Metrics go by
     route template, read from the route Starlette matched.
     """
 
@@ -237,7 +235,7 @@ class RequestObserver:
             latency, requests = self._children(method, route, code)
             latency.observe(elapsed)
             requests.inc()
-            path = _NONCE_IN_PATH.sub(lambda m: m.group(1) + logs.MASK, scope.get("path", ""))
+            path = shown_path(scope.get("path", ""))
             access_log.info(
                 "%s %s %s%s", method, path, code, f" ({scope[EXECUTION_NOTE]})" if EXECUTION_NOTE in scope else ""
             )
