@@ -370,3 +370,35 @@ def test_an_error_before_any_rule_fails_the_job(served: Served) -> None:
     update(served, base, uuid, {"level": "info", "msg": "Workflow started"})
     answer = update(served, base, uuid, {"level": "error", "msg": "MissingInputException"})
     assert answer.json()["state"] == "FAILED" and "failed" not in served.job(uuid)["history"][-1]["data"]
+
+
+def test_snakemake_8_sends_each_report_twice_and_errors_as_text(served: Served) -> None:
+    """Snakemake 8.30's ``--wms-monitor`` (run by hand against serve): every message twice, each with its own
+    time.time(); an error's msg is the exception's text ("RuleException:\\nCalledProcessError ...")."""
+    uuid, token = served.new_job()
+    base = address(served, served.nonce(), token=token)
+    created = served.client.get(f"{base}/create_workflow", params={"workflow_id": uuid})
+    assert created.json() == {"id": uuid, "name": uuid, "status": "Running", "state": "RUNNING"}
+    assert served.client.post(f"{base}/api/workflow/{uuid}", json={}).status_code == 200  # 8.x POSTs it
+    sequence = [
+        {"level": "host", "timestamp": 1796600345.893698},
+        {"level": "job_info", "jobid": 2, "name": "b", "output": ["b.txt"], "wildcards": {}, "timestamp": 1796600346.1},
+        {
+            "level": "error",
+            "msg": "RuleException:\nCalledProcessError in file Snakefile, line 9",
+            "timestamp": 1796600346.2,
+        },
+        {"level": "job_error", "jobid": 2, "name": "b", "timestamp": 1796600346.3},
+    ]
+    for msg in sequence:
+        first, second = update(served, base, uuid, msg), update(served, base, uuid, msg)
+        assert first.status_code == second.status_code == 200 and second.json()["replayed"] is True, second.text
+    assert served.job(uuid)["state"] == "RUNNING"  # one rule job's error: it may be retried
+    assert [e["name"] for e in served.events(uuid)][-4:] == ["host", "job_info", "error", "job_error"]
+    end = {
+        "level": "error",
+        "msg": "WorkflowError:\nAt least one job did not complete successfully.",
+        "timestamp": 1796600347.0,
+    }
+    assert update(served, base, uuid, end).json()["state"] == "FAILED"
+    assert served.job(uuid)["history"][-1]["data"]["failed"] == ["b"]

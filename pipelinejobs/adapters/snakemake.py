@@ -9,10 +9,12 @@ The route gives this format the request's action and what its address carried:
   that pipeline (a fresh ``data.snakemake.run`` id makes every run a job of its own; 7/8's
   ``--wms-monitor-arg NAME=VALUE`` land in ``data.snakemake.args``).
 - ``update_workflow_status`` (``POST``): ``msg`` (a JSON text), ``timestamp`` and ``id`` (what
-  ``create_workflow`` answered), as a form or JSON. ``PUT /api/workflow/<id>`` (Snakemake 8) is
-  kept as a ``workflow`` report.
+  ``create_workflow`` answered), as a form or JSON. ``PUT`` or ``POST /api/workflow/<id>``
+  (Snakemake 8; 8.30 POSTs) is kept as a ``workflow`` report.
 
 Job: the ``id`` Snakemake sends back, ``<job uuid>`` or ``<job uuid>.<job token>``.
+Delivery id: a digest of the message when it carries Snakemake's own time (7/8, which send
+each message twice), else none.
 Credential: the job's token from the address (``.../job/<token>``), else from the ``id`` (a job
 this route created answers ``<uuid>.<token>``: the Snakemake 9 plugin sends no header and keeps
 nothing else). The nonce (or serve's API token) that authenticates the request to serve is the
@@ -25,19 +27,23 @@ failed attempt); ``workflow_success`` FINISHES it; an ``error`` that is not one 
 (``WorkflowError``, ``MissingInputException``...) FAILS it, naming the rules whose jobs started
 and never finished; ``job_info``/``job_started``/``job_finished``/``job_error``, a rule job's
 ``error`` (``RuleException``, ``MissingOutputException``: it may be retried, or ``--keep-going``
-go on) and every other level, known or not, are task records. A task record keeps a rule job's
+go on; 9.x sends the exception's name, 8.x ``Name:`` and its text) and every other level, known
+or not, are task records. A task record keeps a rule job's
 rule, jobid, wildcards, outputs, logs, reason and error, never its shell command.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from typing import Any
 
 from ..bundled_schemas import fits, refusal
+from ..documents import canonical_json
 from ..errors import ErrorKind, PipelineJobsError
 from ..identifiers import default_archive_path
 from ..intake import Intake
+from ..limits import event_id_or_none
 from ..message_types import CreateMessage, Message, ReportMessage
 from .base import MINE, Verdict, bounded, capped_list, job_uuid, text
 
@@ -105,6 +111,19 @@ def _jobid(value: Any) -> str | None:
     return None if number is None else str(number)
 
 
+def delivery_id(message: dict[str, Any]) -> str | None:
+    """``snakemake:<digest of the message>`` when it carries Snakemake's own time, else None.
+
+    Snakemake 7/8 stamp each message with ``time.time()`` (a float) and 8.x sends every one twice:
+    equal messages with one stamp are one report. The 9.x plugin's messages carry no time of their
+    own (only the form's one-second ``timestamp``), so two equal ones may be two reports: no id.
+    """
+    if not isinstance(message.get("timestamp"), float):
+        return None
+    digest = hashlib.sha256(canonical_json(message).encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    return event_id_or_none(f"snakemake:{digest}")
+
+
 def _update(uuid: str, token: str | None, msg: Any, timestamp: Any) -> ReportMessage:
     message = msg if isinstance(msg, dict) else {"level": "unknown", "msg": msg}
     level = text(message.get("level"), 64) or "unknown"
@@ -150,7 +169,7 @@ def _update(uuid: str, token: str | None, msg: Any, timestamp: Any) -> ReportMes
             location=text(message.get("location"), 1000),
             traceback=text(message.get("traceback"), 8000),
         )
-        if error not in JOB_ERRORS:
+        if (error or "").split(":", 1)[0].strip() not in JOB_ERRORS:  # 9.x sends the name, 8.x "Name:\n..."
             effect = "fail"
     elif level in ("info", "warning", "debug"):
         data["msg"] = text(message.get("msg"), 2000)
@@ -159,4 +178,5 @@ def _update(uuid: str, token: str | None, msg: Any, timestamp: Any) -> ReportMes
     else:  # a level this version does not know: kept whole, as text if it must be
         data["message"] = bounded(message, 16384)
     data["timestamp"] = text(timestamp, 64)  # Snakemake's own time.asctime(), as sent
-    return ReportMessage(uuid, level, VIA, data, token, effect=effect, progress=progress)
+    event_id = delivery_id(message)
+    return ReportMessage(uuid, level, VIA, data, token, effect=effect, progress=progress, event_id=event_id)

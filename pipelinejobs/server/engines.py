@@ -181,7 +181,7 @@ async def snakemake(request: Request) -> Response:
 
     ``GET .../api/service-info`` answers ``{"status": "running"}`` to a caller serve accepts (7.x checks it
     first); ``GET .../create_workflow`` answers ``{"id": ...}``, the id Snakemake sends back with each
-    ``POST .../update_workflow_status``; ``PUT .../api/workflow/<id>`` (8.x) is kept as a report.
+    ``POST .../update_workflow_status``; ``PUT`` or ``POST .../api/workflow/<id>`` (8.x) is kept as a report.
     """
     server = server_of(request)
     address = snakemake_address(request.path_params["rest"])
