@@ -319,6 +319,8 @@ def test_snakemake_7_and_8_with_a_bearer_token(served: Served) -> None:
     created = served.client.get(f"{base}/create_workflow", params={"sample": "S1"}, headers=operator).json()
     uuid = created["id"].partition(".")[0]
     assert served.job(uuid)["data"]["snakemake"]["args"] == {"sample": "S1"}
+    dotted = served.client.get(f"{base}/create_workflow", params={"run.name": "x"}, headers=operator)
+    assert dotted.status_code == 200 and "id" in dotted.json(), dotted.text  # kept as text, not refused
     put = served.client.put(f"{base}/api/workflow/{created['id']}", json={"snakefile": "Snakefile"}, headers=operator)
     assert put.status_code == 200 and put.json()["state"] == "RUNNING", put.text
     progress = {"level": "progress", "done": 1, "total": 2}

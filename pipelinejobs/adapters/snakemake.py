@@ -51,7 +51,7 @@ VIA = "snakemake"
 SCHEDULER = True
 CHANNELS = frozenset({"snakemake"})
 
-CREATE, UPDATE, WORKFLOW = "create_workflow", "update_workflow_status", "workflow"
+CREATE, WORKFLOW = "create_workflow", "workflow"
 #: ``error`` messages about one rule job: it may be retried, or the workflow go on (``--keep-going``).
 JOB_ERRORS = frozenset(
     {"RuleException", "MissingOutputException", "ImproperOutputException", "ProtectedOutputException"}
@@ -81,7 +81,8 @@ def _job_of(workflow_id: str | None, path_token: str | None) -> tuple[str, str |
 
 def _create_workflow(intake: Intake) -> Message:
     params = intake.params
-    args = {str(k)[:64]: text(v, 256) for k, v in (intake.body or {}).items()} if isinstance(intake.body, dict) else {}
+    query = intake.body if isinstance(intake.body, dict) else {}
+    args = bounded({str(k)[:64]: text(v, 256) for k, v in query.items()}, 8192)  # 7/8's --wms-monitor-arg
     if params.get("workflow_id"):
         uuid = job_uuid(params["workflow_id"], "workflow_id must be the uuid of the job the run reports on")
         data: dict[str, Any] = {"report": CREATE, **({"args": args} if args else {})}
