@@ -2,7 +2,7 @@
 
 The app is the one `serve` runs (``create_app``), driven by Starlette's TestClient (httpx over the
 ASGI interface, no socket). Without the lifespan, no background loop runs; the fixture closes the
-server. One app per store per test module (``served``): each test makes its own jobs and nonces.
+server. One app per store per test module (``serve_app``): each test makes its own jobs and nonces.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class Served:
 
 
 @pytest.fixture(scope="module", params=["sqlite", "mongodb"])
-def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def serve_app(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """serve's app on a fresh SQLite file or MongoDB database, for the whole test module."""
     from pipelinejobs.server.app import create_app
     from pipelinejobs.server.execution import open_server, serve_config

@@ -281,64 +281,66 @@ def test_the_address_carries_the_credentials_and_logs_never_show_them() -> None:
     assert shown_path("/snakemake/N0NCE/pipeline/106aa/create_workflow").endswith("/pipeline/106aa/create_workflow")
 
 
-def test_a_nonce_alone_cannot_drive_a_job_and_a_wrong_nonce_reaches_nothing(served: Served) -> None:
-    uuid, token = served.new_job()
-    before = state(served, uuid)
-    nonce = served.nonce()
-    bind = served.client.get(f"{address(served, nonce)}/create_workflow", params={"workflow_id": uuid})
-    no_token = update(served, address(served, nonce), uuid, {"level": "workflow_success"})
-    wrong_nonce = update(served, address(served, "SD2E_madeup", token=token), uuid, {"level": "workflow_success"})
-    read_nonce = update(served, address(served, served.nonce("READ"), token=token), uuid, {"level": "info"})
+def test_a_nonce_alone_cannot_drive_a_job_and_a_wrong_nonce_reaches_nothing(serve_app: Served) -> None:
+    uuid, token = serve_app.new_job()
+    before = state(serve_app, uuid)
+    nonce = serve_app.nonce()
+    bind = serve_app.client.get(f"{address(serve_app, nonce)}/create_workflow", params={"workflow_id": uuid})
+    no_token = update(serve_app, address(serve_app, nonce), uuid, {"level": "workflow_success"})
+    wrong_nonce = update(serve_app, address(serve_app, "SD2E_madeup", token=token), uuid, {"level": "workflow_success"})
+    read_nonce = update(serve_app, address(serve_app, serve_app.nonce("READ"), token=token), uuid, {"level": "info"})
     assert [a.status_code for a in (bind, no_token, wrong_nonce, read_nonce)] == [401, 401, 401, 401]
     assert token not in bind.text + no_token.text + wrong_nonce.text
-    assert state(served, uuid) == before
+    assert state(serve_app, uuid) == before
 
 
-def test_a_run_on_a_pipeline_creates_its_job_and_the_id_carries_its_token(served: Served) -> None:
-    served.new_job()  # registers the example pipeline
-    base = address(served, served.nonce(), pipeline=EXAMPLE_PIPELINE_UUID)
-    answer = served.client.get(f"{base}/create_workflow")
+def test_a_run_on_a_pipeline_creates_its_job_and_the_id_carries_its_token(serve_app: Served) -> None:
+    serve_app.new_job()  # registers the example pipeline
+    base = address(serve_app, serve_app.nonce(), pipeline=EXAMPLE_PIPELINE_UUID)
+    answer = serve_app.client.get(f"{base}/create_workflow")
     assert answer.status_code == 200, answer.text
     run_id = answer.json()["id"]
     uuid, _, token = run_id.partition(".")
-    assert answer.json()["name"] == uuid and len(token) == 16 and served.job(uuid)["state"] == "CREATED"
-    second = served.client.get(f"{base}/create_workflow").json()["id"]
+    assert answer.json()["name"] == uuid and len(token) == 16 and serve_app.job(uuid)["state"] == "CREATED"
+    second = serve_app.client.get(f"{base}/create_workflow").json()["id"]
     assert second.partition(".")[0] != uuid  # each run is a job of its own
-    assert update(served, base, run_id, {"level": "info", "msg": "Workflow started"}).json()["state"] == "RUNNING"
-    forged = update(served, base, f"{uuid}.{'0' * 16}", {"level": "workflow_success"})
-    assert forged.status_code == 401 and served.job(uuid)["state"] == "RUNNING"
+    assert update(serve_app, base, run_id, {"level": "info", "msg": "Workflow started"}).json()["state"] == "RUNNING"
+    forged = update(serve_app, base, f"{uuid}.{'0' * 16}", {"level": "workflow_success"})
+    assert forged.status_code == 401 and serve_app.job(uuid)["state"] == "RUNNING"
 
 
-def test_snakemake_7_and_8_with_a_bearer_token(served: Served) -> None:
+def test_snakemake_7_and_8_with_a_bearer_token(serve_app: Served) -> None:
     """``--wms-monitor URL`` with ``WMS_MONITOR_TOKEN``: service-info first, JSON updates, PUT /api/workflow/<id>."""
-    served.new_job()  # registers the example pipeline
-    operator = {"Authorization": served.auth["Authorization"]}
-    base = address(served, None, pipeline=EXAMPLE_PIPELINE_UUID)
-    assert served.client.get(f"{base}/api/service-info", headers=operator).json() == {"status": "running"}
-    assert served.client.get(f"{base}/api/service-info").status_code == 401
-    created = served.client.get(f"{base}/create_workflow", params={"sample": "S1"}, headers=operator).json()
+    serve_app.new_job()  # registers the example pipeline
+    operator = {"Authorization": serve_app.auth["Authorization"]}
+    base = address(serve_app, None, pipeline=EXAMPLE_PIPELINE_UUID)
+    assert serve_app.client.get(f"{base}/api/service-info", headers=operator).json() == {"status": "running"}
+    assert serve_app.client.get(f"{base}/api/service-info").status_code == 401
+    created = serve_app.client.get(f"{base}/create_workflow", params={"sample": "S1"}, headers=operator).json()
     uuid = created["id"].partition(".")[0]
-    assert served.job(uuid)["data"]["snakemake"]["args"] == {"sample": "S1"}
-    dotted = served.client.get(f"{base}/create_workflow", params={"run.name": "x"}, headers=operator)
+    assert serve_app.job(uuid)["data"]["snakemake"]["args"] == {"sample": "S1"}
+    dotted = serve_app.client.get(f"{base}/create_workflow", params={"run.name": "x"}, headers=operator)
     assert dotted.status_code == 200 and "id" in dotted.json(), dotted.text  # kept as text, not refused
-    put = served.client.put(f"{base}/api/workflow/{created['id']}", json={"snakefile": "Snakefile"}, headers=operator)
+    put = serve_app.client.put(
+        f"{base}/api/workflow/{created['id']}", json={"snakefile": "Snakefile"}, headers=operator
+    )
     assert put.status_code == 200 and put.json()["state"] == "RUNNING", put.text
     progress = {"level": "progress", "done": 1, "total": 2}
-    assert update(served, base, created["id"], progress, as_json=True, **operator).status_code == 200
-    assert served.job(uuid)["progress"]["done"] == 1
+    assert update(serve_app, base, created["id"], progress, as_json=True, **operator).status_code == 200
+    assert serve_app.job(uuid)["progress"]["done"] == 1
     # a nonce as WMS_MONITOR_TOKEN, the job token in the address
-    job_uuid, token = served.new_job()
-    with_nonce = {"Authorization": f"Bearer {served.nonce()}"}
-    bound = served.client.get(
+    job_uuid, token = serve_app.new_job()
+    with_nonce = {"Authorization": f"Bearer {serve_app.nonce()}"}
+    bound = serve_app.client.get(
         f"/snakemake/job/{token}/create_workflow", params={"workflow_id": job_uuid}, headers=with_nonce
     )
     assert bound.status_code == 200 and bound.json()["id"] == job_uuid and bound.json()["state"] == "RUNNING"
 
 
-def test_keep_going_stays_running_until_the_workflow_ends_and_unknown_levels_are_kept(served: Served) -> None:
+def test_keep_going_stays_running_until_the_workflow_ends_and_unknown_levels_are_kept(serve_app: Served) -> None:
     """The reports of a ``--keep-going`` run whose rule b fails while d still runs (recorded from Snakemake 9.27)."""
-    uuid, token = served.new_job()
-    base = address(served, served.nonce(), token=token)
+    uuid, token = serve_app.new_job()
+    base = address(serve_app, serve_app.nonce(), token=token)
     sequence = [
         {"level": "info", "msg": "Workflow started: Snakefile"},
         {"level": "progress", "done": 0, "total": 5},
@@ -352,36 +354,36 @@ def test_keep_going_stays_running_until_the_workflow_ends_and_unknown_levels_are
         {"level": "progress", "done": 2, "total": 5},
     ]
     for msg in sequence:
-        answer = update(served, base, uuid, msg)
+        answer = update(serve_app, base, uuid, msg)
         assert answer.status_code == 200 and answer.json()["status"] == "ok", answer.text
-        assert served.job(uuid)["state"] == "RUNNING"
-    end = update(served, base, uuid, {"level": "error", "msg": "WorkflowError", "rule": None})
+        assert serve_app.job(uuid)["state"] == "RUNNING"
+    end = update(serve_app, base, uuid, {"level": "error", "msg": "WorkflowError", "rule": None})
     assert end.json()["state"] == "FAILED"
-    shown = served.job(uuid)
+    shown = serve_app.job(uuid)
     assert shown["history"][-1]["data"]["failed"] == ["b"] and shown["progress"]["unfinished"] == {"2": "b"}
-    kept = [e for e in served.events(uuid) if e["name"] == "rulegraph"]
+    kept = [e for e in serve_app.events(uuid) if e["name"] == "rulegraph"]
     assert kept[0]["outcome"] == "task" and kept[0]["data"]["message"]["rulegraph"]["nodes"] == [{"rule": "b"}]
     fields = {"msg": "not json {", "timestamp": "Tue Dec  1 09:31:00 2026", "id": uuid}  # msg that is no JSON
-    odd = served.client.post(f"{base}/update_workflow_status", data=fields)
-    assert odd.status_code == 200 and served.events(uuid)[-1]["data"]["message"]["msg"] == "not json {"
+    odd = serve_app.client.post(f"{base}/update_workflow_status", data=fields)
+    assert odd.status_code == 200 and serve_app.events(uuid)[-1]["data"]["message"]["msg"] == "not json {"
 
 
-def test_an_error_before_any_rule_fails_the_job(served: Served) -> None:
-    uuid, token = served.new_job()
-    base = address(served, served.nonce(), token=token)
-    update(served, base, uuid, {"level": "info", "msg": "Workflow started"})
-    answer = update(served, base, uuid, {"level": "error", "msg": "MissingInputException"})
-    assert answer.json()["state"] == "FAILED" and "failed" not in served.job(uuid)["history"][-1]["data"]
+def test_an_error_before_any_rule_fails_the_job(serve_app: Served) -> None:
+    uuid, token = serve_app.new_job()
+    base = address(serve_app, serve_app.nonce(), token=token)
+    update(serve_app, base, uuid, {"level": "info", "msg": "Workflow started"})
+    answer = update(serve_app, base, uuid, {"level": "error", "msg": "MissingInputException"})
+    assert answer.json()["state"] == "FAILED" and "failed" not in serve_app.job(uuid)["history"][-1]["data"]
 
 
-def test_snakemake_8_sends_each_report_twice_and_errors_as_text(served: Served) -> None:
+def test_snakemake_8_sends_each_report_twice_and_errors_as_text(serve_app: Served) -> None:
     """Snakemake 8.30's ``--wms-monitor`` (run by hand against serve): every message twice, each with its own
     time.time(); an error's msg is the exception's text ("RuleException:\\nCalledProcessError ...")."""
-    uuid, token = served.new_job()
-    base = address(served, served.nonce(), token=token)
-    created = served.client.get(f"{base}/create_workflow", params={"workflow_id": uuid})
+    uuid, token = serve_app.new_job()
+    base = address(serve_app, serve_app.nonce(), token=token)
+    created = serve_app.client.get(f"{base}/create_workflow", params={"workflow_id": uuid})
     assert created.json() == {"id": uuid, "name": uuid, "status": "Running", "state": "RUNNING"}
-    assert served.client.post(f"{base}/api/workflow/{uuid}", json={}).status_code == 200  # 8.x POSTs it
+    assert serve_app.client.post(f"{base}/api/workflow/{uuid}", json={}).status_code == 200  # 8.x POSTs it
     sequence = [
         {"level": "host", "timestamp": 1796600345.893698},
         {"level": "job_info", "jobid": 2, "name": "b", "output": ["b.txt"], "wildcards": {}, "timestamp": 1796600346.1},
@@ -393,14 +395,14 @@ def test_snakemake_8_sends_each_report_twice_and_errors_as_text(served: Served) 
         {"level": "job_error", "jobid": 2, "name": "b", "timestamp": 1796600346.3},
     ]
     for msg in sequence:
-        first, second = update(served, base, uuid, msg), update(served, base, uuid, msg)
+        first, second = update(serve_app, base, uuid, msg), update(serve_app, base, uuid, msg)
         assert first.status_code == second.status_code == 200 and second.json()["replayed"] is True, second.text
-    assert served.job(uuid)["state"] == "RUNNING"  # one rule job's error: it may be retried
-    assert [e["name"] for e in served.events(uuid)][-4:] == ["host", "job_info", "error", "job_error"]
+    assert serve_app.job(uuid)["state"] == "RUNNING"  # one rule job's error: it may be retried
+    assert [e["name"] for e in serve_app.events(uuid)][-4:] == ["host", "job_info", "error", "job_error"]
     end = {
         "level": "error",
         "msg": "WorkflowError:\nAt least one job did not complete successfully.",
         "timestamp": 1796600347.0,
     }
-    assert update(served, base, uuid, end).json()["state"] == "FAILED"
-    assert served.job(uuid)["history"][-1]["data"]["failed"] == ["b"]
+    assert update(serve_app, base, uuid, end).json()["state"] == "FAILED"
+    assert serve_app.job(uuid)["history"][-1]["data"]["failed"] == ["b"]
