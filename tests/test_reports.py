@@ -157,3 +157,29 @@ def test_a_task_record_and_its_progress_are_one_step_and_a_known_delivery_change
     assert store.find_job(uuid)["progress"] == {"done": 1}  # the repeat's progress is not applied
     assert [r.slot for r in iter_history(store, uuid) if r.outcome is Outcome.TASK] == ["a"]
     assert store.record_task(task("c", None), {}).status is Append.APPLIED
+
+
+def test_a_task_record_on_a_datacatalog_job_keeps_its_history_in_the_log(
+    mongodb_uri: str, database_name: str, db: Any
+) -> None:
+    """python-datacatalog kept a job's history in its document only: the first record in the log must not hide it."""
+    from pipelinejobs import documents
+    from pipelinejobs.store.base import EventRecord, Outcome
+    from pipelinejobs.store.mongo import MongoJobStore
+    from tests.test_mongo_store import UUID, _job
+
+    with MongoJobStore(mongodb_uri, database_name) as store:
+        store.ensure_indexes()
+        job = _job()
+        job["history"] += [documents.history_entry("run", None, NOW)]
+        job["_properties"] = {"revision": 1}  # no source: written by the library, no log yet
+        job["state"] = "RUNNING"
+        db.jobs.insert_one(dict(job))
+        old = [entry["uuid"] for entry in job["history"]]
+        task = EventRecord(
+            UUID, 1, "108task", "job_info", NOW, {"rule": "a"}, "RUNNING", Outcome.TASK, "x", "snakemake"
+        )
+        assert store.record_task(task, {"done": 0, "total": 3}).status.value == "applied"
+        records = list(iter_history(store, UUID))
+        assert [r.event_uuid for r in records] == [*old, "108task"]
+        assert [r.outcome for r in records] == [Outcome.IMPORTED] * len(old) + [Outcome.TASK]

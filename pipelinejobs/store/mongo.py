@@ -908,7 +908,13 @@ class MongoJobStore:
             return self.jobs.update_one({"uuid": uuid}, update).matched_count == 1
 
     def record_task(self, record: EventRecord, progress: Document) -> AppendResult:
-        """The record first (the truth, and the delivery id's check), then the summary: two writes."""
+        """The record first (the truth, and the delivery id's check), then the summary: two writes.
+
+        A job python-datacatalog wrote has its history copied to the log first (once per job and
+        process): once the log holds a record of the job, nothing copies that history any more.
+        """
+        with self._translate():
+            self._ensure_logged(record.uuid)
         logged = self.record_stale(record)
         if logged.status is Append.APPLIED and progress:
             self.set_progress(record.uuid, progress)
