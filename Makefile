@@ -30,7 +30,8 @@ demo-keep: install
 	$(BIN)/python -m pipelinejobs.demo --keep
 
 # Issue 8's ratios (serve latency and throughput on both stores, cold reactor.py), issue 11's job list and
-# /metrics over 100,000 jobs, issue 10's watchdog pass (`--only read`, `--only watch`): 8-14 min on 2 cores.
+# /metrics over 100,000 jobs, issue 10's watchdog pass (`--only read`, `--only watch`), issue 22's Snakemake
+# run reporting to serve (`--only snakemake`, ~4 min): 12-18 min on 2 cores.
 bench: install
 	$(BIN)/python bench/run.py
 

@@ -29,8 +29,10 @@ history lacks the last event it accepted.
 6. notify (issue 10, bench/notify.py): on each store, serve's events/s with one active webhook
    subscription (a receiver on loopback answering 204) over serve's events/s without, bursts of
    8 clients alternating between the two servers.
+7. snakemake (issue 22, bench/engines.py): a Snakemake run of 200 trivial rules reporting to serve
+   (on each store) over the same run without ``--logger``, wall time, interleaved.
 
-    .venv/bin/python bench/run.py [--only imports,latency,throughput,cold,read,watch,notify]
+    .venv/bin/python bench/run.py [--only imports,latency,throughput,cold,read,watch,notify,snakemake]
                                   [--history N] [--build-budget S] [--growth-stop X]
 """
 
@@ -82,7 +84,7 @@ from harness import (  # bench/ is not a package: found through the path above
 from read import bench_read
 from watch import bench_watch
 
-PARTS = ("imports", "latency", "throughput", "cold", "read", "watch", "notify")
+PARTS = ("imports", "latency", "throughput", "cold", "read", "watch", "notify", "snakemake")
 SMALL = 10  # events of history on the small jobs
 SMALL_JOBS = 20  # the small side rotates over these, so none grows far past SMALL
 CLIENTS = 8
@@ -542,7 +544,7 @@ def main() -> int:
         backends = []
         if parts & {"latency", "throughput"}:
             backends.append(embedded_backend(embedded_dir))
-        if parts & {"latency", "throughput", "cold", "read", "watch", "notify"}:
+        if parts & {"latency", "throughput", "cold", "read", "watch", "notify", "snakemake"}:
             uri = stack.enter_context(mongodb(mongo_dir))
             mongo = mongodb_backend(mongo_dir, uri)
             if os.environ.get("MONGODB_URI"):
@@ -571,6 +573,12 @@ def main() -> int:
                 problems += verify(plain, jobs["plain"]) + verify(notified, jobs["notified"])
                 if os.environ.get("MONGODB_URI") and kind == "mongodb":
                     drop_databases(uri, [str(plain.database), str(notified.database)])
+        if "snakemake" in parts:
+            from engines import bench_snakemake  # bench/engines.py
+
+            found, wrong = bench_snakemake(Path(tmp), uri)
+            ratios += found
+            problems += wrong
         figures = bench_watch(Path(tmp), uri) if "watch" in parts else []
 
     print(f"\nsummary ({time.monotonic() - started:.0f} s; medians of interleaved runs; not asserted)")

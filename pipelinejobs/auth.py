@@ -26,6 +26,8 @@ class Grant(str, enum.Enum):
     LEGACY = "legacy"
     #: trusted code in this process (the watchdog): granted by the caller, never by a token
     SYSTEM = "system"
+    #: a request that carried one of serve's API tokens, for an engine's report (``service.apply_report``)
+    OPERATOR = "operator"
 
 
 def _same(a: str, b: str) -> bool:
@@ -46,10 +48,23 @@ def is_admin_token(token: str, settings: Settings, now: datetime) -> bool:
 
 
 def authorize(
-    job: dict[str, Any], token: str | None, settings: Settings, now: datetime, *, admin_only: bool = False
+    job: dict[str, Any],
+    token: str | None,
+    settings: Settings,
+    now: datetime,
+    *,
+    admin_only: bool = False,
+    operator: bool = False,
 ) -> Grant:
-    """Check ``token`` against ``job``; raise UNAUTHORIZED with a reason, never the token."""
+    """Check ``token`` against ``job``; raise UNAUTHORIZED with a reason, never the token.
+
+    ``operator``: the caller proved it holds one of serve's API tokens (the operator may drive any
+    job, as it may already be told any job's token), so no job token is needed; admin-only events
+    still need an admin token.
+    """
     uuid = job.get("uuid")
+    if operator and not admin_only:
+        return Grant.OPERATOR
     if not token:
         raise PipelineJobsError(
             ErrorKind.UNAUTHORIZED, f"a token is required for job {uuid} (its own token or an admin token)"

@@ -39,6 +39,7 @@ from urllib.parse import urlencode
 
 from . import identifiers
 from .errors import ErrorKind, PipelineJobsError
+from .identifiers import default_archive_path
 from .intake import Origin
 from .logs import get_logger
 from .settings import load_settings
@@ -425,32 +426,6 @@ def _parents(arguments: Mapping[str, Any], domain: str) -> list[str]:
         if arguments.get(name):
             return typed_uuids(arguments[name], uuid_type, domain)
     return []
-
-
-def default_archive_path(
-    pipeline_uuid: str,
-    child_of: list[str],
-    data: Mapping[str, Any],
-    session: str | None,
-    now: datetime,
-    domain: str = identifiers.DEFAULT_DNS_DOMAIN,
-    salt: str = identifiers.TYPEDUUID_HASHIDS_SALT,
-) -> str:
-    """``/products/v2/<pipeline>/<H(parents)>/<H(data)>`` [+ ``/<session>-<UTC time>Z`` when instanced].
-
-    The library's recipe (compat §7a), so a job gets the directory the library would
-    give it: H is ``identifiers.archive_hashid``, parents are joined with ``:``, data is
-    minified sort_keys JSON, and every ``-`` is dropped from the path. A session shorter
-    than 4 characters is replaced by a fresh adjective-animal name, as the library did.
-    """
-    params = json.dumps(data, sort_keys=True, separators=(",", ":"))
-    hashed = [identifiers.archive_hashid(text, domain, salt) for text in (":".join(child_of), params)]
-    path = "/products/v2/" + "/".join([pipeline_uuid, *hashed]).replace("-", "")
-    if session is None:
-        return path
-    name = session if len(session) >= 4 else identifiers.session_name()
-    separator = "" if name.endswith("-") else "-"
-    return f"{path}/{name}{separator}{now.astimezone(timezone.utc):%Y%m%dT%H%M%S}Z"
 
 
 def _canonical_agent(agent: str | None, api_server: str) -> str | None:

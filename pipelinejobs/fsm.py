@@ -89,8 +89,6 @@ def allowed_events(state: str) -> list[str]:
     return [e for e in MESSAGE_EVENTS if allows(state, e)]
 
 
-#: Where a message came from, when it was a job scheduler's status callback rather than a person or an actor.
-SCHEDULER_SOURCES: frozenset[str] = frozenset({"agave", "tapis"})
 #: States a job reaches only after its compute job is over: a scheduler status arriving then is late.
 PAST_COMPUTE: frozenset[str] = frozenset(
     s.value for s in (S.FINISHED, S.FAILED, S.INDEXING, S.VALIDATING, S.VALIDATED, S.REJECTED, S.FINALIZED, S.RETIRED)
@@ -111,15 +109,17 @@ BEFORE_RUNNING: frozenset[str] = frozenset(
 )
 
 
-def is_stale(state: str, event: str, via: str, status: str | None = None) -> bool:
+def is_stale(state: str, event: str, *, scheduler: bool, status: str | None = None) -> bool:
     """True for a scheduler callback that the job is already past.
 
     Schedulers deliver statuses late and out of order: an Agave RUNNING after FINISHED,
     a QUEUED after RUNNING, anything after RETIRED. Such a callback is recorded and
-    answered, never applied and never an error. ``status`` is the scheduler's own status
-    word, when known. Events from people and actors are judged by the table alone.
+    answered, never applied and never an error. ``scheduler``: the event came from a
+    scheduler or workflow engine (an intake format that says so, ``adapters.is_scheduler``);
+    ``status`` is the scheduler's own status word, when known. Events from people and
+    actors are judged by the table alone.
     """
-    if via not in SCHEDULER_SOURCES:
+    if not scheduler:
         return False
     if state in PAST_COMPUTE and not allows(state, event):
         return True

@@ -15,6 +15,7 @@ import os
 import random
 import uuid
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 TYPE_PREFIXES: dict[str, str] = {
@@ -133,3 +134,32 @@ def admin_token(secret: str, key: str, lifetime: int, now_epoch: float) -> str:
     window = int(now_epoch) // lifetime
     material = ":".join([secret, key, *str(window)])
     return hashlib.sha256(material.encode()).hexdigest()[:16]
+
+
+def default_archive_path(
+    pipeline_uuid: str,
+    child_of: list[str],
+    data: Mapping[str, Any],
+    session: str | None = None,
+    now: datetime | None = None,
+    domain: str = DEFAULT_DNS_DOMAIN,
+    salt: str = TYPEDUUID_HASHIDS_SALT,
+) -> str:
+    """``/products/v2/<pipeline>/<H(parents)>/<H(data)>`` [+ ``/<session>-<UTC time>Z`` when instanced].
+
+    The library's recipe (compat §7a), so a job gets the directory the library would
+    give it: H is ``archive_hashid``, parents are joined with ``:``, data is
+    minified sort_keys JSON, and every ``-`` is dropped from the path. A session shorter
+    than 4 characters is replaced by a fresh adjective-animal name, as the library did; an
+    instanced path needs ``now``.
+    """
+    params = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    hashed = [archive_hashid(text, domain, salt) for text in (":".join(child_of), params)]
+    path = "/products/v2/" + "/".join([pipeline_uuid, *hashed]).replace("-", "")
+    if session is None:
+        return path
+    if now is None:
+        raise ValueError("an instanced archive path (with a session) needs the time")
+    name = session if len(session) >= 4 else session_name()
+    separator = "" if name.endswith("-") else "-"
+    return f"{path}/{name}{separator}{now.astimezone(timezone.utc):%Y%m%dT%H%M%S}Z"

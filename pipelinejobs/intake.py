@@ -48,14 +48,23 @@ class Origin:
         return None
 
 
+#: Where a message arrives unless a serve route of an engine says otherwise (``adapters``).
+MESSAGES = "messages"
+
+
 @dataclass(frozen=True)
 class Intake:
-    """A message as received: the parsed body, its content type and the URL parameters."""
+    """A message as received: the parsed body, its content type and the URL parameters.
+
+    ``channel`` is where it arrived: ``messages`` (Abaco's messages route, reactor.py, the CLI,
+    the client), or the name of a serve route that only one intake format uses (``snakemake``).
+    """
 
     body: Any
     content_type: str
     params: dict[str, str] = field(default_factory=dict)
     origin: Origin = field(default_factory=Origin)
+    channel: str = MESSAGES
 
 
 #: CPython 3.11's AST constructor is not thread-safe (gh-106905: "AST constructor recursion depth

@@ -17,8 +17,8 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from . import fsm
+from .bundled_schemas import SCHEMA_FILES, schema_dir
 from .jsontext import dumps_utf8
-from .messages import SCHEMA_FILES, schema_dir
 from .store.base import JobStore
 from .store.listing import JobFilter
 from .store.records import EventRecord

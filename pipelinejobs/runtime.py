@@ -105,18 +105,44 @@ def handle_env(
         outcome = handle_intake(intake, settings=settings, get_store=get_store, now=now, operator=operator)
         return 0, outcome
     except PipelineJobsError as exc:
-        log.warning("rejected%s (%s): %s", received, exc.kind.value, exc.message)
-        return 1, exc.to_dict()
+        return 1, _rejected(exc, received)
     except Exception:  # a bug: keep the (redacted) traceback in the log, not in the answer
-        log.exception("internal error handling%s", received or " a message")
-        return 1, PipelineJobsError(ErrorKind.INTERNAL, "internal error; the logs have the details").to_dict()
+        return 1, _failed(received)
+
+
+def handle_received(
+    intake: Intake,
+    *,
+    settings: Settings,
+    get_store: Callable[[], JobStore],
+    now: datetime,
+    operator: bool = False,
+) -> tuple[int, dict[str, Any]]:
+    """A message serve's engine routes have already read (``server/engines.py``), answered as
+    ``handle_env`` answers: (exit code, result object). Never raises."""
+    try:
+        return 0, handle_intake(intake, settings=settings, get_store=get_store, now=now, operator=operator)
+    except PipelineJobsError as exc:
+        return 1, _rejected(exc, _describe(intake))
+    except Exception:  # a bug: keep the (redacted) traceback in the log, not in the answer
+        return 1, _failed(_describe(intake))
+
+
+def _rejected(exc: PipelineJobsError, received: str) -> dict[str, Any]:
+    log.warning("rejected%s (%s): %s", received, exc.kind.value, exc.message)
+    return exc.to_dict()
+
+
+def _failed(received: str) -> dict[str, Any]:
+    log.exception("internal error handling%s", received or " a message")
+    return PipelineJobsError(ErrorKind.INTERNAL, "internal error; the logs have the details").to_dict()
 
 
 def _describe(intake: Intake) -> str:
     """What a message claims to be about, for the line that reports its refusal: a job or pipeline uuid,
     only when it has a uuid's shape (the value is the sender's, and may be anything)."""
     body = intake.body if isinstance(intake.body, dict) else {}
-    for subject in (body.get("uuid"), body.get("pipeline_uuid"), intake.params.get("uuid")):
+    for subject in (body.get("uuid"), body.get("pipeline_uuid"), intake.params.get("uuid"), body.get("runId")):
         if isinstance(subject, str) and _UUID.fullmatch(subject):
             return f" a message for {subject}"
     return " a message"

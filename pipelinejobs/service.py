@@ -12,11 +12,11 @@ import time
 from datetime import datetime
 from typing import Any
 
-from . import auth, deadlines, documents, fsm, identifiers, notify
+from . import adapters, auth, deadlines, documents, fsm, identifiers, notify
 from .errors import ErrorKind, PipelineJobsError
 from .intake import Origin
 from .logs import add_secrets, get_logger
-from .messages import CreateMessage, DeleteMessage, EventMessage, Message
+from .message_types import CreateMessage, DeleteMessage, EventMessage, Message, ReportMessage
 from .settings import Settings
 from .store.base import JobStore
 from .store.records import Append, AppendResult, Document, EventRecord
@@ -44,7 +44,8 @@ def handle(
     """Apply one message and describe what happened (raises PipelineJobsError on rejection).
 
     ``operator``: the caller holds more than a message's credentials (serve's API token, the
-    catalog database itself), so a create that finds its job may be answered with the job's token.
+    catalog database itself), so a create that finds its job may be answered with the job's token,
+    and an engine's report needs no job token.
     Called by ``runtime.handle_intake`` only: every front end comes in through it.
     """
     token = getattr(message, "token", None)
@@ -54,6 +55,8 @@ def handle(
         return apply_heartbeat(message, store=store, settings=settings, now=now)
     if isinstance(message, EventMessage):
         return apply_event(message, store=store, settings=settings, now=now)
+    if isinstance(message, ReportMessage):
+        return apply_report(message, store=store, settings=settings, now=now, operator=operator)
     if isinstance(message, DeleteMessage):
         return delete_job(message, store=store, settings=settings, now=now)
     return create_job(message, store=store, settings=settings, now=now, origin=origin or Origin(), operator=operator)
@@ -99,7 +102,7 @@ def _event_outcome(record: EventRecord, *, replayed: bool = False) -> Outcome:
     return outcome
 
 
-def _replay(message: EventMessage, existing: EventRecord, digest: str) -> Outcome:
+def _replay(message: EventMessage | ReportMessage, existing: EventRecord, digest: str) -> Outcome:
     """Answer a repeated delivery from its record, or refuse an id reused for another message."""
     if existing.digest is not None and existing.digest != digest:
         raise PipelineJobsError(
@@ -112,23 +115,36 @@ def _replay(message: EventMessage, existing: EventRecord, digest: str) -> Outcom
     return _event_outcome(existing, replayed=True)
 
 
-def apply_event(message: EventMessage, *, store: JobStore, settings: Settings, now: datetime) -> Outcome:
-    """Log and apply one event: read the job's head, decide, append (3 round trips on MongoDB)."""
+def apply_event(
+    message: EventMessage,
+    *,
+    store: JobStore,
+    settings: Settings,
+    now: datetime,
+    operator: bool = False,
+    digest: str | None = None,
+) -> Outcome:
+    """Log and apply one event: read the job's head, decide, append (3 round trips on MongoDB).
+
+    ``operator`` and ``digest`` are an engine report's (``apply_report``): serve's API token stands
+    for the job token, and a repeat of the report is recognised by the report's own digest.
+    """
     precise = now
     now = documents.utc_seconds(now)
     name = message.name
     if name not in fsm.MESSAGE_EVENTS:
         raise PipelineJobsError(ErrorKind.BAD_MESSAGE, f"'{name}' is not an event a message may carry")
     event_id = getattr(message, "event_id", None)
-    digest = documents.payload_digest(name, message.data)
+    digest = digest or documents.payload_digest(name, message.data)
     event_uuid = identifiers.random_uuid("pipelinejob_event")
     for attempt in range(MAX_ATTEMPTS):
         head = _load_head(store, message.uuid)
-        grant = auth.authorize(head, message.token, settings, now, admin_only=name in fsm.ADMIN_EVENTS)
+        admin_only = name in fsm.ADMIN_EVENTS
+        grant = auth.authorize(head, message.token, settings, now, admin_only=admin_only, operator=operator)
         _require_visible(head)
         state, revision = str(head.get("state", "")), documents.revision(head)
         status = getattr(message, "status", None)
-        stale = fsm.is_stale(state, name, message.via, status)
+        stale = fsm.is_stale(state, name, scheduler=adapters.is_scheduler(message.via), status=status)
         if stale or not fsm.allows(state, name):
             if event_id is not None:
                 existing = store.find_delivery(message.uuid, event_id)
@@ -246,6 +262,97 @@ def _record_stale(
         return _replay(message, result.existing, digest)
     log.info("job %s is %s: late %s callback '%s' logged, not applied", message.uuid, state, message.via, message.name)
     return _event_outcome(record)
+
+
+# -- workflow engines' reports (issue 22) ---------------------------------------------------------
+def apply_report(
+    message: ReportMessage, *, store: JobStore, settings: Settings, now: datetime, operator: bool = False
+) -> Outcome:
+    """Keep a workflow engine's report in the job's log, and apply the event it stands for, if any.
+
+    Same credentials as an event: the job's token, an admin token or, with ``operator``, serve's API
+    token. The first report on a CREATED job makes it RUNNING (a success as the very first report is
+    preceded by an implied ``run``). An effect that would leave the state as it is (a second
+    ``started``, a success after the last step was counted) is kept as a task record instead of a
+    second history entry; one the job is already past is logged as stale, since engines are
+    scheduler sources. A report whose delivery id the job knows is answered from its record. The
+    report's ``progress`` changes are made once it is logged.
+    """
+    precise = now
+    digest = documents.payload_digest(message.name, message.data)
+    head = _load_head(store, message.uuid)
+    auth.authorize(head, message.token, settings, documents.utc_seconds(now), operator=operator)
+    _require_visible(head)
+    if message.event_id is not None:
+        existing = store.find_delivery(message.uuid, message.event_id)
+        if existing is not None:
+            return {**_replay(message, existing, digest), "report": message.name}
+    state, effect = str(head.get("state", "")), message.effect
+    if state == fsm.State.CREATED.value:
+        if effect is None:
+            effect = "run"  # the engine's first word about the run: it is running
+        elif not fsm.allows(state, effect):
+            implied = {"report": message.name, "implied": True}  # e.g. a success as the very first report
+            run = EventMessage(message.uuid, "run", message.token, implied, message.via)
+            apply_event(run, store=store, settings=settings, now=now, operator=operator)
+            state = fsm.State.RUNNING.value
+    if effect is not None and fsm.allows(state, effect) and fsm.target_state(effect, fsm.State(state)).value == state:
+        effect = None  # nothing would change: keep the report, not a second history entry
+    summary = {**message.progress, "engine": message.via, "updated": documents.utc_seconds(now)}
+    if effect is None:
+        progress = summary if message.progress else {}
+        outcome = _record_task(message, store, state, documents.revision(head), precise, digest, progress)
+    else:
+        data = _name_failed_tasks(store, message) if effect == "fail" else message.data
+        event = EventMessage(message.uuid, effect, message.token, data, message.via, message.event_id)
+        outcome = apply_event(event, store=store, settings=settings, now=now, operator=operator, digest=digest)
+        if message.progress and not outcome.get("replayed"):
+            store.set_progress(message.uuid, summary)
+    return {**outcome, "report": message.name}
+
+
+def _record_task(
+    message: ReportMessage,
+    store: JobStore,
+    state: str,
+    revision: int,
+    precise: datetime,
+    digest: str,
+    progress: dict[str, Any],
+) -> Outcome:
+    """Log a report as a task record, with its ``progress`` changes in the same step: the job's state,
+    revision and history window stay as they are."""
+    event_uuid = identifiers.random_uuid("pipelinejob_event")
+    record = EventRecord(
+        uuid=message.uuid,
+        seq=revision,
+        slot=f"{precise.timestamp():017.6f}~{event_uuid}",  # after the revision's own record, in time order
+        event_uuid=event_uuid,
+        name=message.name,
+        date=documents.utc_seconds(precise),
+        data=message.data,
+        state=state,
+        outcome=RecordOutcome.TASK,
+        via=message.via,
+        event_id=message.event_id,
+        digest=digest,
+    )
+    result = store.record_task(record, progress)
+    if result.status is Append.REPLAYED and result.existing is not None:
+        return _replay(message, result.existing, digest)
+    log.info("job %s is %s: %s report '%s' kept as a task record", message.uuid, state, message.via, message.name)
+    return _event_outcome(record)
+
+
+def _name_failed_tasks(store: JobStore, message: ReportMessage) -> dict[str, Any]:
+    """A failing run's report, with ``failed``: the tasks that started and never finished (the job's
+    ``progress.unfinished``, kept by the engine's reports), which are the ones that failed once the
+    engine has given up."""
+    job = store.find_job(message.uuid) or {}
+    progress: dict[str, Any] = job["progress"] if isinstance(job.get("progress"), dict) else {}
+    unfinished: dict[str, Any] = progress["unfinished"] if isinstance(progress.get("unfinished"), dict) else {}
+    names = sorted({str(name) for name in unfinished.values()})
+    return {**message.data, "failed": names} if names else message.data
 
 
 def delete_job(message: DeleteMessage, *, store: JobStore, settings: Settings, now: datetime) -> Outcome:
@@ -414,7 +521,7 @@ def apply_heartbeat(message: EventMessage, *, store: JobStore, settings: Setting
     _require_visible(head)
     state, revision = str(head.get("state", "")), documents.revision(head)
     if not fsm.accepts_heartbeat(state):
-        if message.via in fsm.SCHEDULER_SOURCES:  # a late scheduler heartbeat: answered, nothing recorded
+        if adapters.is_scheduler(message.via):  # a late scheduler heartbeat: answered, nothing recorded
             return _heartbeat_outcome(message.uuid, state, None, logged=False, recorded=False)
         raise PipelineJobsError(
             ErrorKind.INVALID_TRANSITION,

@@ -33,7 +33,8 @@ hypothesis_settings.register_profile("ci", derandomize=True, database=None)
 hypothesis_settings.register_profile("local", database=None)
 hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "local")
 
-pytest_plugins = ["tests.server_fixtures"]  # live `pipelinejobs serve` processes (live_server, live_server_sqlite)
+# live `pipelinejobs serve` processes (live_server, live_server_sqlite); serve's app in this process (serve_app)
+pytest_plugins = ["tests.server_fixtures", "tests.inprocess"]
 ROOT = Path(__file__).resolve().parent.parent
 REACTOR = ROOT / "reactor.py"
 

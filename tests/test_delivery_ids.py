@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from pipelinejobs import agave, tapis
+from pipelinejobs.adapters import agave, tapis
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.intake import MESSAGE_PARAMS, from_env
 from pipelinejobs.messages import DeleteMessage, EventMessage, classify

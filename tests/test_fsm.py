@@ -58,24 +58,23 @@ PAST_RUNNING = ("FINISHED", "FAILED", "INDEXING", "VALIDATING", "VALIDATED", "RE
 @pytest.mark.parametrize("state", [s.value for s in fsm.State])
 @pytest.mark.parametrize("event", fsm.MESSAGE_EVENTS)
 def test_people_and_actors_are_never_stale(state: str, event: str) -> None:
-    for via in ("message", "url", "watchdog"):
-        assert fsm.is_stale(state, event, via, "QUEUED") is False
+    assert fsm.is_stale(state, event, scheduler=False, status="QUEUED") is False
 
 
 @pytest.mark.parametrize("state", [s.value for s in fsm.State])
 @pytest.mark.parametrize("event", ["run", "resource", "update", "fail", "finish"])
 def test_a_scheduler_callback_is_stale_only_when_the_job_is_past_it(state: str, event: str) -> None:
-    for via in ("agave", "tapis"):
-        refused_late = state in PAST_RUNNING and not fsm.allows(state, event)
-        assert fsm.is_stale(state, event, via) is refused_late
-        # a status from before running (QUEUED, STAGING_INPUTS...) is late once the job runs or has run
-        assert fsm.is_stale(state, event, via, "QUEUED") is (refused_late or state in ("RUNNING", *PAST_RUNNING))
-        assert fsm.is_stale(state, event, via, "staging_inputs") is fsm.is_stale(state, event, via, "QUEUED")
+    refused_late = state in PAST_RUNNING and not fsm.allows(state, event)
+    assert fsm.is_stale(state, event, scheduler=True) is refused_late
+    # a status from before running (QUEUED, STAGING_INPUTS...) is late once the job runs or has run
+    late = refused_late or state in ("RUNNING", *PAST_RUNNING)
+    assert fsm.is_stale(state, event, scheduler=True, status="QUEUED") is late
+    assert fsm.is_stale(state, event, scheduler=True, status="staging_inputs") is late
 
 
 def test_the_examples_of_issue_8() -> None:
-    assert fsm.is_stale("FINISHED", "run", "agave", "RUNNING")  # RUNNING after FINISHED
-    assert fsm.is_stale("RUNNING", "resource", "tapis", "QUEUED")  # QUEUED after RUNNING
-    assert all(fsm.is_stale("RETIRED", e, "agave", "FAILED") for e in ("run", "fail", "finish", "update"))
-    assert not fsm.is_stale("CREATED", "finish", "agave", "FINISHED")  # behind, not past: an error
-    assert not fsm.is_stale("RUNNING", "resource", "agave", "ARCHIVING")  # after running: applied
+    assert fsm.is_stale("FINISHED", "run", scheduler=True, status="RUNNING")  # RUNNING after FINISHED
+    assert fsm.is_stale("RUNNING", "resource", scheduler=True, status="QUEUED")  # QUEUED after RUNNING
+    assert all(fsm.is_stale("RETIRED", e, scheduler=True, status="FAILED") for e in ("run", "fail", "finish", "update"))
+    assert not fsm.is_stale("CREATED", "finish", scheduler=True, status="FINISHED")  # behind, not past: an error
+    assert not fsm.is_stale("RUNNING", "resource", scheduler=True, status="ARCHIVING")  # after running: applied

@@ -40,7 +40,7 @@ from urllib.parse import quote_from_bytes
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pipelinejobs.fsm import MESSAGE_EVENTS
@@ -57,6 +57,7 @@ from tests.server_fixtures import LiveServer, register_example_pipeline, start_s
 SERVE_EXAMPLES = 120  # per store and per mode (synchronous, asynchronous), through serve's app over HTTP
 REACTOR_EXAMPLES = 24  # per store (12 as a repr, 12 as JSON text): a process per message, so a few
 MAX_MESSAGE_BYTES = 1048576  # config.yml's limits.max_message_bytes; serve reads at most 4x that
+MAX_URL_CHARS = 65536  # the longest URL httpx sends (httpx._urlparse.MAX_URL_LENGTH)
 SURROGATES = ["\ud800", "\udbff", "\udc00", "\udfff", "\udc80", "\udcff"]
 UNICODE_DIGITS = ["\u0663", "\uff11", "\u09e7", "\u00b2", "\U0001d7ce"]  # Arabic-Indic 3, fullwidth 1, ...
 #: In CI the examples are a fixed, reproducible draw (a failure there names its message and repeats on
@@ -688,6 +689,9 @@ def post_hostile(served: Served, message: Hostile, synchronous: bool) -> None:
     if message.content_type:
         headers["Content-Type"] = message.content_type
     url = f"{server.actor_url(v3=message.v3)}/messages" + ("?" + query if query else "")
+    # httpx refuses to send a URL over 65,536 characters (a message attribute of deep JSON, percent-encoded,
+    # can pass it): no client sends that, so the example is dropped rather than failed on the client side
+    assume(len(url) <= MAX_URL_CHARS)
     response = httpx.post(url, content=message.body_bytes(), headers=headers, timeout=60)
     what = (message, response.status_code, response.text[:2000])
     assert response.status_code in (200, 400, 413), what

@@ -669,6 +669,51 @@ def test_the_outbox_is_claimed_by_one_dispatcher_delivered_and_settled(
     assert store.list_deliveries(job_uuid=uuid) == []
 
 
+@covers("set_progress")
+def test_progress_fields_are_set_and_removed_without_touching_state_revision_or_history(store: JobStore) -> None:
+    uuid = insert(store, make_job())["uuid"]
+    before = store.find_job(uuid)
+    assert store.set_progress(uuid, {"done": 1, "total": 4, "failed.2": "b", "failed.7": "c", "updated": NOW})
+    assert store.set_progress(uuid, {"done": 2, "failed.2": None})
+    job = store.find_job(uuid)
+    assert job["progress"] == {"done": 2, "total": 4, "failed": {"7": "c"}, "updated": NOW}
+    assert {k: v for k, v in job.items() if k != "progress"} == before
+    assert store.set_progress("107b93f3-1eae-5e79-8a18-0a480f8aa3a5", {"done": 1}) is False
+    for bad in ("failed.$where", "a.b.c.d", "", "x y"):
+        with pytest.raises(ValueError):
+            store.set_progress(uuid, {bad: 1})
+
+
+@covers("record_task")
+def test_a_task_record_and_its_progress_are_one_step_and_a_known_delivery_changes_nothing(store: JobStore) -> None:
+    from pipelinejobs.store.records import Append, EventRecord, Outcome
+
+    uuid = insert(store, make_job())["uuid"]
+
+    def task(slot: str, event_id: str | None) -> EventRecord:
+        return EventRecord(
+            uuid,
+            0,
+            f"108{slot}",
+            "process_completed",
+            NOW,
+            {"n": slot},
+            "CREATED",
+            Outcome.TASK,
+            slot,
+            "nextflow",
+            event_id,
+        )
+
+    assert store.record_task(task("a", "nextflow:1"), {"done": 1}).status is Append.APPLIED
+    assert store.find_job(uuid)["progress"] == {"done": 1}
+    again = store.record_task(task("b", "nextflow:1"), {"done": 2})
+    assert again.status is Append.REPLAYED and again.existing is not None and again.existing.slot == "a"
+    assert store.find_job(uuid)["progress"] == {"done": 1}  # the repeat's progress is not applied
+    assert [r.slot for r in iter_history(store, uuid) if r.outcome is Outcome.TASK] == ["a"]
+    assert store.record_task(task("c", None), {}).status is Append.APPLIED
+
+
 def test_every_contract_method_has_a_contract_test() -> None:
     """The contract is the JobStore protocol; each of its methods is run on both stores above."""
     contract = {name for name, value in vars(JobStore).items() if callable(value) and not name.startswith("_")}

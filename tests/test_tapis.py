@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pipelinejobs import tapis
+from pipelinejobs.adapters import tapis
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.intake import Intake
 from pipelinejobs.messages import EventMessage, classify, schema_errors, validator

@@ -90,6 +90,8 @@ def job_text(job: dict[str, Any], *, full: bool = False, watch: dict[str, Any] |
     ]
     if job.get("child_of"):
         lines.insert(3, f"  child of  {', '.join(map(str, job['child_of']))}")
+    if isinstance(job.get("progress"), dict):
+        lines.append(progress_text(job["progress"]))
     if watch is not None:
         lines.append(watch_text(watch))
     history = job.get("history") or []
@@ -98,6 +100,18 @@ def job_text(job: dict[str, Any], *, full: bool = False, watch: dict[str, Any] |
         data = f"  data {short(entry.get('data'), None if full else 50)}" if entry.get("data") else ""
         lines.append(f"    {when(entry.get('date'))}  {entry.get('name', '?'):<10}{data}".rstrip())
     return "\n".join(lines)
+
+
+def progress_text(progress: dict[str, Any]) -> str:
+    """A workflow engine's progress (``progress``, kept by its reports): steps done, and what has not finished."""
+    done, total = progress.get("done"), progress.get("total")
+    steps = f"{done} of {total} steps" if done is not None and total is not None else "no step count yet"
+    line = f"  progress  {steps} ({progress.get('engine') or '?'}, reported {when(progress.get('updated'))})"
+    unfinished = progress.get("unfinished") if isinstance(progress.get("unfinished"), dict) else {}
+    if unfinished:
+        shown = ", ".join(f"{rule} (job {jobid})" for jobid, rule in sorted(unfinished.items())[:10])
+        line += f"\n  unfinished {shown}{' ...' if len(unfinished) > 10 else ''}"
+    return line
 
 
 def cmd_job_show(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """`pipelinejobs serve`'s ASGI app: its routes, how errors become answers, its background loops.
 
-The routes live in one module per concern: Abaco's actor API (``abaco_api``), the read API
-(``read``), notifications (``subscriptions``), the web view (``ui``) and metrics (``metrics``).
+The routes live in one module per concern: Abaco's actor API (``abaco_api``), workflow engines'
+reports (``engines``), the read API (``read``), notifications (``subscriptions``), the web view
+(``ui``) and metrics (``metrics``).
 Each imports its helpers from ``http`` and ``auth``; this module only puts them together.
 """
 
@@ -24,8 +25,9 @@ from ..errors import PipelineJobsError
 from . import metrics
 from .abaco_api import abaco_routes
 from .abaco_records import Refused
+from .engines import engine_routes
 from .execution import Server
-from .http import JSONResponse, envelope, server_of, status_of
+from .http import JSONResponse, envelope, server_of, shown_path, status_of
 from .read import read_routes
 from .subscriptions import subscription_routes
 from .ui import ui_routes
@@ -56,7 +58,7 @@ async def _pipelinejobs_error(request: Request, exc: Exception) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    log.error("internal error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.error("internal error on %s %s", request.method, shown_path(request.url.path), exc_info=exc)
     return envelope(request, None, "Internal server error.", 500)
 
 
@@ -90,6 +92,7 @@ class StrictTransportSecurity:
 
 def _routes() -> list[Route]:
     routes = abaco_routes()  # first: messages are the hot path
+    routes += engine_routes()  # /nextflow, /snakemake/...: workflow engines' reports
     routes += [Route("/healthz", health, methods=["GET"])]
     routes += metrics.metrics_routes()  # /metrics, /readyz
     routes += read_routes()  # /jobs, /pipelines, /schemas, /state-machine

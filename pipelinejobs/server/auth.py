@@ -118,6 +118,43 @@ async def authorize_read(request: Request) -> str:
     raise Refused(NONCE_MISSING, 401)
 
 
+class EngineCaller(NamedTuple):
+    """Who an engine's report acts as: the caller, and the actor whose nonce it used (None with an API token)."""
+
+    caller: Caller
+    actor: str | None
+
+
+async def authorize_engine(request: Request, nonce: str | None) -> EngineCaller:
+    """An engine's request (``engines.py``): one of serve's API tokens, or a nonce of a served actor
+    with level EXECUTE, of which one use is counted. Refused with 401 otherwise.
+
+    ``nonce`` is where the engine could put one (the URL path, ``x-nonce``, HTTP Basic's user
+    name). A bearer token that is not an API token is taken as the nonce (Snakemake 7/8 send
+    ``$WMS_MONITOR_TOKEN`` so); beside a different nonce it is refused. A nonce authenticates the
+    request only: changing a job also needs the job's token (``service.apply_report``).
+    """
+    server = server_of(request)
+    token = bearer(request)
+    if token is not None and server.config.api_tokens.check(token):
+        return EngineCaller(Caller(server.config.owner, operator=True), None)
+    if token is not None and nonce and token != nonce:
+        raise Refused(INVALID_JWT, 401)
+    candidate = nonce or token
+    if not candidate:
+        raise Refused(NO_CREDENTIALS, 401)
+    registry, now = server.registry, server.clock()
+    for actor in server.config.actors:  # the use is the check: one write, no read first (a report per rule job)
+        used = await run_in_threadpool(registry.use_nonce, actor, candidate, Level.EXECUTE, now)
+        if used is not None:
+            return EngineCaller(Caller(str(used.get("owner") or server.config.owner), operator=False), actor)
+    for actor in server.config.actors:  # refused: say why, as Abaco words it (a READ nonce, one used up)
+        found = await run_in_threadpool(registry.get_nonce, actor, candidate)
+        if found is not None:
+            raise Refused(refusal(found, Level.EXECUTE).message, 401)
+    raise Refused(NONCE_MISSING, 401)
+
+
 def authorize_operator(request: Request) -> None:
     """API tokens only (subscriptions can send a job's data anywhere: a nonce is not enough)."""
     if bearer(request) is None:

@@ -18,7 +18,8 @@ from typing import Any
 
 from .. import egress, logs
 from ..errors import ErrorKind, PipelineJobsError
-from ..runtime import dumps, handle_env, open_store
+from ..intake import Intake
+from ..runtime import dumps, handle_env, handle_received, open_store
 from ..settings import Settings, collect_secrets, words
 from ..store.base import JobStore
 from ..store.factory import open_registry
@@ -130,6 +131,16 @@ class Server:
         )
         self.registry.save_execution(execution)
         return execution, result
+
+    def report(self, intake: Intake, operator: bool = False) -> tuple[int, dict[str, Any]]:
+        """Handle a message an engine's route has read (``engines.py``): the same path as a message,
+        no execution record (the engines do not speak Abaco). Returns (exit code, result)."""
+        code, result = handle_received(
+            intake, settings=self.settings, get_store=lambda: self.store, now=self.clock(), operator=operator
+        )
+        if self.observe is not None:
+            self.observe(result)
+        return code, result
 
     def close(self) -> None:
         """Flush and close the registry first: on MongoDB it writes through the store's client."""

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from .. import __version__
 from ..errors import ErrorKind
 from ..jsontext import dumps_utf8
+from ..logs import MASK
 from .abaco_records import Refused
 
 if TYPE_CHECKING:
@@ -35,6 +36,26 @@ STATUS: dict[ErrorKind, int] = {
     ErrorKind.CONFIGURATION: 500,
     ErrorKind.INTERNAL: 500,
 }
+
+
+_NONCE_IN_PATH = re.compile(r"(/nonces/)[^/]+")
+#: words of a ``/snakemake/...`` address that are no credential (``engines.snakemake_address``)
+_SNAKEMAKE_WORDS = frozenset({"job", "pipeline", "create_workflow", "update_workflow_status", "api", "service-info"})
+
+
+def shown_path(path: str) -> str:
+    """A request path as a log line may show it: nonce ids and the credentials of a Snakemake address
+    (its nonce, a job token, the id that may carry one) masked; a pipeline uuid is kept."""
+    path = _NONCE_IN_PATH.sub(lambda m: m.group(1) + MASK, path)
+    if not path.startswith("/snakemake/"):
+        return path
+    segments = path.split("/")
+    for index in range(2, len(segments)):
+        word, before = segments[index], segments[index - 1]
+        kept = word in _SNAKEMAKE_WORDS or before == "pipeline" or (word, before) == ("workflow", "api")
+        if word and not kept:
+            segments[index] = MASK
+    return "/".join(segments)
 
 
 def status_of(kind: ErrorKind) -> int:

@@ -19,7 +19,6 @@ Every series is named ``pipelinejobs_*`` and lives in the app's own registry.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -37,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import logs
 from ..errors import ErrorKind, PipelineJobsError
 from ..store.base import JobStore
-from .http import JSONResponse
+from .http import JSONResponse, shown_path
 
 log = logs.get_logger("server.metrics")
 DEFAULT_REFRESH_SECONDS = 30.0
@@ -186,7 +185,6 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-_NONCE_IN_PATH = re.compile(r"(/nonces/)[^/]+")
 #: A longer request path is cut in the access log (a path is the client's to choose, up to the HTTP
 #: parser's limits; every log line goes through the redactor), at a ``/`` so no segment shows in part.
 MAX_LOGGED_PATH = 512
@@ -194,12 +192,12 @@ access_log = logs.get_logger("server")
 
 
 def logged_path(path: str) -> str:
-    """``path`` as the access log shows it: nonce ids masked, and past ``MAX_LOGGED_PATH`` characters cut,
-    saying so (``/a/b/...[cut: 70000 characters]``)."""
+    """``path`` as the access log shows it: past ``MAX_LOGGED_PATH`` characters cut, saying so
+    (``/a/b/...[cut: 70000 characters]``), then its credentials masked (``http.shown_path``)."""
     if len(path) > MAX_LOGGED_PATH:
         kept = path[: max(path.rfind("/", 0, MAX_LOGGED_PATH), 0)]
         path = f"{kept}/...[cut: {len(path)} characters]"
-    return _NONCE_IN_PATH.sub(lambda m: m.group(1) + logs.MASK, path)
+    return shown_path(path)
 
 
 EXECUTION_NOTE = "pipelinejobs.execution"  # scope key: a message POST's execution id and exit code, for its line
@@ -208,9 +206,9 @@ EXECUTION_NOTE = "pipelinejobs.execution"  # scope key: a message POST's executi
 class RequestObserver:
     """ASGI middleware, one pass per HTTP request: its access-log line, latency and status.
 
-    The log line is method, path (``logged_path``: nonce ids masked, cut past 512 characters) and
-    status, never the query string (it can carry an ``x-nonce``); a message POST adds its execution
-    id and exit code. Metrics go by route template, read from the route Starlette matched.
+    The log line is method, path (``logged_path``: cut past 512 characters, no credential) and status,
+    never the query string (it can carry an ``x-nonce``); a message POST adds its execution id and exit
+    code. Metrics go by route template, read from the route Starlette matched.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:

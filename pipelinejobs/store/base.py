@@ -152,6 +152,17 @@ class JobStore(Protocol):
     def expire_tombstones(self, now: datetime, *, dry_run: bool = False) -> int:
         """Delete (or count) purge tombstones whose ``expires_at`` has passed."""
 
+    # -- workflow engines' reports ------------------------------------------------------------------
+    def set_progress(self, uuid: str, changes: Document) -> bool:
+        """Set fields of the job document's ``progress`` summary (a None value removes one), each named by
+        its dotted path under ``progress`` (see :func:`.records.progress_path`). State, revision,
+        ``updated`` and history are not changed. False when there is no such job."""
+
+    def record_task(self, record: EventRecord, progress: Document) -> AppendResult:
+        """Log a task record (outcome ``task``, the job unchanged) and make its ``progress`` changes (as
+        :meth:`set_progress`; none when empty) in one step: REPLAYED, changing nothing, when the record's
+        delivery id is known. One transaction on SQLite; on MongoDB the record first, then the summary."""
+
     # -- read side: serve's read API, the web view and metrics ----------------------------
     def query_jobs(self, where: JobFilter, *, after: str | None = None, limit: int = 50) -> JobPage:
         """Job summaries (:data:`JOB_SUMMARY_FIELDS`) matching ``where``, by (created desc, uuid desc)."""

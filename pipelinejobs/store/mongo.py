@@ -48,6 +48,7 @@ from .records import (
     imported_record,
     page_of,
     parse_cursor,
+    progress_path,
     removed_key,
     unlogged_history,
 )
@@ -508,7 +509,11 @@ class MongoJobStore(SharedStore):
         return copied
 
     def record_stale(self, record: EventRecord) -> AppendResult:
+        """A record that leaves the job as it is (stale callback, heartbeat, task report). A job
+        python-datacatalog wrote has its history copied to the log first (once per job and process):
+        once the log holds any record of the job, nothing copies that history any more."""
         with self._translate():
+            self._ensure_logged(record.uuid)
             try:
                 self.events.insert_one(record.to_document())
             except DuplicateKeyError:
@@ -890,6 +895,30 @@ class MongoJobStore(SharedStore):
     def ping(self, timeout: float = 2.0) -> None:
         with self._translate(), pymongo.timeout(timeout):
             self.database.command("ping")
+
+    # -- workflow engines' reports ------------------------------------------------------------------
+    def set_progress(self, uuid: str, changes: Document) -> bool:
+        """One ``update_one``: ``$set`` for values, ``$unset`` for None, on paths under ``progress``."""
+        paths = {"progress." + ".".join(progress_path(key)): value for key, value in changes.items()}
+        update: dict[str, Any] = {}
+        setting = {path: value for path, value in paths.items() if value is not None}
+        removing = {path: "" for path, value in paths.items() if value is None}
+        if setting:
+            update["$set"] = setting
+        if removing:
+            update["$unset"] = removing
+        with self._translate():
+            if not update:
+                return self.jobs.find_one({"uuid": uuid}, {"_id": True}) is not None
+            return self.jobs.update_one({"uuid": uuid}, update).matched_count == 1
+
+    def record_task(self, record: EventRecord, progress: Document) -> AppendResult:
+        """The record first (the truth, and the delivery id's check; see :meth:`record_stale`), then the
+        summary: two writes."""
+        logged = self.record_stale(record)
+        if logged.status is Append.APPLIED and progress:
+            self.set_progress(record.uuid, progress)
+        return logged
 
 
 _SUMMARY_PROJECTION = {"_id": False, **dict.fromkeys(JOB_SUMMARY_PATHS.values(), True)}

@@ -14,6 +14,7 @@ of the latest ``history`` entries); it never grows with the event count.
 from __future__ import annotations
 
 import enum
+import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -37,6 +38,7 @@ class Outcome(str, enum.Enum):
     STALE = "stale"  # a scheduler callback the job is already past: kept in the log, job unchanged
     IMPORTED = "imported"  # a history entry the job had before it had a log (python-datacatalog)
     HEARTBEAT = "heartbeat"  # a sign of life, logged at most once per interval: job unchanged
+    TASK = "task"  # a workflow engine's report on one of its tasks: kept in the log, job unchanged
 
 
 @dataclass(frozen=True)
@@ -207,3 +209,15 @@ def page_of(rows: list[EventRecord], limit: int) -> HistoryPage:
     page = rows[:limit]
     more = len(rows) > limit
     return HistoryPage(page, page[-1].cursor if more and page else None)
+
+
+#: One segment of a ``progress`` path: a name made by this package's adapters, never a user's text.
+PROGRESS_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def progress_path(key: str) -> list[str]:
+    """The segments of a ``set_progress`` key (``failed.12`` -> ``["failed", "12"]``); ValueError otherwise."""
+    segments = key.split(".")
+    if len(segments) > 3 or not all(PROGRESS_KEY.fullmatch(segment) for segment in segments):
+        raise ValueError(f"not a progress field: {key[:80]!r}")
+    return segments

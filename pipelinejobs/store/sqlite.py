@@ -53,6 +53,7 @@ from .records import (
     imported_record,
     page_of,
     parse_cursor,
+    progress_path,
     removed_key,
     unlogged_history,
 )
@@ -959,6 +960,27 @@ class SqliteJobStore(SharedStore):
         with self._reading() as conn:
             conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
 
+    # -- workflow engines' reports ------------------------------------------------------------------
+    def set_progress(self, uuid: str, changes: Document) -> bool:
+        """One ``UPDATE`` of the stored document: ``json_set`` for values, ``json_remove`` for None."""
+        with self._transaction() as conn:
+            return _set_progress(conn, uuid, changes)
+
+    def record_task(self, record: EventRecord, progress: Document) -> AppendResult:
+        """The log row and the summary's ``UPDATE`` in one transaction: one commit, one sync."""
+        row = _record_row(record)
+        with self._transaction() as conn:
+            try:
+                _log_rows(conn, [row])
+            except sqlite3.IntegrityError:
+                existing = self._delivery(conn, record.uuid, record.event_id)
+                if existing is None:
+                    raise
+                return AppendResult(Append.REPLAYED, existing)
+            if progress:
+                _set_progress(conn, record.uuid, progress)
+            return AppendResult(Append.APPLIED)
+
 
 def list_sql(where: JobFilter, position: tuple[datetime, str] | None, limit: int) -> tuple[str, tuple[Any, ...]]:
     """The job list's query: summaries matching ``where`` after ``position``, by (created desc, uuid desc)."""
@@ -1044,3 +1066,23 @@ def _summary(row: tuple[Any, ...]) -> Document:
     for name, convert in _FROM_SQL.items():
         values[name] = convert(values[name])
     return job_summary(values)
+
+
+# -- workflow engines' reports ------------------------------------------------------------------
+def _set_progress(conn: sqlite3.Connection, uuid: str, changes: Document) -> bool:
+    """``set_progress`` inside a transaction: one ``UPDATE`` of the job's stored document."""
+    setting = [(_json_path(key), json.dumps(_tagged(value))) for key, value in changes.items() if value is not None]
+    removing = [_json_path(key) for key, value in changes.items() if value is None]
+    expression, params = "doc", list[Any]()
+    if setting:
+        expression = f"json_set({expression}{', ?, json(?)' * len(setting)})"
+        params += [item for pair in setting for item in pair]
+    if removing:
+        expression = f"json_remove({expression}{', ?' * len(removing)})"
+        params += removing
+    return bool(conn.execute(f"UPDATE jobs SET doc = {expression} WHERE uuid = ?", (*params, uuid)).rowcount)
+
+
+def _json_path(key: str) -> str:
+    """A ``progress`` key as an SQLite JSON path: ``failed.12`` -> ``$.progress."failed"."12"``."""
+    return "$.progress" + "".join(f'."{segment}"' for segment in progress_path(key))

@@ -1,10 +1,24 @@
-"""Agave v2 job-notification callbacks: job status -> PipelineJob event (compat §6)."""
+"""Agave v2 job-notification callbacks: job status -> PipelineJob event (compat §6).
+
+Recognised by a ``status`` URL parameter beside a body that fits the Agave job record
+(AgaveJobsPost). Credential: the ``uuid`` and ``token`` URL parameters of the callback URL
+that ``ManagedPipelineJob`` gave Agave. Delivery id: ``delivery_id`` below, or the
+``event_id`` URL parameter.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .limits import event_id_or_none
+from ..bundled_schemas import Misfit, fits, title
+from ..intake import Intake
+from ..limits import event_id_or_none
+from ..message_types import EventMessage
+from .base import MINE, NOT_MINE, Verdict, misfit, validated_event, with_params
+
+VIA = "agave"
+SCHEDULER = True
+CHANNELS = frozenset({"messages"})
 
 _STATUS_EVENTS: dict[str, str] = {
     **dict.fromkeys(
@@ -73,3 +87,25 @@ def delivery_id(job_record: dict[str, Any], status: str) -> str | None:
     if isinstance(job_record.get("lastUpdated"), str) and job_record["lastUpdated"]:
         parts.append(job_record["lastUpdated"])
     return event_id_or_none(":".join(parts))
+
+
+def recognise(intake: Intake) -> Verdict:
+    if not (isinstance(intake.body, dict) and intake.params.get("status")):
+        return NOT_MINE
+    if fits("agavejobs", intake.body):
+        return MINE
+    return misfit(Misfit(title("agavejobs") + " (callback with status parameter)", "agavejobs", intake.body))
+
+
+def to_message(intake: Intake) -> EventMessage:
+    record, params = intake.body, intake.params
+    status = params["status"]
+    if "$" in status:  # the notification's ${JOB_STATUS} macro was not expanded
+        status = str(record.get("status", ""))
+    fields: dict[str, Any] = {
+        "uuid": params.get("uuid", ""),
+        "name": event_for_status(status),
+        "data": event_data(record),
+    }
+    fields = with_params(fields, params, delivery_id(record, status))
+    return validated_event(fields, VIA, "the Agave callback's URL parameters", status.strip().upper() or None)

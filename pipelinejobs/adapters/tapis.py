@@ -7,6 +7,10 @@ Notifications service POST one JSON object per status change:
 uuid and ``event.data`` a JSON-encoded *string* with ``newJobStatus``,
 ``oldJobStatus``, ``jobName``, ``jobUuid``, ``jobOwner``, ``message`` (more on
 terminal statuses). The callback URL carries the PipelineJob ``uuid`` and ``token``.
+
+Recognised by a body whose ``event`` is an object, without a ``name`` (or ``event``) URL
+parameter. Credential: the ``uuid`` and ``token`` URL parameters. Delivery id:
+``delivery_id`` below, or the ``event_id`` URL parameter.
 """
 
 from __future__ import annotations
@@ -14,8 +18,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .errors import ErrorKind, PipelineJobsError
-from .limits import MAX_DEPTH, check_json_value, event_id_or_none
+from ..bundled_schemas import Misfit, fits, title
+from ..errors import ErrorKind, PipelineJobsError
+from ..intake import Intake
+from ..limits import MAX_DEPTH, check_json_value, event_id_or_none
+from ..message_types import EventMessage
+from .base import MINE, NOT_MINE, Verdict, misfit, validated_event, with_params
+
+VIA = "tapis"
+SCHEDULER = True
+CHANNELS = frozenset({"messages"})
 
 EVENT_TYPE_PREFIX = "jobs.JOB_NEW_STATUS."
 
@@ -115,3 +127,31 @@ def delivery_id(notification: dict[str, Any]) -> str | None:
         if candidate:
             return candidate
     return None
+
+
+def recognise(intake: Intake) -> Verdict:
+    body, params = intake.body, intake.params
+    if (
+        not (isinstance(body, dict) and isinstance(body.get("event"), dict))
+        or params.get("name")
+        or params.get("event")
+    ):
+        return NOT_MINE
+    shown = title("tapisv3") + " (callback with uuid parameter)"
+    if not fits("tapisv3", body):
+        return misfit(Misfit(shown, "tapisv3", body))
+    if not params.get("uuid"):
+        return misfit(Misfit(shown, reason="needs the uuid URL parameter"))
+    return MINE
+
+
+def to_message(intake: Intake) -> EventMessage:
+    notification, params = intake.body, intake.params
+    status = job_status(notification)
+    fields: dict[str, Any] = {
+        "uuid": params["uuid"],
+        "name": event_for_status(status),
+        "data": event_data(notification),
+    }
+    fields = with_params(fields, params, delivery_id(notification))
+    return validated_event(fields, VIA, "the Tapis notification's URL parameters", status or None)
