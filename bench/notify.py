@@ -100,7 +100,7 @@ def _burst(url: str, jobs: list[Job], seconds: float) -> tuple[int, float]:
 
 def bench_notify(plain: Backend, notified: Backend) -> tuple[list[Ratio], dict[str, list[Job]]]:
     """Throughput of serve with one webhook subscription over without, on ``plain``'s kind of store."""
-    from pipelinejobs import notify
+    from pipelinejobs.notify import dispatcher, subscriptions
 
     print(f"\nnotifications: one webhook subscription, {notified.label}")
     port = free_port()
@@ -115,10 +115,10 @@ def bench_notify(plain: Backend, notified: Backend) -> tuple[list[Ratio], dict[s
                 settings = backend.settings()
                 sets[side] = [[new_job(store, settings, 2) for _ in range(CLIENTS)] for _ in range(ROUNDS + 1)]
                 if side == "notified":  # after the jobs' `run`s: only the bursts' events are notified
-                    sub = notify.new_subscription(
-                        now=notify.utc_now(), pipeline_uuid=PIPELINE["uuid"], url=receiver_base + "hook"
+                    sub = subscriptions.new_subscription(
+                        now=dispatcher.utc_now(), pipeline_uuid=PIPELINE["uuid"], url=receiver_base + "hook"
                     )
-                    notify.add_subscription(store, settings, sub)
+                    subscriptions.add_subscription(store, settings, sub)
         with serve(plain, WORKERS) as plain_url, serve(notified, WORKERS) as notified_url:
             rates = _rounds(plain_url, notified_url, sets, receiver_base)
         delivered = _received(receiver_base)

@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     (
         "around the core",
         {"notify", "egress", "queries", "stategraph", "abaco", "deadlines", "auth", "messages", "intake"}
-        | {"agave", "tapis"},
+        | {"agave", "tapis", "sinks"},
     ),
     ("storage", {"store"}),
     (
