@@ -151,7 +151,7 @@ def run_event(delivery: Delivery) -> dict[str, Any] | None:
         parent = facts.job(parents[0]) or {"uuid": parents[0]}
         run_facets["parent"] = _facet(
             PARENT_FACET_SCHEMA,
-            run={"runId": parents[0]},
+            run={"runId": parents[0], "facets": {}},
             job={"namespace": namespace, "name": _job_name(parent, facts), "facets": {}},
         )
     outputs = []
