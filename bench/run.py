@@ -28,7 +28,7 @@ history lacks the last event it accepted.
 5. watch (issue 10, bench/watch.py): a watchdog pass over 100,000 jobs of which 1,000 are overdue.
 6. notify (issue 10, bench/notify.py): on each store, serve's events/s with one active webhook
    subscription (a receiver on loopback answering 204) over serve's events/s without, bursts of
-   8 clients alternating between the two servers.
+   8 clients alternating between the two servers; target 0.7x since webhooks go through httpx (issue 22).
 
     .venv/bin/python bench/run.py [--only imports,latency,throughput,cold,read,watch,notify]
                                   [--history N] [--build-budget S] [--growth-stop X]
