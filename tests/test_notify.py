@@ -483,7 +483,7 @@ def test_an_answer_that_takes_longer_than_the_timeout_in_all_ends_the_attempt_in
         b"HTTP/1.1 2000 OK\r\n\r\n",
         b"HTTP/1.1 OK\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 150_000 + b"\r\n\r\n",  # a head over httpcore's 100 KiB
+        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 300_000 + b"\r\n\r\n",  # past 100 KiB + two 64 KiB reads: refused
         b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",  # then the receiver hangs up
         b"",  # the receiver hangs up without a word
     ],
