@@ -28,8 +28,8 @@ history lacks the last event it accepted.
 5. watch (issue 10, bench/watch.py): a watchdog pass over 100,000 jobs of which 1,000 are overdue.
 6. notify (issue 10, bench/notify.py): on each store, serve's events/s with one active webhook
    subscription (a receiver on loopback answering 204) over serve's events/s without, bursts of
-   8 clients alternating between the two servers.
-7. snakemake (issue 22, bench/engines.py): a Snakemake run of 200 trivial rules reporting to serve
+   8 clients alternating between the two servers; target 0.7x since webhooks go through httpx.
+7. snakemake (bench/engines.py): a Snakemake run of 200 trivial rules reporting to serve
    (on each store) over the same run without ``--logger``, wall time, interleaved.
 
     .venv/bin/python bench/run.py [--only imports,latency,throughput,cold,read,watch,notify,snakemake]

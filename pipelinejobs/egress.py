@@ -17,8 +17,9 @@ and other special-purpose ranges (:data:`REFUSED_NETWORKS`), IPv4 addresses writ
 resolve to. Of a name's addresses, only the allowed ones are used; with none, the send is refused.
 
 :func:`vet` is the policy as a pure function (the resolver is a parameter); :class:`Policy` holds
-it with the settings, and :meth:`Policy.transport` makes an httpx transport that vets each
-connection it opens. Any sink uses one or the other.
+it with the settings, and :class:`VettedBackend` is the httpcore network backend that vets each
+connection it opens: every sink sends through it (``pipelinejobs.sinks.http``), directly or, when
+a proxy is configured, after vetting the destination's addresses itself.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ from .errors import ErrorKind, PipelineJobsError
 
 if TYPE_CHECKING:  # imported where they are used: the event path imports this module
     import ipaddress
-
-    import httpx
 
     Address = ipaddress.IPv4Address | ipaddress.IPv6Address
     Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -277,43 +276,6 @@ class Policy:
             raise PipelineJobsError(
                 ErrorKind.BAD_MESSAGE, f"{what}: the host {host[:100]!r} could not be resolved", field=what
             ) from None
-
-    def connect(self, host: str, port: int, timeout: float) -> socket.socket:
-        """A TCP connection to the first vetted address of ``host`` that accepts one."""
-        failure: OSError | None = None
-        for destination in self.vet(host, port):
-            try:
-                return socket.create_connection((destination.host, port), timeout=timeout)
-            except OSError as exc:
-                failure = exc
-        assert failure is not None  # vet returns at least one destination
-        raise failure
-
-    def transport(self) -> httpx.HTTPTransport:
-        """An httpx transport whose every connection goes to a vetted address (:class:`VettedBackend`).
-
-        It ignores proxy variables (``HTTPS_PROXY``...): through a proxy, the address vetted
-        would be the proxy's, not the sink's.
-        """
-        import httpcore
-        import httpx
-
-        policy = self
-
-        class VettedTransport(httpx.HTTPTransport):
-            def __init__(self) -> None:
-                context = httpx.create_ssl_context(trust_env=False)
-                super().__init__(verify=context, trust_env=False)
-                # httpx takes no network backend: the pool it made is replaced by one with httpx's default limits
-                self._pool = httpcore.ConnectionPool(
-                    ssl_context=context,
-                    network_backend=VettedBackend(policy),  # type: ignore[arg-type]
-                    max_connections=100,
-                    max_keepalive_connections=20,
-                    keepalive_expiry=5.0,
-                )
-
-        return VettedTransport()
 
 
 class VettedBackend:

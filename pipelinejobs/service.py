@@ -12,11 +12,12 @@ import time
 from datetime import datetime
 from typing import Any
 
-from . import adapters, auth, deadlines, documents, fsm, identifiers, notify
+from . import adapters, auth, deadlines, documents, fsm, identifiers
 from .errors import ErrorKind, PipelineJobsError
 from .intake import Origin
 from .logs import add_secrets, get_logger
 from .message_types import CreateMessage, DeleteMessage, EventMessage, Message, ReportMessage
+from .notify import matching, wake
 from .settings import Settings
 from .store.base import JobStore
 from .store.records import Append, AppendResult, Document, EventRecord
@@ -174,7 +175,7 @@ def apply_event(
             via=message.via,
             event_id=event_id,
             digest=digest,
-            notify=notify.matching(store, settings, head, name, target),  # the outbox, written with the record
+            notify=matching.matching(store, settings, head, name, target),  # the outbox, written with the record
         )
         source = (head.get("_properties") or {}).get("source")
         result = _append(store, record, revision, state, grant, source)
@@ -207,7 +208,7 @@ def _append(
     if record.state != state:
         _note_transition(store, record)
     if record.notify:
-        notify.wake(store)
+        wake.wake(store)
     return result
 
 
@@ -605,7 +606,7 @@ def fail_overdue(
     if not fsm.allows(state, "fail"):
         raise PipelineJobsError(ErrorKind.INVALID_TRANSITION, f"job {uuid} is {state}; it cannot fail", uuid=uuid)
     # which subscriptions hear of it needs the job's pipeline: read only when there are subscriptions
-    head = (store.find_head(uuid) if notify.subscriptions(store, settings).by_id else None) or {"uuid": uuid}
+    head = (store.find_head(uuid) if matching.subscriptions(store, settings).by_id else None) or {"uuid": uuid}
     record = EventRecord(
         uuid=uuid,
         seq=expected_revision + 1,
@@ -616,7 +617,7 @@ def fail_overdue(
         state=fsm.State.FAILED.value,
         via="watchdog",
         digest=documents.payload_digest("fail", data),
-        notify=notify.matching(store, settings, head, "fail", fsm.State.FAILED.value),
+        notify=matching.matching(store, settings, head, "fail", fsm.State.FAILED.value),
     )
     result = _append(store, record, expected_revision, state, auth.Grant.SYSTEM)
     if result.status is not Append.APPLIED:

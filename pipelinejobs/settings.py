@@ -16,7 +16,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -82,6 +82,8 @@ class Settings:
     admin: AdminTokens
     identity: Identity
     secrets: tuple[str, ...]  # every secret value, for the log redactor
+    #: the environment's proxy variables (HTTPS_PROXY, NO_PROXY...), for notifications (none under Abaco)
+    proxy_environment: Mapping[str, str] = field(default_factory=dict)
 
     def section(self, name: str) -> dict[str, Any]:
         value = self.config.get(name)
@@ -403,6 +405,28 @@ def collect_secrets(env: Mapping[str, str], config: dict[str, Any]) -> set[str]:
     return found
 
 
+#: the environment variables that name a proxy (curl's and urllib's), in either case
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+def proxy_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The proxy variables of ``env``. None under Abaco, where every URL parameter of a message becomes an
+    environment variable: a caller must not choose where the manager's requests go."""
+    if env.get("_abaco_execution_id"):
+        return {}
+    names = [*PROXY_VARIABLES, *(name.upper() for name in PROXY_VARIABLES)]
+    return {name: env[name] for name in names if env.get(name)}
+
+
+def _password(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url if "://" in url else "http://" + url).password or ""
+    except ValueError:
+        return ""
+
+
 def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Settings:
     """Build the settings from the shipped defaults, config.yml over them, and the environment mapping ``env``.
 
@@ -415,6 +439,8 @@ def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Se
         config = merge_config(default_config(), read_config_file(config_path))
     config = apply_env_overrides(config, env)
     secrets = set(collect_secrets(env, config))
+    proxies = proxy_environment(env)
+    secrets.update(_password(value) for value in proxies.values() if "@" in value)  # http://user:PASSWORD@proxy
     uri = mongodb_uri(config.get("mongodb") or {})
     if uri is not None:
         secrets.add(uri.reveal())
@@ -423,6 +449,7 @@ def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Se
         admin=_admin_tokens(env, config),
         identity=_identity(env),
         secrets=tuple(sorted(secrets, key=len, reverse=True)),
+        proxy_environment=proxies,
     )
 
 

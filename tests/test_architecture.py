@@ -22,7 +22,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     (
         "around the core",
         {"notify", "egress", "queries", "stategraph", "abaco", "deadlines", "auth", "messages", "intake"}
-        | {"adapters", "message_types", "bundled_schemas"},
+        | {"adapters", "message_types", "bundled_schemas", "sinks"},
     ),
     ("storage", {"store"}),
     (

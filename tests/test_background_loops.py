@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from pipelinejobs import notify, watch
+from pipelinejobs import watch
+from pipelinejobs.notify import dispatcher
 from pipelinejobs.server.recorder import WriteBehind
 from pipelinejobs.settings import load_settings
 from pipelinejobs.store.registry import SqliteRegistry
@@ -72,7 +73,7 @@ def test_the_notification_dispatcher_goes_on_after_a_pass_raises_anything(
     settings = load_settings({"_REACTOR_NOTIFICATIONS_EVERY_SECONDS": "0.05"}, ROOT / "config.yml")
     caplog.set_level(logging.ERROR, logger="pipelinejobs.notify")
     with FailingOnce(tmp_path / "jobs.sqlite3") as store:
-        stop = notify.start_background(store, settings, lambda: NOW)
+        stop = dispatcher.start_background(store, settings, lambda: NOW)
         assert stop is not None
         try:
             assert wait_for(lambda: FailingOnce.claims >= 3), FailingOnce.claims  # it passed again, twice

@@ -4,8 +4,8 @@ The expected classifications come from IANA's IPv4 and IPv6 special-purpose addr
 (RFC 6890 and its updates), not from ``pipelinejobs.egress``; the numeric host forms are checked
 against the C library's own reading (``socket.inet_aton``) before they are fed to the policy.
 Resolvers are injected: each test decides what a name resolves to, and when. Deliveries go to
-real HTTP receivers on this host (``tests.notify_fixtures``), through the dispatcher's own senders:
-the raw-socket webhook sender and the httpx client of actor messages.
+real HTTP receivers on this host (``tests.notify_fixtures``), through the sinks and the pooled httpx
+client the dispatcher sends with (``pipelinejobs.sinks.http``).
 """
 
 from __future__ import annotations
@@ -19,11 +19,16 @@ from typing import Any
 
 import pytest
 
-from pipelinejobs import cli, egress, notify
+from pipelinejobs import cli, egress
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
+from pipelinejobs.notify import dispatcher, subscriptions
 from pipelinejobs.server.execution import serve_config
 from pipelinejobs.settings import Settings, load_settings
+from pipelinejobs.sinks import registry
+from pipelinejobs.sinks.base import Attempt, Delivery, NoFacts
+from pipelinejobs.sinks.http import Clients
 from pipelinejobs.store.base import JobStore
+from pipelinejobs.store.records import EventRecord
 from tests.conftest import EXAMPLE_PIPELINE_UUID, ROOT
 from tests.notify_fixtures import Receiver
 from tests.server_fixtures import free_port
@@ -171,8 +176,8 @@ def test_subscription_urls_that_reach_inside_are_refused(url: str) -> None:
 )
 def test_a_url_that_cannot_be_vetted_is_a_clear_refusal(url: str) -> None:
     with pytest.raises(PipelineJobsError) as err:
-        sub = notify.new_subscription(now=now(), pipeline_uuid=EXAMPLE_PIPELINE_UUID, url=url)
-        notify.check_destinations(sub, egress.Policy(resolve=egress.system_resolver))
+        sub = subscriptions.new_subscription(now=now(), pipeline_uuid=EXAMPLE_PIPELINE_UUID, url=url)
+        subscriptions.check_destinations(sub, egress.Policy(resolve=egress.system_resolver))
     assert err.value.kind is ErrorKind.BAD_MESSAGE and "url" in err.value.message
 
 
@@ -253,16 +258,18 @@ def receiver() -> Iterator[Receiver]:
     started.stop()
 
 
-def _sample(subscription: dict[str, Any]) -> dict[str, Any]:
-    return {"id": "msg_test", "type": notify.TEST_TYPE, "subscription": subscription.get("id")}
+def _deliver(subscription: dict[str, Any], http: Clients) -> Attempt:
+    """A sample notification through the subscription's sink, as `subscription test` sends it."""
+    sample = EventRecord("00000000-0000-0000-0000-000000000000", 0, "e", "test", now(), None, "RUNNING")
+    return registry.deliver(Delivery(subscription, sample, None, "msg_test", NoFacts(), test=True), http)
 
 
-def _senders(resolve: Resolver, allowed: str = "127.0.0.0/8") -> notify.Senders:
-    return notify.Senders(5, egress.Policy(egress.allowed_networks(allowed), resolve))
+def _clients(resolve: Resolver, allowed: str = "127.0.0.0/8") -> Clients:
+    return Clients(5, egress.Policy(egress.allowed_networks(allowed), resolve))
 
 
 def _subscription(**target: Any) -> dict[str, Any]:
-    return notify.new_subscription(now=now(), pipeline_uuid=EXAMPLE_PIPELINE_UUID, **target)
+    return subscriptions.new_subscription(now=now(), pipeline_uuid=EXAMPLE_PIPELINE_UUID, **target)
 
 
 @pytest.mark.parametrize("target", ["webhook", "actor"])
@@ -275,11 +282,11 @@ def test_a_send_connects_to_the_address_it_vetted_never_resolving_twice(target: 
     else:
         sub = _subscription(actor=f"http://hook.invalid:{port}/actors/v2/next/messages", nonce="SD2E_n0nce")
     resolve = Resolver(["10.0.0.5", "127.0.0.1"])
-    senders = _senders(resolve)
+    http = _clients(resolve)
     try:
-        tried = notify.deliver(sub, _sample(sub), senders=senders)
+        tried = _deliver(sub, http)
     finally:
-        senders.close()
+        http.close()
     assert tried.ok and not tried.refused, tried
     [got] = receiver.wait_for(1)
     assert got.headers["host"] == f"hook.invalid:{port}" and resolve.calls == ["hook.invalid"]
@@ -292,12 +299,12 @@ def test_dns_rebinding_is_refused_at_send_time(target: str, receiver: Receiver) 
     url = f"http://rebind.invalid:{port}/" + ("hook" if target == "webhook" else "actors/v2/next/messages")
     sub = _subscription(url=url) if target == "webhook" else _subscription(actor=url, nonce="SD2E_n0nce")
     resolve = Resolver([PUBLIC_V4], [METADATA])
-    notify.check_destinations(sub, egress.Policy(resolve=resolve))  # accepted when made
-    senders = notify.Senders(5, egress.Policy(resolve=resolve))
+    subscriptions.check_destinations(sub, egress.Policy(resolve=resolve))  # accepted when made
+    http = Clients(5, egress.Policy(resolve=resolve))
     try:
-        tried = notify.deliver(sub, _sample(sub), senders=senders)
+        tried = _deliver(sub, http)
     finally:
-        senders.close()
+        http.close()
     assert tried.refused and not tried.ok and tried.status is None
     assert tried.error is not None and tried.error.startswith("refused by policy: rebind.invalid resolves only to")
     assert resolve.calls == ["rebind.invalid", "rebind.invalid"] and receiver.received == []
@@ -310,18 +317,18 @@ def test_the_dispatcher_gives_up_a_refused_send_at_once_and_records_why(
     nothing sent, and no retry (the policy says the same until the process restarts with another)."""
     port = receiver.url.split(":")[2].split("/")[0]
     resolve = Resolver([PUBLIC_V4], [METADATA])
-    sub = notify.add_subscription(
+    sub = subscriptions.add_subscription(
         store, settings, _subscription(url=f"http://rebind.invalid:{port}/hook"), policy=egress.Policy(resolve=resolve)
     )
     uuid, token = new_job(store)
     send(store, settings, uuid, token, "run")
-    dispatcher = notify.Dispatcher(store, settings, policy=egress.Policy(resolve=resolve))
+    running = dispatcher.Dispatcher(store, settings, policy=egress.Policy(resolve=resolve))
     try:
-        report = dispatcher.drain()
+        report = running.drain()
         assert (report.refused, report.delivered, report.retrying, report.gave_up) == (1, 0, 0, 0)
-        assert dispatcher.drain().refused == 0  # not tried again
+        assert running.drain().refused == 0  # not tried again
     finally:
-        dispatcher.close()
+        running.close()
     [row] = store.list_deliveries(subscription=sub["id"])
     assert row["outcome"] == "refused" and row["error"].startswith("refused by policy: ") and row["status"] is None
     assert outbox(store) == [] and receiver.received == []
@@ -336,7 +343,7 @@ def test_a_test_send_to_a_refused_address_says_the_same_for_an_open_and_a_closed
     for port in (open_port, closed_port):
         sub = _subscription(url=f"http://127.0.0.1:{port}/hook")  # made while loopback was allowed
         store.save_subscription(sub)
-        answer = notify.send_test(store, settings, sub, now=now())
+        answer = dispatcher.send_test(store, settings, sub, now=now())
         answers.append({k: v for k, v in answer.items() if k != "webhook_id"})
     assert (
         answers[0]

@@ -156,8 +156,9 @@ def test_an_event_costs_three_commands_and_reads_no_whole_document(
     """The hot path as serve runs it (one store, warm): head read, log insert, conditional update."""
     from pymongo import monitoring
 
-    from pipelinejobs import notify, service
+    from pipelinejobs import service
     from pipelinejobs.messages import EventMessage
+    from pipelinejobs.notify import matching
     from pipelinejobs.settings import load_settings
     from tests.conftest import ROOT
 
@@ -181,7 +182,7 @@ def test_an_event_costs_three_commands_and_reads_no_whole_document(
         job = _job()
         store.insert_job(job, {"uuid": UUID, "action": "create"})
         token = identifiers.job_token(job["_salt"], UUID, job["_admin"])
-        notify.subscriptions(store, settings)  # warm: the subscription list is cached per store (issue 10)
+        matching.subscriptions(store, settings)  # warm: the subscription list is cached per store (issue 10)
         for i in range(3):
             listener.seen.clear()
             message = EventMessage(UUID, "update", token, {"i": i})

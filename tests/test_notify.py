@@ -24,10 +24,14 @@ from hypothesis import settings as examples
 from hypothesis import strategies as st
 from pymongo import monitoring
 
-from pipelinejobs import documents, egress, notify, service
+from pipelinejobs import documents, egress, service
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.messages import EventMessage
+from pipelinejobs.notify import budget, deliveries, dispatcher, matching, notification, signing, subscriptions
 from pipelinejobs.settings import Settings, load_settings
+from pipelinejobs.sinks import registry
+from pipelinejobs.sinks.base import MAX_ERROR_CHARS, Attempt, Delivery, NoFacts
+from pipelinejobs.sinks.http import Clients
 from pipelinejobs.store.base import JobStore
 from pipelinejobs.store.mongo import MongoJobStore
 from pipelinejobs.store.records import EventRecord
@@ -81,7 +85,7 @@ def send(store: JobStore, settings: Settings, uuid: str, token: str, name: str, 
 
 def subscribe(store: JobStore, settings: Settings, **fields: Any) -> dict[str, Any]:
     fields.setdefault("pipeline_uuid", EXAMPLE_PIPELINE_UUID) if "job_uuid" not in fields else None
-    return notify.add_subscription(store, settings, notify.new_subscription(now=now(), **fields))
+    return subscriptions.add_subscription(store, settings, subscriptions.new_subscription(now=now(), **fields))
 
 
 @dataclass(frozen=True)
@@ -111,26 +115,26 @@ def outbox(store: JobStore) -> list[Pending]:
     return found
 
 
-def drain(store: JobStore, settings: Settings, passes: int = 1) -> notify.DrainReport:
-    dispatcher = notify.Dispatcher(store, settings)
+def drain(store: JobStore, settings: Settings, passes: int = 1) -> deliveries.DrainReport:
+    running = dispatcher.Dispatcher(store, settings)
     try:
-        total = notify.DrainReport()
+        total = deliveries.DrainReport()
         for _ in range(passes):
-            total.add(dispatcher.drain())
+            total.add(running.drain())
         return total
     finally:
-        dispatcher.close()
+        running.close()
 
 
 # -- signing ---------------------------------------------------------------------------------------
 def test_signatures_verify_with_the_reference_library_and_by_hand() -> None:
     from tests.notify_fixtures import Received
 
-    secret = notify.new_secret()
-    assert secret.startswith("whsec_") and len(notify.secret_key(secret)) == 24
+    secret = signing.new_secret()
+    assert secret.startswith("whsec_") and len(signing.secret_key(secret)) == 24
     body = json.dumps({"job_uuid": "x", "data": {"t": "caf\u00e9"}}, ensure_ascii=False).encode()
     stamp = int(now().timestamp())
-    headers = notify.webhook_headers(secret, "msg_1", stamp, body)
+    headers = signing.signed_headers(secret, "msg_1", stamp, body)
     received = Received("/hook", headers, body)
     assert verify_with_library(secret, received) == json.loads(body)
     verify_by_hand(secret, received)
@@ -138,15 +142,15 @@ def test_signatures_verify_with_the_reference_library_and_by_hand() -> None:
     with pytest.raises(Exception, match="signature"):
         verify_with_library(secret, tampered)
     with pytest.raises(Exception, match="signature"):
-        verify_with_library(notify.new_secret(), received)
+        verify_with_library(signing.new_secret(), received)
 
 
 def test_backoff_is_full_jitter_under_a_capped_exponential() -> None:
-    plan = notify.Budget(backoff_base_seconds=60, backoff_cap_seconds=1800)
-    ceilings = [notify.backoff(n, plan, draw=lambda low, high: high) for n in range(1, 9)]
+    plan = budget.Budget(backoff_base_seconds=60, backoff_cap_seconds=1800)
+    ceilings = [budget.backoff(n, plan, draw=lambda low, high: high) for n in range(1, 9)]
     assert ceilings == [60, 120, 240, 480, 960, 1800, 1800, 1800]
-    assert all(notify.backoff(n, plan, draw=lambda low, high: low) == 0 for n in range(1, 9))
-    default = notify.budget(load_settings({}, ROOT / "config.yml"))
+    assert all(budget.backoff(n, plan, draw=lambda low, high: low) == 0 for n in range(1, 9))
+    default = budget.budget(load_settings({}, ROOT / "config.yml"))
     assert (default.max_attempts, default.backoff_base_seconds, default.backoff_cap_seconds) == (8, 60, 1800)
 
 
@@ -163,21 +167,21 @@ def test_a_subscription_is_checked_and_its_secrets_are_masked(store: JobStore, s
         ({"pipeline_uuid": "p", "actor": "http://x/actors/v2/a/messages"}, "nonce"),
     ):
         with pytest.raises(PipelineJobsError) as err:
-            notify.new_subscription(now=now(), **fields)
+            subscriptions.new_subscription(now=now(), **fields)
         assert err.value.kind is ErrorKind.BAD_MESSAGE and words in err.value.message
         assert "pw" not in err.value.message
     sub = subscribe(store, settings, url="http://127.0.0.1:9/hook?key=s3cr3t-key", states=["finished", "FAILED"])
     assert sub["states"] == ["FAILED", "FINISHED"] and sub["id"].startswith("sub_")
-    shown = notify.public_view(sub)
+    shown = subscriptions.public_view(sub)
     assert shown["secret"] == "*****" and shown["url"] == "http://127.0.0.1:9/hook"
-    assert notify.public_view(sub, reveal_secret=True)["secret"] == sub["secret"]
+    assert subscriptions.public_view(sub, reveal_secret=True)["secret"] == sub["secret"]
     actor = subscribe(store, settings, actor="http://127.0.0.1:9/actors/v2/a/messages?x=1", nonce="SD2E_nonce123")
-    listed = [notify.public_view(s) for s in store.list_subscriptions()]
+    listed = [subscriptions.public_view(s) for s in store.list_subscriptions()]
     assert "s3cr3t" not in json.dumps(listed, default=str) and "SD2E_nonce123" not in json.dumps(listed, default=str)
     assert [s["id"] for s in listed] == [sub["id"], actor["id"]]
-    notify.remove_subscription(store, actor["id"])
+    subscriptions.remove_subscription(store, actor["id"])
     with pytest.raises(PipelineJobsError) as err:
-        notify.remove_subscription(store, actor["id"])
+        subscriptions.remove_subscription(store, actor["id"])
     assert err.value.kind is ErrorKind.NOT_FOUND
 
 
@@ -341,19 +345,21 @@ def test_a_receiver_that_does_not_answer_costs_a_pass_one_try(store: JobStore, s
 
 class ScriptedReceiver:
     """A loopback TCP server that reads each HTTP request whole and writes the next scripted answer
-    verbatim (bytes no HTTP library made); it counts the connections it accepted."""
+    verbatim (bytes no HTTP library made), then, with ``hang_up``, closes its side; it counts the
+    connections it accepted and the requests it read. ``drip`` writes the answer a byte at a time."""
 
-    def __init__(self, answers: list[bytes]) -> None:
+    def __init__(self, answers: list[bytes], *, hang_up: bool = False, drip: float = 0.0) -> None:
         import socket
 
         self.answers = list(answers)
-        self.connections = 0
+        self.hang_up, self.drip = hang_up, drip
+        self.connections = self.requests = 0
         self.server = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/hook"
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
-        while self.answers:
+        while True:
             try:
                 conn, _ = self.server.accept()
             except OSError:
@@ -362,6 +368,8 @@ class ScriptedReceiver:
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn: Any) -> None:
+        import socket
+
         with conn, contextlib.suppress(OSError):  # the client may hang up on a bad answer
             buffer = b""
             while self.answers:
@@ -375,8 +383,16 @@ class ScriptedReceiver:
                 while len(buffer) < length:
                     buffer += conn.recv(65536)
                 buffer = buffer[length:]
-                conn.sendall(self.answers.pop(0))
-                if not self.answers:
+                self.requests += 1
+                answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+                if self.drip:
+                    for byte in answer:
+                        conn.sendall(bytes([byte]))
+                        threading.Event().wait(self.drip)
+                else:
+                    conn.sendall(answer)
+                if self.hang_up:
+                    conn.shutdown(socket.SHUT_WR)
                     return
 
     def close(self) -> None:
@@ -386,34 +402,78 @@ class ScriptedReceiver:
 OK_204 = b"HTTP/1.1 204 No Content\r\n\r\n"
 
 
+def sample_record() -> EventRecord:
+    return EventRecord("u", 1, "e", "update", datetime.now(timezone.utc), {}, "RUNNING")
+
+
+def deliver_to(url: str, *, timeout: float = 5, **extra: Any) -> Attempt:
+    """One webhook delivery of a sample event, through the sink and the dispatcher's kind of client."""
+    subscription = {"id": "sub_x", "target": "webhook", "url": url, "secret": signing.new_secret(), **extra}
+    http = Clients(timeout, LOOPBACK)
+    try:
+        return registry.deliver(Delivery(subscription, sample_record(), None, "msg_x", NoFacts()), http)
+    finally:
+        http.close()
+
+
 @pytest.mark.parametrize(
-    ("answer", "status", "kept"),
+    ("answer", "outcome", "status", "kept"),
     [
-        (OK_204, 204, True),
-        (b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 12\r\n\r\n{"ok": true}', 200, True),
-        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n", 202, True),
-        (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\noops!", 500, True),
-        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", 200, False),
-        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", 200, False),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", 200, False),
-        (b"HTTP/1.1 200 OK\r\n\r\nuntil the connection closes", 200, False),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100_000, 200, False),
+        (OK_204, "delivered", 204, True),
+        (
+            b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\ncontent-length: 12\r\n\r\n{"ok": true}',
+            "delivered",
+            200,
+            True,
+        ),
+        (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n", "delivered", 202, True),
+        (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 5\r\n\r\noops!", "failed", 500, True),
+        (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", "failed", 404, True),  # a webhook retries a 4xx
+        (
+            b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/elsewhere\r\nContent-Length: 0\r\n\r\n",
+            "failed",
+            302,
+            True,
+        ),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", "delivered", 200, False),
+        (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", "delivered", 200, False),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", "delivered", 200, True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100_000, "delivered", 200, False),
     ],
 )
-def test_an_answer_is_read_to_its_end_and_the_connection_kept_only_when_that_is_safe(
-    answer: bytes, status: int, kept: bool
+def test_an_answer_is_judged_by_its_status_and_the_connection_kept_only_when_that_is_safe(
+    answer: bytes, outcome: str, status: int, kept: bool
 ) -> None:
-    """Two POSTs: the second goes over the first's connection exactly when the first answer's end
-    was found and the receiver allows it; either way the second gets its own answer."""
+    """Two deliveries over one pooled client: the second reuses the first's connection exactly when
+    the first answer ended cleanly and the receiver allows it (an answer body past 64 KiB is not read);
+    a redirect is an answer, never followed; either way the second gets its own answer."""
     receiver = ScriptedReceiver([answer, OK_204])
-    senders = notify.Senders(timeout=5, policy=LOOPBACK)
+    http = Clients(5, LOOPBACK)
+    subscription = {"id": "sub_x", "target": "webhook", "url": receiver.url, "secret": signing.new_secret()}
     try:
-        assert senders.post(receiver.url, b'{"a": 1}', {"webhook-id": "msg_1"}) == status
-        assert senders.post(receiver.url, b'{"a": 2}', {"webhook-id": "msg_2"}) == 204
-        assert receiver.connections == (1 if kept else 2)
+        first = registry.deliver(Delivery(subscription, sample_record(), None, "msg_1", NoFacts()), http)
+        second = registry.deliver(Delivery(subscription, sample_record(), None, "msg_2", NoFacts()), http)
     finally:
-        senders.close()
+        http.close()
         receiver.close()
+    assert (first.outcome.value, first.status) == (outcome, status)
+    assert (second.outcome.value, second.status) == ("delivered", 204)
+    assert receiver.requests == 2 and receiver.connections == (1 if kept else 2)
+
+
+def test_an_answer_that_takes_longer_than_the_timeout_in_all_ends_the_attempt_in_time() -> None:
+    """httpx's timeouts are per read: a receiver dripping its answer a byte at a time would hold a
+    delivery for as long as it liked. The attempt as a whole ends within ``timeout_seconds``."""
+    receiver = ScriptedReceiver([b"HTTP/1.1 204 No Content\r\nX-Slow: " + b"a" * 200 + b"\r\n\r\n"], drip=0.05)
+    started = datetime.now(timezone.utc)
+    try:
+        tried = deliver_to(receiver.url, timeout=1)
+    finally:
+        receiver.close()
+    took = (datetime.now(timezone.utc) - started).total_seconds()
+    assert tried.outcome.value == "failed" and tried.status is None
+    assert tried.error is not None and tried.error.startswith("TimeoutError reaching http://127.0.0.1:")
+    assert took < 3  # 1 s and the answer's last drip, not 200 drips of 50 ms each
 
 
 @pytest.mark.parametrize(
@@ -423,35 +483,20 @@ def test_an_answer_is_read_to_its_end_and_the_connection_kept_only_when_that_is_
         b"HTTP/1.1 2000 OK\r\n\r\n",
         b"HTTP/1.1 OK\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
-        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Long: " + b"a" * 300_000 + b"\r\n\r\n",  # past 100 KiB + two 64 KiB reads: refused
         b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",  # then the receiver hangs up
         b"",  # the receiver hangs up without a word
     ],
 )
 def test_a_malformed_or_cut_answer_is_a_failed_attempt_with_a_short_error(answer: bytes) -> None:
-    receiver = ScriptedReceiver([answer])
-    senders = notify.Senders(timeout=5, policy=LOOPBACK)
-    subscription = {"id": "sub_x", "url": receiver.url + "?key=s3cret", "secret": notify.new_secret()}
-    record = EventRecord(
-        uuid="u",
-        seq=1,
-        slot="",
-        event_uuid="e",
-        name="update",
-        date=datetime.now(timezone.utc),
-        data={},
-        state="RUNNING",
-    )
+    receiver = ScriptedReceiver([answer], hang_up=True)
     try:
-        tried = notify.deliver(
-            subscription, notify.notification_body(subscription, record, None, "msg_x"), senders=senders
-        )
+        tried = deliver_to(receiver.url + "?key=s3cret")
     finally:
-        senders.close()
         receiver.close()
-    assert not tried.ok and tried.status is None and tried.error
+    assert tried.outcome.value == "failed" and tried.status is None and tried.error
     assert "s3cret" not in tried.error and receiver.url.split("/hook")[0] in tried.error
-    assert len(tried.error) <= notify.MAX_ERROR_CHARS
+    assert len(tried.error) <= MAX_ERROR_CHARS
 
 
 _ANSWER_PARTS = st.one_of(
@@ -485,28 +530,28 @@ _STRUCTURED_ANSWERS = st.builds(
 )
 
 
-@examples(max_examples=500, deadline=None)
+@pytest.fixture(scope="module")
+def any_answer() -> Iterator[ScriptedReceiver]:
+    receiver = ScriptedReceiver([OK_204], hang_up=True)
+    yield receiver
+    receiver.close()
+
+
+@examples(max_examples=150, deadline=None)
 @example(answer=b"HTTP/1.1 \xb2\xb3\xb9 OK\r\n\r\n")  # digits to str.isdigit(), not to int()
 @example(answer=b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n")
 @given(answer=st.one_of(_STRUCTURED_ANSWERS, st.lists(_ANSWER_PARTS, max_size=12).map(b"".join)))
-def test_any_answer_bytes_give_a_status_or_a_clear_failure(answer: bytes) -> None:
-    """Whatever a receiver writes before hanging up: a status and whether to keep the connection, or
-    BadAnswer, or a reset connection; nothing else escapes, and nothing waits for more than was sent."""
-    import socket
-
-    ours, theirs = socket.socketpair()
-    try:
-        ours.settimeout(5)
-        theirs.sendall(answer)
-        theirs.shutdown(socket.SHUT_WR)
-        try:
-            status, keep = notify.read_answer(ours)
-        except (notify.BadAnswer, ConnectionResetError):
-            return
-        assert 100 <= status <= 999 and isinstance(keep, bool)
-    finally:
-        ours.close()
-        theirs.close()
+def test_any_answer_bytes_give_a_judgement_and_a_short_error(any_answer: ScriptedReceiver, answer: bytes) -> None:
+    """Whatever a receiver writes before hanging up: delivered (a 2xx status), or failed with a status or
+    a short error naming the receiver; nothing escapes, and nothing waits for more than was sent."""
+    any_answer.answers = [answer]
+    tried = deliver_to(any_answer.url, timeout=2)
+    assert tried.outcome.value in ("delivered", "failed")
+    if tried.ok:
+        assert tried.status is not None and 200 <= tried.status < 300
+    else:
+        assert tried.error and len(tried.error) <= MAX_ERROR_CHARS
+        assert tried.status is not None or "127.0.0.1" in tried.error
 
 
 def test_a_crashed_dispatchers_lease_runs_out_and_the_same_webhook_id_is_sent(
@@ -521,7 +566,7 @@ def test_a_crashed_dispatchers_lease_runs_out_and_the_same_webhook_id_is_sent(
     assert drain(store, settings).delivered == 0  # leased: not due
     threading.Event().wait(1.2)
     assert drain(store, settings).delivered == 1
-    expected = notify.message_id(claimed[0].record, claimed[0].pending[0])
+    expected = notification.message_id(claimed[0].record, claimed[0].pending[0])
     assert receiver.wait_for(1)[0].headers["webhook-id"] == expected
 
 
@@ -531,7 +576,7 @@ def test_a_removed_subscription_is_not_told_and_the_drop_is_recorded(
     uuid, token = new_job(store)
     sub = subscribe(store, settings, url=receiver.url)
     send(store, settings, uuid, token, "run")
-    notify.remove_subscription(store, sub["id"])
+    subscriptions.remove_subscription(store, sub["id"])
     report = drain(store, settings)
     assert report.dropped == 1 and receiver.received == []
     assert [r["outcome"] for r in store.list_deliveries(job_uuid=uuid)] == ["dropped"]
@@ -576,7 +621,7 @@ def test_an_actor_refusing_the_nonce_is_retried_and_the_error_names_no_nonce(
 
 def test_the_test_command_sends_a_signed_sample(store: JobStore, settings: Settings, receiver: Receiver) -> None:
     sub = subscribe(store, settings, url=receiver.url)
-    answer = notify.send_test(store, settings, sub, now=now())
+    answer = dispatcher.send_test(store, settings, sub, now=now())
     assert answer["ok"] is True and answer["status"] == 204
     got = receiver.wait_for(1)[0]
     assert verify_with_library(sub["secret"], got)["type"] == "pipelinejob.test"
@@ -589,7 +634,7 @@ def logged_run_not_applied(store: MongoJobStore, settings: Settings, receiver: R
     store.ensure_indexes()
     uuid, _ = new_job(store)
     subscribe(store, settings, url=receiver.url)
-    ids = tuple(notify.subscriptions(store, settings).by_id)
+    ids = tuple(matching.subscriptions(store, settings).by_id)
     at = documents.utc_seconds(now())
     store._insert_record(EventRecord(uuid, 1, event_uuid, "run", at, None, "RUNNING", notify=ids))
     return uuid
@@ -661,7 +706,7 @@ def test_mongodb_a_notified_event_still_costs_three_commands(
         store.ensure_indexes()
         uuid, token = new_job(store)
         subscribe(store, settings, url="http://127.0.0.1:9/x", events=["update"])
-        notify.subscriptions(store, settings)  # a warm store has its subscription list
+        matching.subscriptions(store, settings)  # a warm store has its subscription list
         send(store, settings, uuid, token, "run")  # a state change also moves the watch record
         for data in ({"k": 1}, {"k": 2}):
             listener.seen.clear()
@@ -679,20 +724,20 @@ def test_mongodb_a_busy_dispatcher_pass_is_four_commands_that_name_records_by_an
     as a ``notify_due`` bound with an event-uuid list, makes the MongoDB-wire server decode the whole log
     on every pass.)"""
     listener = CommandLog()
-    lease = notify.budget(settings).lease_seconds
+    lease = budget.budget(settings).lease_seconds
     start = now() + timedelta(seconds=10)  # the dispatcher's clock: every event below is due by then
     # pass 1 takes the lease; pass 2 comes within the lease's first half; pass 3 after it, and renews it
     moments = [start, start + timedelta(seconds=lease / 4), start + timedelta(seconds=lease * 3 / 4)]
     with MongoJobStore(mongodb_uri, database_name, client_options={"event_listeners": [listener]}) as store:
         store.ensure_indexes()
         subscribe(store, settings, url=receiver.url)
-        dispatcher = notify.Dispatcher(store, settings, clock=lambda: moments[0])
+        running = dispatcher.Dispatcher(store, settings, clock=lambda: moments[0])
         try:
             for n in range(3):
                 uuid, token = new_job(store, {"n": n})
                 send(store, settings, uuid, token, "run")
                 listener.seen.clear()
-                assert dispatcher.run_pass().delivered == 1
+                assert running.run_pass().delivered == 1
                 names = [(c, str(cmd.get(c))) for c, cmd in listener.seen]
                 expected = [("find", "events"), ("find", "jobs"), ("insert", "deliveries"), ("update", "events")]
                 if n != 1:  # something is due: the lease is taken (or renewed) first
@@ -702,11 +747,11 @@ def test_mongodb_a_busy_dispatcher_pass_is_four_commands_that_name_records_by_an
                 assert [list(u["q"]) for u in settle] == [["_id"]] and list(settle[0]["q"]["_id"]) == ["$in"]
                 held = db.notify_leases.find_one({"_id": "outbox"})
                 taken = moments[0] if n != 1 else start
-                assert held["owner"] == dispatcher.owner
+                assert held["owner"] == running.owner
                 assert abs((held["until"].replace(tzinfo=timezone.utc) - taken).total_seconds() - lease) < 0.01
                 moments.pop(0) if n < 2 else None
         finally:
-            dispatcher.close()
+            running.close()
     assert len(receiver.wait_for(3)) == 3
     assert db.events.count_documents({"notify_due": {"$exists": True}}) == 0
 
@@ -748,10 +793,10 @@ def test_mongodb_a_catalog_db_init_has_not_upgraded_sends_nothing_and_says_so(
         send(store, settings, uuid, token, "run")
     db.deliveries.drop_index("jobs_at")  # as an earlier version's catalog lacks it
     with MongoJobStore(mongodb_uri, database_name) as store:
-        dispatcher = notify.Dispatcher(store, settings)
+        running = dispatcher.Dispatcher(store, settings)
         with pytest.raises(PipelineJobsError) as refused:
-            dispatcher.run_pass()
-        dispatcher.close()
+            running.run_pass()
+        running.close()
         assert refused.value.kind is ErrorKind.CONFIGURATION and "db init" in refused.value.message
         store.ensure_indexes()
         assert drain(store, settings).delivered == 1

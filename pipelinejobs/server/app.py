@@ -20,8 +20,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .. import logs, notify, watch
+from .. import logs, watch
 from ..errors import PipelineJobsError
+from ..notify import dispatcher
 from . import metrics
 from .abaco_api import abaco_routes
 from .abaco_records import Refused
@@ -109,7 +110,7 @@ def start_background(server: Server) -> Callable[[], None]:
     """
     every = watch.watch_every(server.settings)  # deadlines.watch_every_seconds: off unless set
     stop_watchdog = watch.start_background(server.store, server.settings, server.clock, every) if every else None
-    stop_notify = notify.start_background(server.store, server.settings, server.clock)  # the outbox dispatcher
+    stop_notify = dispatcher.start_background(server.store, server.settings, server.clock)  # the outbox dispatcher
 
     def stop() -> None:
         if stop_notify is not None:

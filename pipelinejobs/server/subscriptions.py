@@ -1,9 +1,10 @@
 """Serve's notification API (issue 10): subscriptions and their delivery records.
 
-``POST /subscriptions`` (a JSON object: ``pipeline`` or ``job``, ``url`` or ``actor`` with
-``nonce``/``bearer``/``tapis_token`` and ``api_server``, optional ``states``, ``events``,
-``include_data``, ``description``) answers the subscription with its signing secret, the only
-time it is shown; ``GET /subscriptions`` lists them masked; ``DELETE /subscriptions/{id}``;
+``POST /subscriptions`` (a JSON object: ``pipeline`` or ``job``; ``url`` (a webhook), ``actor``
+with ``nonce``/``bearer``/``tapis_token`` and ``api_server``, or ``openlineage`` with ``namespace``,
+``dataset_namespace`` and ``api_key``; optional ``states``, ``events``, ``include_data``,
+``description``) answers the subscription with a webhook's signing secret, the only time it is
+shown; ``GET /subscriptions`` lists them masked; ``DELETE /subscriptions/{id}``;
 ``POST /subscriptions/{id}/test`` sends a signed sample ("delivered", "refused by policy" or
 "failed"); ``GET /subscriptions/{id}/deliveries`` and ``GET /jobs/{uuid}/deliveries`` show the
 attempts, newest first. Destinations pass the outbound policy (``pipelinejobs.egress``) when a
@@ -11,7 +12,7 @@ subscription is made and at every send.
 
 Only a holder of one of serve's API tokens may use them: a subscription can send a job's
 data anywhere, so an actor's nonce (which a job's owner may hold) is not enough.
-Routes stay thin: parse, call ``pipelinejobs.notify``, render.
+Routes stay thin: parse, call ``pipelinejobs.notify``'s modules, render.
 """
 
 from __future__ import annotations
@@ -25,28 +26,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .. import egress, notify, queries
+from .. import egress, queries
 from ..errors import PipelineJobsError
+from ..notify import dispatcher, subscriptions
+from ..sinks.registry import SINKS
 from .abaco_records import Refused
 from .auth import authorize_operator
 from .http import read_body, server_of, status_of
 from .read import answer as _json_answer
 
 Handler = Callable[[Request], Awaitable[Response]]
-_FIELDS = {
-    "pipeline",
-    "job",
-    "url",
-    "actor",
-    "api_server",
-    "nonce",
-    "bearer",
-    "tapis_token",
-    "states",
-    "events",
-    "include_data",
-    "description",
-}
+
+#: the fields every subscription takes; the others are its sink's (``pipelinejobs.sinks``)
+_COMMON = {"pipeline", "job", "states", "events", "include_data", "description"}
+_FIELDS = _COMMON | {name for sink in SINKS.values() for name in (sink.selector, *sink.options)}
 
 
 def _answer(request: Request, result: Any, message: str) -> Response:
@@ -97,30 +90,26 @@ async def create_subscription(request: Request) -> Response:
             raise Refused(f"'{name}' must be a string.")
     if "include_data" in body and not isinstance(body["include_data"], bool):
         raise Refused("'include_data' must be true or false.")
-    subscription = notify.new_subscription(
+    target = {name: body.get(name) for name in _FIELDS - _COMMON}
+    subscription = subscriptions.new_subscription(
         now=server.clock(),
         pipeline_uuid=body.get("pipeline"),
         job_uuid=body.get("job"),
-        url=body.get("url"),
-        actor=body.get("actor"),
-        api_server=body.get("api_server"),
-        nonce=body.get("nonce"),
-        bearer=body.get("bearer"),
-        tapis_token=body.get("tapis_token"),
         states=_names(body.get("states"), "states"),
         events=_names(body.get("events"), "events"),
         include_data=body.get("include_data", True),
         description=body.get("description") or "",
+        **target,
     )
-    await run_in_threadpool(notify.add_subscription, server.store, server.settings, subscription)
-    shown = notify.public_view(subscription, reveal_secret=True)
+    await run_in_threadpool(subscriptions.add_subscription, server.store, server.settings, subscription)
+    shown = subscriptions.public_view(subscription, reveal_secret=True)
     return _answer(request, shown, "Subscription created; its secret is shown this once.")
 
 
 async def list_subscriptions(request: Request) -> Response:
     store = server_of(request).store
     found = await run_in_threadpool(store.list_subscriptions)
-    return _answer(request, [notify.public_view(s) for s in found], "Subscriptions retrieved successfully.")
+    return _answer(request, [subscriptions.public_view(s) for s in found], "Subscriptions retrieved successfully.")
 
 
 async def _subscription(request: Request) -> dict[str, Any]:
@@ -134,7 +123,7 @@ async def _subscription(request: Request) -> dict[str, Any]:
 
 async def delete_subscription(request: Request) -> Response:
     server = server_of(request)
-    await run_in_threadpool(notify.remove_subscription, server.store, request.path_params["id"])
+    await run_in_threadpool(subscriptions.remove_subscription, server.store, request.path_params["id"])
     return _answer(request, None, "Subscription deleted successfully.")
 
 
@@ -142,7 +131,7 @@ async def test_subscription(request: Request) -> Response:
     server = server_of(request)
     subscription = await _subscription(request)
     result = await run_in_threadpool(
-        lambda: notify.send_test(server.store, server.settings, subscription, now=server.clock())
+        lambda: dispatcher.send_test(server.store, server.settings, subscription, now=server.clock())
     )
     said = {"delivered": "Test notification sent.", egress.REFUSED: "Test notification refused by policy."}
     return _answer(request, result, said.get(result["outcome"], "Test notification failed."))

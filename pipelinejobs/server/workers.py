@@ -34,7 +34,8 @@ from typing import Any, cast
 
 from starlette.applications import Starlette
 
-from .. import logs, notify
+from .. import logs
+from ..notify import wake as notify_wake
 from ..settings import Settings, load_settings, words
 from .app import create_app, start_background
 from .execution import Server, open_server, serve_config
@@ -142,10 +143,10 @@ def run_workers(
         lifespan="on",
         **uvicorn_options,
     )
-    wake: notify.WakeSocket | None = None
+    wake: notify_wake.WakeSocket | None = None
     try:  # the workers' outbox items wake the dispatcher, which runs here
-        wake = notify.WakeSocket()
-        os.environ[notify.WAKE_SOCKET_ENV] = wake.path
+        wake = notify_wake.WakeSocket()
+        os.environ[notify_wake.WAKE_SOCKET_ENV] = wake.path
     except OSError as exc:  # no Unix sockets here: the dispatcher's poll finds the items
         log.warning("notifications wait for the dispatcher's poll: no wake-up socket (%s)", exc)
     stop_background = start_background(server)
