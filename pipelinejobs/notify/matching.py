@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -64,7 +65,8 @@ class _Cached:
         self.index, self.until, self.wake = index, until, threading.Event()
 
 
-_CACHE = "_pipelinejobs_subscriptions"  # the attribute of a store object holding its cache
+#: each store object's cached subscription list, forgotten with the store object
+_CACHES: weakref.WeakKeyDictionary[JobStore, _Cached] = weakref.WeakKeyDictionary()
 
 
 def subscriptions(store: JobStore, settings: Settings, *, fresh: bool = False) -> SubscriptionIndex:
@@ -73,7 +75,7 @@ def subscriptions(store: JobStore, settings: Settings, *, fresh: bool = False) -
     So a subscription added elsewhere (another process, the CLI) takes effect in a running
     serve within that time; one added through this store object takes effect at once.
     """
-    cached: _Cached | None = getattr(store, _CACHE, None)
+    cached = _CACHES.get(store)
     now = time.monotonic()
     if cached is not None and not fresh and now < cached.until:
         return cached.index
@@ -81,20 +83,20 @@ def subscriptions(store: JobStore, settings: Settings, *, fresh: bool = False) -
     refreshed = _Cached(index, now + budget(settings).refresh_seconds)
     if cached is not None:
         refreshed.wake = cached.wake
-    setattr(store, _CACHE, refreshed)
+    _CACHES[store] = refreshed
     return index
 
 
 def forget_cache(store: JobStore) -> None:
     """After this process changed the subscriptions: the next event rereads them."""
-    cached: _Cached | None = getattr(store, _CACHE, None)
+    cached = _CACHES.get(store)
     if cached is not None:
         cached.until = 0.0
 
 
 def wake_event(store: JobStore) -> threading.Event | None:
     """What the store's dispatcher in this process waits on between passes (None before any read)."""
-    cached: _Cached | None = getattr(store, _CACHE, None)
+    cached = _CACHES.get(store)
     return None if cached is None else cached.wake
 
 

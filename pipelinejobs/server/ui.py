@@ -36,6 +36,7 @@ from starlette.routing import Route
 
 from .. import __version__, fsm, logs, queries, stategraph
 from ..errors import PipelineJobsError
+from ..store.base import JobStore
 from .abaco_records import Refused
 from .auth import authorize_read
 from .http import JSONResponse, bearer, server_of, status_of
@@ -205,7 +206,7 @@ def _next_target(raw: str | None) -> str:
 
 
 # -- the jobs list -------------------------------------------------------------------------------
-def _pipelines(store: Any) -> dict[str, dict[str, Any]]:
+def _pipelines(store: JobStore) -> dict[str, dict[str, Any]]:
     return {str(p.get("uuid")): p for p in queries.list_pipelines(store)}
 
 
