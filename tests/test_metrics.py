@@ -207,6 +207,15 @@ def test_readyz_is_503_when_mongodb_is_killed(tmp_path: Path) -> None:
             assert httpx.get(f"{server.url}/healthz").status_code == 200
             families = scrape(server)  # still answers from the last snapshot
             assert value(families, "pipelinejobs_store_errors_total") >= 1
+            # the database comes back before serve stops: its stop (the dispatcher's last pass, the execution
+            # records' last flush) would otherwise wait out server selection after server selection
+            mongo = subprocess.Popen(
+                [binary, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(storage)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            _wait_for_port(port, mongo)
+            assert httpx.get(f"{server.url}/readyz", timeout=30).status_code == 200  # and serve sees it again
     finally:
         stop_process(mongo) if mongo.poll() is None else None
 
