@@ -94,15 +94,13 @@ def _tls_files(args: argparse.Namespace, section: dict[str, Any]) -> tuple[str, 
     return str(cert), str(key)
 
 
-def _workers(value: Any) -> int:
-    """``--workers`` / ``serve.workers``: how many processes answer (default 1)."""
-    try:
-        count = int(value if value not in (None, "") else 1)
-    except (TypeError, ValueError):
-        count = 0
-    if count < 1:
-        raise PipelineJobsError(ErrorKind.CONFIGURATION, f"serve workers must be a whole number >= 1, not {value!r}")
-    return count
+def _workers(args: argparse.Namespace, settings: Settings) -> int:
+    """``--workers``, else ``serve.workers`` (typed at load): how many processes answer (default 1)."""
+    if args.workers is None:
+        return int(settings.value("serve", "workers"))
+    if args.workers < 1:
+        raise PipelineJobsError(ErrorKind.CONFIGURATION, f"--workers must be a whole number >= 1, not {args.workers}")
+    return int(args.workers)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -119,9 +117,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     formatter = configure_logging(settings, plain)
     section = settings.section("serve")
-    host = args.host or str(section.get("host") or "127.0.0.1")
-    port = args.port or int(section.get("port") or 8000)
-    workers = _workers(args.workers if args.workers is not None else section.get("workers"))
+    host = args.host or str(settings.value("serve", "host"))
+    port = args.port or int(settings.value("serve", "port"))
+    workers = _workers(args, settings)
     tls = _tls_files(args, section)
     sock = _listen(host, port, workers=workers)
     waiting = _start_wait_notice(settings)

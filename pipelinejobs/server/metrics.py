@@ -268,15 +268,7 @@ def metrics_routes() -> list[Route]:
 
 def install(app: Any, server: Any) -> Metrics:
     """Attach metrics to the app and to ``server.execute`` (``server.observe``)."""
-    seconds = server.settings.section("metrics").get("jobs_refresh_seconds")
-    seconds = DEFAULT_REFRESH_SECONDS if seconds in (None, "") else seconds
-    try:
-        interval = max(float(seconds), 1.0)
-    except (TypeError, ValueError):
-        raise PipelineJobsError(
-            ErrorKind.CONFIGURATION, "metrics.jobs_refresh_seconds must be a number of seconds"
-        ) from None
-    metrics = Metrics(server.store, interval)
+    metrics = Metrics(server.store, float(server.settings.value("metrics", "jobs_refresh_seconds")))
     app.state.metrics = metrics
     server.observe = metrics.observe
     app.add_middleware(RequestObserver, metrics=metrics)
