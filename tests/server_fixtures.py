@@ -101,11 +101,15 @@ def start_server(
     *,
     token_via_env: bool = False,
     args: tuple[str, ...] = (),
+    actors: tuple[str, ...] = (ACTOR_ID, OTHER_ACTOR_ID),
 ) -> Iterator[LiveServer]:
-    """Start `pipelinejobs serve` (plus ``args``) with a clean environment plus ``env``; stop it afterwards."""
+    """Start `pipelinejobs serve` (plus ``args``) with a clean environment plus ``env``; stop it afterwards.
+
+    ``actors``: the ``--actor`` options (none: serve answers for its default actor, which is ``ACTOR_ID``).
+    """
     port = free_port()
     command = [sys.executable, "-m", "pipelinejobs.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--actor", ACTOR_ID, "--actor", OTHER_ACTOR_ID, *args]
+    command += [*(option for actor in actors for option in ("--actor", actor)), *args]
     full_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "USER": "tester", **env}
     if token_via_env:  # keeps the token out of the process list
         full_env["PIPELINEJOBS_API_TOKENS"] = API_TOKEN

@@ -107,7 +107,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..server.app import create_app
-    from ..server.execution import describe, open_server, serve_config
+    from ..server.execution import DEFAULT_ACTOR, describe, open_server, serve_config
     from ..server.workers import configure_logging, run_workers
 
     settings = load_settings(os.environ, Path(args.config) if args.config else None)
@@ -135,14 +135,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not len(config.api_tokens):
         log.warning("no API tokens configured: only nonces (made with `pipelinejobs nonce create`) are accepted")
     bound_port = sock.getsockname()[1]
+    defaulted = config.actors == (DEFAULT_ACTOR,) and not words(args.actor) and not settings.value("serve", "actors")
     log.info(
-        "pipelinejobs serve %s listening on %s://%s:%s for actor(s) %s "
+        "pipelinejobs serve %s listening on %s://%s:%s for actor(s) %s%s "
         "(POST /actors/v2/{id}/messages and /v3/actors/{id}/messages); store: %s; %d API token(s) accepted",
         __version__,
         "https" if tls else "http",
         host,
         bound_port,
         ", ".join(config.actors),
+        " (the default: no --actor or serve.actors given)" if defaulted else "",
         describe(server),
         len(config.api_tokens),
     )
