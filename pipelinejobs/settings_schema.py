@@ -352,7 +352,8 @@ SCHEMA: dict[str, dict[str, Setting]] = {
         "pipelines": S(mapping(RETENTION_OVERRIDE), null={}),
     },
     "metrics": {
-        "jobs_refresh_seconds": S(seconds(1, whole_seconds=False), null=30.0),
+        "jobs_refresh_seconds": S(seconds(0, whole_seconds=False), null=1.0),
+        "recount_seconds": S(seconds(0, whole_seconds=False), null=600.0),
     },
     "notifications": {
         "max_attempts": S(whole(1), null=8),

@@ -125,7 +125,14 @@ def _judge_one(
         return  # judged again on the next pass, from the fresh sign of life
     try:
         service.fail_overdue(
-            store, settings, uuid=uuid, state=state, expected_revision=revision, data=overdue.data(now), now=now
+            store,
+            settings,
+            uuid=uuid,
+            state=state,
+            expected_revision=revision,
+            data=overdue.data(now),
+            now=now,
+            pipeline_uuid=head.get("pipeline_uuid"),
         )
     except PipelineJobsError as exc:
         if exc.kind in (ErrorKind.CONFLICT, ErrorKind.INVALID_TRANSITION, ErrorKind.NOT_FOUND):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -20,6 +20,7 @@ from starlette.routing import Route
 
 from .. import logs, notify, watch
 from ..errors import PipelineJobsError
+from ..store.base import ReadStore
 from . import metrics
 from .abaco_api import abaco_routes
 from .abaco_records import Refused
@@ -71,15 +72,18 @@ def _routes() -> list[Route]:
 
 def start_background(server: Server) -> Callable[[], None]:
     """serve's background loops (the watchdog when ``deadlines.watch_every_seconds`` is set, the notification
-    dispatcher unless ``notifications.every_seconds`` is 0); returns their stop.
+    dispatcher unless ``notifications.every_seconds`` is 0, the job counts' recount); returns their stop.
 
     They run once per serve: in the app's process, or in the supervisor when ``--workers`` runs several.
     """
     every = watch.watch_every(server.settings)  # deadlines.watch_every_seconds: off unless set
     stop_watchdog = watch.start_background(server.store, server.settings, server.clock, every) if every else None
     stop_notify = notify.start_background(server.store, server.settings, server.clock)  # the outbox dispatcher
+    recount_every = float(server.settings.value("metrics", "recount_seconds"))
+    stop_recount = metrics.start_recounting(cast(ReadStore, server.store), recount_every)  # both stores have it
 
     def stop() -> None:
+        stop_recount()
         if stop_notify is not None:
             stop_notify()
         if stop_watchdog is not None:

@@ -270,6 +270,11 @@ class JobStore(Protocol):
     def expire_tombstones(self, now: datetime, *, dry_run: bool = False) -> int:
         """Delete (or count) purge tombstones whose ``expires_at`` has passed."""
 
+    # -- job counts (issue 20); the read side is in ReadStore -----------------------------------
+    def count_move(self, pipeline_uuid: str | None, from_state: str, to_state: str) -> None:
+        """An event the caller appended (APPLIED) moved a visible job from ``from_state`` to ``to_state``:
+        move the job counters if this store's event write did not (MongoDB); best effort, never raises."""
+
 
 def iter_history(store: JobStore, uuid: str, page_size: int = 500) -> Iterator[EventRecord]:
     """Every record of a job's history, oldest first, read a page at a time."""
@@ -447,7 +452,39 @@ class ReadStore(Protocol):
         """How many jobs match ``where``, per state."""
 
     def job_totals(self) -> dict[tuple[str, str], int]:
-        """Visible jobs per (state, pipeline uuid): the metrics gauge's one aggregate."""
+        """Visible jobs per (state, pipeline uuid), counted now: one aggregate over the jobs (a recount's)."""
 
     def ping(self, timeout: float = 2.0) -> None:
         """Raise ``STORAGE_UNAVAILABLE`` unless the store answers a trivial read within ``timeout``."""
+
+    # -- job counts (issue 20) -------------------------------------------------------------------
+    def job_counts(self, timeout: float = 2.0) -> dict[tuple[str, str], int]:
+        """Visible jobs per (state, pipeline uuid) as the counters kept with every write have them (pairs
+        that went back to 0 included): a small read, never a scan; ``STORAGE_UNAVAILABLE`` after ``timeout``."""
+
+    def recount_jobs(self) -> Recount:
+        """Count the visible jobs (:meth:`job_totals`) and set the counters to it, unless they moved meanwhile."""
+
+
+# -- job counts (issue 20): visible jobs per (state, pipeline), kept with the writes that move a job ---
+@dataclass(frozen=True)
+class Recount:
+    """What a recount of the visible jobs did to the counters /metrics reads.
+
+    ``applied`` is False when the counters moved while the jobs were being counted (MongoDB): nothing
+    was changed then, and the recount is worth trying again. ``corrections`` is what the counters were
+    off by, per (state, pipeline): jobs written by others (python-datacatalog), or a writer that died
+    between its job's update and the counters'.
+    """
+
+    applied: bool
+    corrections: dict[tuple[str, str], int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def count_corrections(
+    counted: dict[tuple[str, str], int], actual: dict[tuple[str, str], int]
+) -> dict[tuple[str, str], int]:
+    """Per (state, pipeline), how far ``actual`` is from ``counted`` (only the pairs that differ)."""
+    keys = dict.fromkeys([*counted, *actual])
+    return {key: actual.get(key, 0) - counted.get(key, 0) for key in keys if actual.get(key, 0) != counted.get(key, 0)}
