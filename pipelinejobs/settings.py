@@ -22,7 +22,16 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from .errors import ErrorKind, PipelineJobsError
-from .settings_schema import ENV_PREFIX, PROTECTED_SECTIONS, SCHEMA, Invalid, Origin, resolve, setting_for
+from .settings_schema import (
+    ENV_PREFIX,
+    PROTECTED_SECTIONS,
+    SCHEMA,
+    Invalid,
+    Origin,
+    env_name,
+    resolve,
+    setting_for,
+)
 
 __all__ = ["ENV_PREFIX", "PROTECTED_SECTIONS", "Origin", "Secret", "Settings", "load_settings", "words"]
 DEFAULT_ADMIN_KEY = "XB]6f^~T3)EDxB(3A6F@CE>JTU.T>whH"
@@ -349,11 +358,24 @@ NOT_SECRET_ENV = frozenset(
 )
 
 
+#: ... nor do the variables of settings that are numbers, durations, booleans or words from a fixed list
+#: (``Kind.plain``): a value that must parse as one cannot carry a credential, and 86400 would otherwise be
+#: masked everywhere. The security sections' variables are ignored, never parsed: masked as the SDK does.
+_TYPED_NOT_SECRET_ENV = frozenset(
+    env_name(section, key)
+    for section, keys in SCHEMA.items()
+    if section not in PROTECTED_SECTIONS
+    for key, setting in keys.items()
+    if setting.kind.plain and not setting.secret
+)
+
+
 def collect_secrets(env: Mapping[str, str], config: dict[str, Any]) -> set[str]:
     """Every value the log redactor must mask: credentials, tokens, nonces, ``_REACTOR_*`` values."""
     found: set[str] = set()
     for name, value in env.items():
-        if name.startswith(ENV_PREFIX) and name not in NOT_SECRET_ENV and len(value) > 4:
+        plain = name in NOT_SECRET_ENV or name in _TYPED_NOT_SECRET_ENV
+        if name.startswith(ENV_PREFIX) and not plain and len(value) > 4:
             found.add(value)
     for name in ("_abaco_access_token", "x-nonce", "token", "CATALOG_ADMIN_TOKEN_SECRET", "CATALOG_ADMIN_TOKEN_KEY"):
         if env.get(name):

@@ -36,10 +36,15 @@ class Kind:
     """How a value becomes a setting's type: ``convert`` raises ValueError/TypeError (or :class:`Invalid`
     with a sharper reason) when it cannot, and ``expected`` says what would have fitted."""
 
-    def __init__(self, expected: str, convert: Callable[[Any], Any], *, text: bool = False) -> None:
+    def __init__(
+        self, expected: str, convert: Callable[[Any], Any], *, text: bool = False, plain: bool = False
+    ) -> None:
         self.expected = expected
         self.convert = convert
         self.text = text  # for text only "" is null: "none" may well be someone's name
+        #: a value of this kind is a number, a duration, a boolean or a word from a fixed list: it cannot
+        #: carry a credential, so the log redactor need not mask it (86400 would be masked everywhere)
+        self.plain = plain
 
     def parse(self, value: Any) -> Any:
         try:
@@ -91,7 +96,7 @@ def whole(minimum: int | None = None, maximum: int | None = None) -> Kind:
         _check_range(number, minimum, maximum)
         return number
 
-    return Kind(f"a whole number{_bounds(minimum, maximum)}", convert)
+    return Kind(f"a whole number{_bounds(minimum, maximum)}", convert, plain=True)
 
 
 def seconds(minimum: float = 0, *, whole_seconds: bool = True) -> Kind:
@@ -116,7 +121,7 @@ def seconds(minimum: float = 0, *, whole_seconds: bool = True) -> Kind:
         return number
 
     what = "a whole number of seconds" if whole_seconds else "a number of seconds"
-    return Kind(f"{what}{_bounds(minimum, None)} (e.g. 600, 90s, 10m, 2h, 1d)", convert)
+    return Kind(f"{what}{_bounds(minimum, None)} (e.g. 600, 90s, 10m, 2h, 1d)", convert, plain=True)
 
 
 def _boolean(value: Any) -> bool:
@@ -133,7 +138,7 @@ def _boolean(value: Any) -> bool:
     raise ValueError("not a boolean")
 
 
-BOOLEAN = Kind("true or false", _boolean)
+BOOLEAN = Kind("true or false", _boolean, plain=True)
 
 
 def _text(value: Any) -> str:
@@ -157,7 +162,7 @@ def choice(*options: str) -> Kind:
             raise ValueError("not one of the options")
         return found
 
-    return Kind(f"one of {', '.join(options)}", convert)
+    return Kind(f"one of {', '.join(options)}", convert, plain=True)
 
 
 def pattern(regex: str, expected: str, *, lower: bool = False) -> Kind:
@@ -204,7 +209,7 @@ def words(item: Kind = TEXT) -> Kind:
                 raise Invalid(f"a list (comma-separated, or JSON) of {exc}") from None
         return tuple(parsed)
 
-    return Kind(f"a list (comma-separated, or JSON) of {item.expected}", convert)
+    return Kind(f"a list (comma-separated, or JSON) of {item.expected}", convert, plain=item.plain)
 
 
 def mapping(value_kind: Kind, *, what: str = "pipeline uuid") -> Kind:

@@ -392,3 +392,24 @@ def test_max_data_bytes_from_the_environment_refuses_larger_data(store_env: dict
             body = {"pipeline_uuid": P, "archive_path": "/p", "data": {"blob": "x" * 200}}
             handle_body(body, settings=settings, store=store, now=datetime.now(timezone.utc))
     assert refused.value.kind is ErrorKind.BAD_MESSAGE
+
+
+def test_the_notification_budgets_defaults_are_the_schemas_nulls() -> None:
+    """notify.Budget keeps its defaults for code that builds one; config.yml's `~` must mean the same."""
+    from pipelinejobs import notify
+
+    assert notify.Budget()._asdict() == {name: SCHEMA["notifications"][name].null for name in notify.Budget._fields}
+
+
+def test_numbers_from_the_environment_are_not_masked_in_the_logs_but_text_still_is() -> None:
+    """The SDK masks every `_REACTOR_*` value; a deadline of 86400 would then hide every 86400 in the logs."""
+    env = {
+        "_REACTOR_DEADLINES_CREATED_SECONDS": "86400",
+        "_REACTOR_RETENTION_STATES": "RETIRED,FAILED",
+        "_REACTOR_MONGODB_HOST": "db.internal.example",  # text: may carry anything, stays masked
+        "_REACTOR_SERVE_API_TOKEN_SHA256": DIGEST,  # a secret setting
+        "_REACTOR_NOT_A_SETTING": "unknown-value",  # not ours: masked, as the SDK does
+    }
+    secrets = load_settings(env, ROOT / "config.yml").secrets
+    assert "86400" not in secrets and "RETIRED,FAILED" not in secrets
+    assert {"db.internal.example", DIGEST, "unknown-value"} <= set(secrets)
