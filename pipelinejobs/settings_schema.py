@@ -473,6 +473,15 @@ def resolve(
     return config, origins
 
 
+def unknown_variables(env: Mapping[str, str], origins: Mapping[str, Origin]) -> list[str]:
+    """``_REACTOR_<SECTION>_*`` variables of a known section that name no setting of it (a misspelling,
+    or a setting of another version): ignored, so ``config show`` and serve's start say so."""
+    names = [name.split(".", 1) for name in origins]
+    known = {env_name(section, key) for section, key in names}
+    prefixes = tuple({f"{ENV_PREFIX}{section.upper()}_" for section, _ in names})
+    return sorted(name for name in env if name.startswith(prefixes) and name not in known)
+
+
 def shown(setting: Setting, value: Any) -> Any:
     """A setting's value as ``config show`` prints it: secrets only say whether they are set."""
     if setting.secret:

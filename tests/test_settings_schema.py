@@ -413,3 +413,12 @@ def test_numbers_from_the_environment_are_not_masked_in_the_logs_but_text_still_
     secrets = load_settings(env, ROOT / "config.yml").secrets
     assert "86400" not in secrets and "RETIRED,FAILED" not in secrets
     assert {"db.internal.example", DIGEST, "unknown-value"} <= set(secrets)
+
+
+def test_a_misspelt_variable_is_named_as_ignored(pj: Run) -> None:
+    """A variable of a known section that names no setting does nothing: `config show` says so (it is not an
+    error: under Abaco any caller sets variables), and serve warns at start."""
+    code, shown, err = pj("config", "show", env={"_REACTOR_DEADLINES_SILENCE_SECONDS": "600", "_REACTOR_OTHER": "x"})
+    assert code == 0, err
+    assert shown["unknown_variables"] == ["_REACTOR_DEADLINES_SILENCE_SECONDS"]
+    assert shown["settings"]["deadlines.silent_seconds"]["source"] == "default"

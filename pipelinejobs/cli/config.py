@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from collections.abc import Callable
 from typing import Any
 
 from ..settings import Settings
-from ..settings_schema import PROTECTED_SECTIONS, env_name, setting_for
+from ..settings_schema import PROTECTED_SECTIONS, env_name, setting_for, unknown_variables
 from .common import emit, settings_of
 
 HIDDEN = "*****"
@@ -63,7 +64,9 @@ def effective(settings: Settings) -> dict[str, dict[str, Any]]:
 
 def cmd_config_show(args: argparse.Namespace) -> int:
     """Print the effective settings: defaults, then config.yml, then the ``_REACTOR_*`` environment."""
-    rows = effective(settings_of(args))
+    settings = settings_of(args)
+    rows = effective(settings)
+    unknown = unknown_variables(os.environ, settings.origins)
     texts = {name: _text(row["value"]) for name, row in rows.items()}
     width = max(len(name) for name in rows)
     value_width = min(max(len(text) for text in texts.values()), 32)
@@ -73,7 +76,8 @@ def cmd_config_show(args: argparse.Namespace) -> int:
         if row.get("ignored"):
             line += f" ({row['ignored']} ignored: only config.yml sets {name.split('.')[0]} settings)"
         lines.append(line.rstrip())
-    emit(args, {"settings": rows}, "\n".join(lines))
+    lines += [f"{name} is not a setting: ignored (see the names above)" for name in unknown]
+    emit(args, {"settings": rows, "unknown_variables": unknown}, "\n".join(lines))
     return 0
 
 

@@ -12,6 +12,7 @@ from typing import Any
 from .. import __version__
 from ..errors import ErrorKind, PipelineJobsError
 from ..settings import Settings, load_settings, words
+from ..settings_schema import unknown_variables
 from .common import API_TOKENS_ENV, WAIT_NOTICE_SECONDS, log
 
 
@@ -132,6 +133,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if waiting is not None:
             waiting.cancel()
     formatter.add_secrets(plain)
+    for name in unknown_variables(os.environ, settings.origins):
+        log.warning("%s is not a setting: ignored (`pipelinejobs config show` lists them)", name)
     if not len(config.api_tokens):
         log.warning("no API tokens configured: only nonces (made with `pipelinejobs nonce create`) are accepted")
     bound_port = sock.getsockname()[1]
