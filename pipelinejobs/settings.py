@@ -113,7 +113,13 @@ class Settings:
             except Invalid as exc:
                 raise PipelineJobsError(ErrorKind.CONFIGURATION, f"{section}.{key}: expected {exc}") from None
             origins[f"{section}.{key}"] = Origin("override", "code")
-        return dataclasses.replace(self, config={**self.config, section: parsed}, origins=origins)
+        config = {**self.config, section: parsed}
+        secrets = set(self.secrets) | collect_secrets({}, config)
+        uri = mongodb_uri(parsed) if section == "mongodb" else None
+        if uri is not None:
+            secrets.add(uri.reveal())
+        ordered = tuple(sorted(secrets, key=len, reverse=True))
+        return dataclasses.replace(self, config=config, origins=origins, secrets=ordered)
 
     @property
     def mongodb_uri(self) -> Secret | None:
