@@ -21,7 +21,7 @@ from pipelinejobs.errors import PipelineJobsError
 from pipelinejobs.messages import CreateMessage, DeleteMessage, EventMessage
 from pipelinejobs.server import metrics
 from pipelinejobs.settings import Settings, load_settings
-from pipelinejobs.store.base import JobStore
+from pipelinejobs.store.base import Append, EventRecord, JobStore
 from pipelinejobs.store.mongo import MongoJobStore
 from tests.conftest import EXAMPLE_PIPELINE_UUID, ROOT
 
@@ -79,7 +79,7 @@ def test_counts_follow_creates_transitions_hides_and_deletes(store: JobStore, se
     counts = store.job_counts()
     assert nonzero(counts) == {("RUNNING", P): 1, ("FAILED", OTHER): 1} == store.job_totals()
     assert counts[("CREATED", P)] == 0 and counts[("FINISHED", P)] == 0  # a series that emptied reads 0
-    assert store.recount_jobs().corrections == {}  # nothing to repair
+    assert store.recount_jobs(settle=0.1).corrections == {}  # nothing to repair
 
 
 def test_a_replayed_delivery_and_a_refused_event_move_nothing(store: JobStore, settings: Settings) -> None:
@@ -131,13 +131,13 @@ def test_a_recount_takes_in_jobs_the_counters_never_saw(store: JobStore, setting
         with store._transaction() as conn:
             conn.execute("DELETE FROM job_counts")
         assert store.job_counts() == {}
-    done = metrics.recount(store)
+    done = metrics.recount(store, settle=0.1)  # nothing moves meanwhile here
     assert done.applied
     expected = {("CREATED", P): 1, ("RUNNING", OTHER): 1}
     assert nonzero(store.job_counts()) == expected == store.job_totals()
     corrected = expected if not isinstance(store, MongoJobStore) else {("RUNNING", OTHER): 1}
     assert done.corrections == corrected
-    assert store.recount_jobs().corrections == {}
+    assert store.recount_jobs(settle=0.1).corrections == {}
 
 
 def test_serves_recount_loop_repairs_the_counts(store: JobStore, settings: Settings) -> None:
@@ -184,12 +184,43 @@ def test_a_mongodb_recount_the_jobs_moved_under_changes_nothing(
 
     store.job_totals = count_while_a_job_moves  # type: ignore[method-assign]
     try:
-        raced = store.recount_jobs()
+        raced = store.recount_jobs(settle=0.1)
     finally:
         del store.job_totals
     assert raced.applied is False and raced.corrections == {}
     assert nonzero(store.job_counts()) == {("RUNNING", P): 1} == store.job_totals()
-    assert store.recount_jobs().applied is True
+    assert store.recount_jobs(settle=0.1).applied is True
+
+
+def test_a_mongodb_recount_waits_for_a_move_whose_job_it_already_counted(
+    mongo_stores: list[MongoJobStore], settings: Settings
+) -> None:
+    """A job updated before the count saw it, its counters' move landing just after the count: without the
+    settle time the recount would set a count that includes the move, and the move would add it again."""
+    store, writer = mongo_stores
+    uuid, _ = create(store, settings, 1)
+    aggregate = store.job_totals
+    late: list[threading.Thread] = []
+
+    def count_between_a_jobs_update_and_its_move() -> dict[tuple[str, str], int]:
+        record = EventRecord(uuid=uuid, seq=1, event_uuid=str(uuidlib.uuid4()), name="run", date=T0, data=None,
+                             state="RUNNING")  # fmt: skip
+        assert writer.append_event(record, expected_revision=0).status is Append.APPLIED  # the job's own update
+        counted = aggregate()  # sees the job RUNNING
+        move = threading.Timer(0.2, writer.count_move, (P, "CREATED", "RUNNING"))  # lands during the settle time
+        move.start()
+        late.append(move)
+        return counted
+
+    store.job_totals = count_between_a_jobs_update_and_its_move  # type: ignore[method-assign]
+    try:
+        raced = store.recount_jobs(settle=1.0)
+    finally:
+        del store.job_totals
+        for move in late:
+            move.join()
+    assert raced.applied is False
+    assert nonzero(store.job_counts()) == {("RUNNING", P): 1} == store.job_totals()
 
 
 def test_mongodb_counter_keys_survive_any_state_or_pipeline_name(mongo_stores: list[MongoJobStore]) -> None:

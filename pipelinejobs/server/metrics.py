@@ -109,10 +109,19 @@ class _JobsCollector:
         )
 
 
-def recount(store: ReadStore, *, tries: int = RECOUNT_TRIES, pause: Callable[[float], Any] = time.sleep) -> Recount:
-    """Recount the visible jobs into the counters; a recount the counters moved under is tried again a few times."""
+def recount(
+    store: ReadStore,
+    *,
+    tries: int = RECOUNT_TRIES,
+    pause: Callable[[float], Any] = time.sleep,
+    settle: float | None = None,
+) -> Recount:
+    """Recount the visible jobs into the counters; a recount the counters moved under is tried again a few times.
+
+    ``settle``: the store's wait between counting and setting (``recount_jobs``); None: its own default.
+    """
     for attempt in range(tries):
-        done = store.recount_jobs()
+        done = store.recount_jobs(settle=settle)
         if done.applied:
             if done.corrections:
                 shown = ", ".join(f"{s}/{p} {n:+d}" for (s, p), n in sorted(done.corrections.items())[:10])

@@ -462,8 +462,9 @@ class ReadStore(Protocol):
         """Visible jobs per (state, pipeline uuid) as the counters kept with every write have them (pairs
         that went back to 0 included): a small read, never a scan; ``STORAGE_UNAVAILABLE`` after ``timeout``."""
 
-    def recount_jobs(self) -> Recount:
-        """Count the visible jobs (:meth:`job_totals`) and set the counters to it, unless they moved meanwhile."""
+    def recount_jobs(self, *, settle: float | None = None) -> Recount:
+        """Count the visible jobs (:meth:`job_totals`) and set the counters to it, unless they moved meanwhile
+        (or within ``settle`` seconds after the count: a job updated but whose counters' move is in flight)."""
 
 
 # -- job counts (issue 20): visible jobs per (state, pipeline), kept with the writes that move a job ---

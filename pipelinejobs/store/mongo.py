@@ -951,13 +951,21 @@ class MongoJobStore:
             doc = self._counts.find_one({"_id": _COUNTS_ID}, {"counts": True})
         return _decode_counts((doc or {}).get("counts"))
 
-    def recount_jobs(self) -> Recount:
+    def recount_jobs(self, *, settle: float | None = None) -> Recount:
         """Count the visible jobs (one aggregate, a collection scan on some servers) and set the counters
-        to it, compare-and-set on ``v``: a move during the count leaves them as they are (``applied`` False)."""
+        to it, compare-and-set on ``v``: a move during the count leaves them as they are (``applied`` False).
+
+        A job's update and its counters' move are two writes: one whose update the count saw but whose move
+        had not landed yet would be counted twice once the move lands. So the recount waits ``settle``
+        seconds (None: ``RECOUNT_SETTLE_SECONDS``) after counting before its compare-and-set: such a move
+        bumps ``v`` meanwhile and the recount is not applied. Only a writer stalled longer than that between
+        its two writes is counted twice, until the next recount, as one that died there is missed until then.
+        """
         started = time.monotonic()
         with self._translate():
             doc = self._counts.find_one({"_id": _COUNTS_ID})
             actual = self.job_totals()
+            time.sleep(RECOUNT_SETTLE_SECONDS if settle is None else settle)
             counted = _decode_counts((doc or {}).get("counts"))
             fixes = count_corrections(counted, actual)
             counts: dict[str, dict[str, int]] = {}
@@ -1062,6 +1070,7 @@ def job_summary(doc: Document) -> Document:
 
 # -- job counts (issue 20) -----------------------------------------------------------------------------
 _COUNTS_ID = "visible"
+RECOUNT_SETTLE_SECONDS = 3.0  # between a recount's count and its compare-and-set (see recount_jobs)
 _COUNTED = {"_id": False, "state": True, "pipeline_uuid": True, "_visible": True}  # what moves a job's count
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,200}")
 

@@ -1011,9 +1011,9 @@ class SqliteJobStore:
             rows = conn.execute("SELECT state, pipeline, n FROM job_counts").fetchall()
         return {_count_label(state, pipeline): int(n) for state, pipeline, n in rows}
 
-    def recount_jobs(self) -> Recount:
-        """Exact, in one write transaction: the triggers leave nothing to repair unless someone wrote the
-        file without them (a copy made by an earlier version's tools, say)."""
+    def recount_jobs(self, *, settle: float | None = None) -> Recount:
+        """Exact, in one write transaction (``settle`` is MongoDB's; nothing moves here meanwhile): the
+        triggers leave nothing to repair unless someone wrote the file without them."""
         started = time.monotonic()
         with self._transaction() as conn:
             counted = {(s, p): n for s, p, n in conn.execute("SELECT state, pipeline, n FROM job_counts")}
