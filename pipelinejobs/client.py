@@ -31,7 +31,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from .errors import ErrorKind, PipelineJobsError
 from .identifiers import default_archive_path
 from .intake import Origin
 from .logs import get_logger
-from .settings import load_settings
+from .settings import ENV_PREFIX, Settings, load_settings
 from .store.base import JobStore
 from .transports import DatabaseTransport, MessageTransport, Transport
 
@@ -63,6 +63,18 @@ METADATA_ARGS = (
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _APP_ID = re.compile(r"^[A-Za-z0-9_.]+(-[A-Za-z0-9_.]+)*-\d+(\.\d+)*(u\d+)?$")
 _NO_CONFIG = Path(__file__).with_name("client-reads-no-config.yml")  # absent on purpose: settings are arguments
+
+
+def _client_settings(env: Mapping[str, str], mongodb: Mapping[str, Any] | None) -> Settings:
+    """The library's way: the ``mongodb`` mapping given, the package defaults for the rest.
+
+    ``_REACTOR_*`` variables are the calling reactor's own configuration, not the manager's, so they are
+    left out (one of its keys must not stop the client as garbage in a setting of ours would); the identity
+    (owner, tenant) and admin tokens still come from ``env``. Keys the manager does not know are ignored.
+    """
+    base = load_settings({name: value for name, value in env.items() if not name.startswith(ENV_PREFIX)}, _NO_CONFIG)
+    known = base.section("mongodb")
+    return base.override("mongodb", **{key: value for key, value in (mongodb or {}).items() if key in known})
 
 
 class ManagedPipelineJobError(PipelineJobsError):
@@ -180,7 +192,7 @@ class ManagedPipelineJob:
         self.config = PipelinesConfig.from_mapping({**dict(pipelines or {}), **overrides}, self.env)
         self.api_server = self.config.api_server
         self._clock = clock or (lambda: datetime.now(timezone.utc))
-        self._settings = replace(load_settings(self.env, _NO_CONFIG), config={"mongodb": dict(mongodb or {})})
+        self._settings = _client_settings(self.env, mongodb)
         domain = self._settings.identity.dns_domain
         self.pipeline_uuid = self.config.pipeline_uuid
         self.data: dict[str, Any] = _json_copy(data or {})

@@ -16,9 +16,10 @@ from typing import Any
 from . import documents, fsm
 from .errors import ErrorKind, PipelineJobsError
 from .settings import Settings
+from .settings_schema import DEADLINE_NAMES
 
 #: The deadlines, in seconds; None means "no limit".
-DEADLINES = ("created_seconds", "silent_seconds", "running_seconds", "validating_seconds")
+DEADLINES = DEADLINE_NAMES
 #: What each deadline limits, for people.
 MEANING = {
     "created_seconds": "CREATED without run",
@@ -26,7 +27,6 @@ MEANING = {
     "running_seconds": "RUNNING in total",
     "validating_seconds": "VALIDATING or INDEXING in total",
 }
-DEFAULT_HEARTBEAT_LOG_INTERVAL = 3600
 
 
 # -- settings ---------------------------------------------------------------------------------
@@ -56,22 +56,21 @@ def check_deadlines(value: Any) -> dict[str, int | None]:
 def effective_deadlines(
     settings: Settings, pipeline_uuid: str | None, own: Mapping[str, Any] | None
 ) -> dict[str, int | None]:
-    """Config defaults, then the pipeline's section (``deadlines.pipelines.<uuid>``), then the job's own."""
-    section = settings.section("deadlines")
-    pipelines: dict[str, Any] = section["pipelines"] if isinstance(section.get("pipelines"), dict) else {}
-    layers = [section, pipelines.get(pipeline_uuid or "") or {}, own or {}]
-    result: dict[str, int | None] = {}
-    for name in DEADLINES:
-        value: int | None = None
-        for layer in layers:
-            if isinstance(layer, dict) and name in layer:
-                value = _seconds(layer[name])
-        result[name] = value
+    """Config defaults, then the pipeline's section (``deadlines.pipelines.<uuid>``), then the job's own.
+
+    The settings are typed at load (``settings_schema``); the job's own were checked at create
+    (:func:`check_deadlines`) and are read back from its watch record.
+    """
+    result: dict[str, int | None] = {name: settings.value("deadlines", name) for name in DEADLINES}
+    result.update(settings.value("deadlines", "pipelines").get(pipeline_uuid or "", {}))
+    for name, value in (own or {}).items():
+        if name in result:
+            result[name] = _seconds(value)
     return result
 
 
 def heartbeat_log_interval(settings: Settings) -> int:
-    return settings.positive("deadlines", "heartbeat_log_interval_seconds", DEFAULT_HEARTBEAT_LOG_INTERVAL)
+    return int(settings.value("deadlines", "heartbeat_log_interval_seconds"))
 
 
 # -- pure decisions -------------------------------------------------------------------------

@@ -256,7 +256,7 @@ class Policy:
 
     @classmethod
     def from_settings(cls, settings: Any, resolve: Resolver | None = None) -> Policy:
-        networks = allowed_networks(settings.section("notifications").get("allowed_networks"))
+        networks = allowed_networks(settings.value("notifications", "allowed_networks"))
         return cls(networks, resolve or system_resolver)
 
     def vet(self, host: str, port: int) -> list[Destination]:

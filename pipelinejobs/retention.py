@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from . import documents, fsm
+from . import documents
 from .logs import get_logger
 from .settings import Settings
 from .store.base import JobStore
@@ -22,12 +22,6 @@ from .store.records import Document
 log = get_logger("retention")
 
 DEFAULT_BATCH = 1000
-DEFAULT_RETENTION_STATES = ("RETIRED",)
-DEFAULT_TOMBSTONE_DAYS = 90
-
-
-def _days(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 # -- settings --------------------------------------------------------------------------------
@@ -52,22 +46,13 @@ class Retention:
 
 
 def retention_settings(settings: Settings) -> Retention:
-    section = settings.section("retention")
-    states = section.get("states")
-    valid = {s.value for s in fsm.TERMINAL_STATES}
-    if isinstance(states, str):  # config.yml's comma-separated form (and _REACTOR_RETENTION_STATES)
-        states = [word for word in states.replace(",", " ").split() if word]
-    chosen = tuple(s for s in states if s in valid) if isinstance(states, list) else DEFAULT_RETENTION_STATES
-    pipelines: dict[str, int | None] = {}
-    for uuid, value in (section.get("pipelines") or {}).items():
-        days = value.get("days") if isinstance(value, dict) else value
-        pipelines[str(uuid)] = _days(days)
+    """The ``retention`` section, typed and checked at load (``settings_schema``)."""
     return Retention(
-        days=_days(section.get("days")),
-        states=chosen,
-        hidden=section.get("hidden", True) is not False,
-        tombstone_days=_days(section.get("tombstone_days")) or DEFAULT_TOMBSTONE_DAYS,
-        pipelines=pipelines,
+        days=settings.value("retention", "days"),
+        states=tuple(settings.value("retention", "states")),
+        hidden=bool(settings.value("retention", "hidden")),
+        tombstone_days=int(settings.value("retention", "tombstone_days")),
+        pipelines=dict(settings.value("retention", "pipelines")),
     )
 
 

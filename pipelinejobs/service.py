@@ -178,7 +178,7 @@ def apply_event(
             notify=matching.matching(store, settings, head, name, target),  # the outbox, written with the record
         )
         source = (head.get("_properties") or {}).get("source")
-        result = _append(store, record, revision, state, grant, source)
+        result = _append(store, record, revision, state, grant, source, head.get("pipeline_uuid"))
         if result.status is Append.APPLIED:
             return _event_outcome(record)
         if result.status is Append.REPLAYED and result.existing is not None:
@@ -195,10 +195,11 @@ def _append(
     state: str,
     grant: auth.Grant,
     job_source: str | None = None,
+    pipeline_uuid: str | None = None,
 ) -> AppendResult:
     """The one append step of every event that changes a job (a message's, the watchdog's ``fail``):
-    log and apply it at ``revision``; once applied, say so, move the job's watch record on a state
-    change and wake the notification dispatcher when the outbox got an item."""
+    log and apply it at ``revision``; once applied, say so, move the job's watch record and its count
+    (``/metrics``) on a state change and wake the notification dispatcher when the outbox got an item."""
     result = store.append_event(record, expected_revision=revision, job_source=job_source)
     if result.status is not Append.APPLIED:
         return result
@@ -206,6 +207,7 @@ def _append(
         "job %s: %s -> %s by '%s' (%s, via %s)", record.uuid, state, record.state, record.name, grant.value, record.via
     )
     if record.state != state:
+        store.count_move(pipeline_uuid, state, record.state)  # job counts (issue 20)
         _note_transition(store, record)
     if record.notify:
         wake.wake(store)
@@ -594,6 +596,7 @@ def fail_overdue(
     expected_revision: int,
     data: dict[str, Any],
     now: datetime,
+    pipeline_uuid: str | None = None,
 ) -> Outcome:
     """The watchdog's ``fail``: one compare-and-set at the revision the job was judged at.
 
@@ -619,7 +622,8 @@ def fail_overdue(
         digest=documents.payload_digest("fail", data),
         notify=matching.matching(store, settings, head, "fail", fsm.State.FAILED.value),
     )
-    result = _append(store, record, expected_revision, state, auth.Grant.SYSTEM)
+    pipeline = pipeline_uuid or head.get("pipeline_uuid")
+    result = _append(store, record, expected_revision, state, auth.Grant.SYSTEM, pipeline_uuid=pipeline)
     if result.status is not Append.APPLIED:
         raise PipelineJobsError(ErrorKind.CONFLICT, f"job {uuid} changed after it was judged; not failed", uuid=uuid)
     return _event_outcome(record)

@@ -1,17 +1,17 @@
-"""Settings: config.yml plus the reactors SDK's ``_REACTOR_*`` overrides.
+"""Settings: the shipped defaults, config.yml over them, then the reactors SDK's ``_REACTOR_*`` overrides.
 
-Everything is read from a mapping passed in (the process environment in
-production, a plain dict in tests). Under Abaco every URL query parameter also
-becomes an environment variable, so security keys (``admin``, ``legacy``) are
-never taken from the environment, and numeric/boolean keys cannot be overridden
-either (the SDK only overrides null or string values).
+Everything is read from a mapping passed in (the process environment in production, a plain
+dict in tests), and every value is parsed to its type once, here (``settings_schema``): a value
+that does not fit is a ``configuration`` error at start, never a silent default. Under Abaco
+every URL query parameter also becomes an environment variable, so the security sections
+(``admin``, ``legacy``, ``durability``) are never taken from the environment.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import copy
+import dataclasses
 import hashlib
 import hmac
 import re
@@ -22,9 +22,18 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from .errors import ErrorKind, PipelineJobsError
+from .settings_schema import (
+    ENV_PREFIX,
+    PROTECTED_SECTIONS,
+    SCHEMA,
+    Invalid,
+    Origin,
+    env_name,
+    resolve,
+    setting_for,
+)
 
-ENV_PREFIX = "_REACTOR_"
-PROTECTED_SECTIONS = frozenset({"admin", "legacy", "durability"})
+__all__ = ["ENV_PREFIX", "PROTECTED_SECTIONS", "Origin", "Secret", "Settings", "load_settings", "words"]
 DEFAULT_ADMIN_KEY = "XB]6f^~T3)EDxB(3A6F@CE>JTU.T>whH"
 DEFAULT_ADMIN_LIFETIME = 3600
 ROOT_CONFIG = Path(__file__).resolve().parent.parent / "config.yml"
@@ -78,16 +87,41 @@ class Identity:
 
 @dataclass(frozen=True)
 class Settings:
-    config: dict[str, Any]
+    config: dict[str, Any]  # section -> key -> typed value (settings_schema)
     admin: AdminTokens
     identity: Identity
     secrets: tuple[str, ...]  # every secret value, for the log redactor
     #: the environment's proxy variables (HTTPS_PROXY, NO_PROXY...), for notifications (none under Abaco)
     proxy_environment: Mapping[str, str] = field(default_factory=dict)
+    origins: dict[str, Origin] = field(default_factory=dict)  # "section.key" -> where its value came from
 
     def section(self, name: str) -> dict[str, Any]:
         value = self.config.get(name)
         return value if isinstance(value, dict) else {}
+
+    def value(self, section: str, key: str) -> Any:
+        """A setting's typed value; a KeyError for a setting that does not exist (a bug, not a configuration)."""
+        return self.config[section][key]
+
+    def override(self, section: str, **values: Any) -> Settings:
+        """These settings with ``values`` set in ``section``, parsed as config.yml values are (tests, tools)."""
+        parsed = dict(self.section(section))
+        origins = dict(self.origins)
+        for key, raw in values.items():
+            if key not in parsed:
+                raise KeyError(f"{section}.{key}")
+            try:
+                parsed[key] = setting_for(section, key, self.config).parse(raw)
+            except Invalid as exc:
+                raise PipelineJobsError(ErrorKind.CONFIGURATION, f"{section}.{key}: expected {exc}") from None
+            origins[f"{section}.{key}"] = Origin("override", "code")
+        config = {**self.config, section: parsed}
+        secrets = set(self.secrets) | collect_secrets({}, config)
+        uri = mongodb_uri(parsed) if section == "mongodb" else None
+        if uri is not None:
+            secrets.add(uri.reveal())
+        ordered = tuple(sorted(secrets, key=len, reverse=True))
+        return dataclasses.replace(self, config=config, origins=origins, secrets=ordered)
 
     @property
     def mongodb_uri(self) -> Secret | None:
@@ -100,30 +134,23 @@ class Settings:
 
     @property
     def mongodb_timeout_ms(self) -> int:
-        """How long to wait for MongoDB: ``mongodb.server_selection_timeout_ms``, else 10 s."""
-        timeout = self.section("mongodb").get("server_selection_timeout_ms")
-        return timeout if isinstance(timeout, int) and timeout > 0 else 10000
+        """How long to wait for MongoDB: ``mongodb.server_selection_timeout_ms`` (10 s)."""
+        return int(self.value("mongodb", "server_selection_timeout_ms"))
 
     @property
     def history_window(self) -> int:
         """History entries a job document keeps (the event log has them all); at least 10."""
-        window = self.section("history").get("window")
-        return max(window, 10) if isinstance(window, int) and not isinstance(window, bool) else 100
+        return int(self.value("history", "window"))
 
     @property
     def history_inline_data_bytes(self) -> int:
         """An event's data larger than this stays in the event log only; the document's entry points to it."""
-        return self.positive("history", "inline_data_bytes", 65536)
+        return int(self.value("history", "inline_data_bytes"))
 
     @property
     def write_concern(self) -> dict[str, Any]:
         """MongoDB write concern for every write: ``durability.write_concern`` (w) and ``durability.journal``."""
-        section = self.section("durability")
-        w = section.get("write_concern", "majority")
-        valid = (isinstance(w, int) and w >= 1) or (isinstance(w, str) and bool(w))
-        if isinstance(w, bool) or not valid:
-            w = "majority"
-        return {"w": w, "j": section.get("journal", True) is not False}
+        return {"w": self.value("durability", "write_concern"), "j": bool(self.value("durability", "journal"))}
 
     def positive(self, section: str, name: str, default: int) -> int:
         value = self.section(section).get(name, default)
@@ -282,35 +309,6 @@ def default_config() -> dict[str, Any]:
     return read_config_file(path) if path.exists() else {}
 
 
-def merge_config(defaults: dict[str, Any], chosen: dict[str, Any]) -> dict[str, Any]:
-    """``chosen`` over ``defaults``, section by section (a section the file sets replaces only the keys it names)."""
-    merged = copy.deepcopy(defaults)
-    for key, value in chosen.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = merge_config(merged[key], value)
-        else:
-            merged[key] = copy.deepcopy(value)
-    return merged
-
-
-def apply_env_overrides(config: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """Override null/string keys present in ``config`` from ``_REACTOR_*`` variables."""
-    merged = copy.deepcopy(config)
-    for key, value in config.items():
-        if key in PROTECTED_SECTIONS:
-            continue
-        if value is None or isinstance(value, str):
-            name = f"{ENV_PREFIX}{key.upper()}"
-            if name in env:
-                merged[key] = env[name]
-        elif isinstance(value, dict):
-            for sub, subvalue in value.items():
-                name = f"{ENV_PREFIX}{key.upper()}_{str(sub).upper()}"
-                if (subvalue is None or isinstance(subvalue, str)) and name in env:
-                    merged[key][sub] = env[name]
-    return merged
-
-
 def _admin_tokens(env: Mapping[str, str], config: dict[str, Any]) -> AdminTokens:
     """How admin tokens are made: the secret from the environment (pinned under Abaco), the key and the
     lifetime from config.yml's ``admin`` section, else (outside Abaco only) from python-datacatalog's variables.
@@ -320,16 +318,17 @@ def _admin_tokens(env: Mapping[str, str], config: dict[str, Any]) -> AdminTokens
     valid again for two hours (the token is derived from the window number alone). There both come from
     config.yml only.
     """
-    section = config.get("admin") or {}
+    section = config.get("admin") or {}  # typed at load (settings_schema); only the file sets it
     abaco = bool(env.get("_abaco_execution_id"))
     from_env = {} if abaco else env
     key = Secret(str(section.get("token_key") or from_env.get("CATALOG_ADMIN_TOKEN_KEY") or DEFAULT_ADMIN_KEY))
-    raw_lifetime = section.get("token_lifetime") or from_env.get("CATALOG_ADMIN_TOKEN_LIFETIME")
-    try:
-        lifetime = int(raw_lifetime or DEFAULT_ADMIN_LIFETIME)
-    except (TypeError, ValueError):
-        lifetime = DEFAULT_ADMIN_LIFETIME
-    lifetime = max(lifetime, 1)
+    lifetime = section.get("token_lifetime")
+    if lifetime is None:
+        try:
+            lifetime = int(from_env.get("CATALOG_ADMIN_TOKEN_LIFETIME") or DEFAULT_ADMIN_LIFETIME)
+        except ValueError:
+            lifetime = DEFAULT_ADMIN_LIFETIME
+    lifetime = max(int(lifetime), 1)
     raw_secret = env.get("CATALOG_ADMIN_TOKEN_SECRET") or ""
     if not raw_secret:
         return AdminTokens(None, key, lifetime, "CATALOG_ADMIN_TOKEN_SECRET is not set")
@@ -386,22 +385,35 @@ NOT_SECRET_ENV = frozenset(
 )
 
 
+#: ... nor do the variables of settings that are numbers, durations, booleans or words from a fixed list
+#: (``Kind.plain``): a value that must parse as one cannot carry a credential, and 86400 would otherwise be
+#: masked everywhere. The security sections' variables are ignored, never parsed: masked as the SDK does.
+_TYPED_NOT_SECRET_ENV = frozenset(
+    env_name(section, key)
+    for section, keys in SCHEMA.items()
+    if section not in PROTECTED_SECTIONS
+    for key, setting in keys.items()
+    if setting.kind.plain and not setting.secret
+)
+
+
 def collect_secrets(env: Mapping[str, str], config: dict[str, Any]) -> set[str]:
     """Every value the log redactor must mask: credentials, tokens, nonces, ``_REACTOR_*`` values."""
     found: set[str] = set()
     for name, value in env.items():
-        if name.startswith(ENV_PREFIX) and name not in NOT_SECRET_ENV and len(value) > 4:
+        plain = name in NOT_SECRET_ENV or name in _TYPED_NOT_SECRET_ENV
+        if name.startswith(ENV_PREFIX) and not plain and len(value) > 4:
             found.add(value)
     for name in ("_abaco_access_token", "x-nonce", "token", "CATALOG_ADMIN_TOKEN_SECRET", "CATALOG_ADMIN_TOKEN_KEY"):
         if env.get(name):
             found.add(env[name])
-    mongo = config.get("mongodb") or {}
-    for name in ("authn", "password"):
-        if isinstance(mongo.get(name), str) and mongo[name]:
-            found.add(mongo[name])
-    token_key = (config.get("admin") or {}).get("token_key")
-    if isinstance(token_key, str) and token_key:
-        found.add(token_key)
+    for section, settings in SCHEMA.items():  # the secret settings, wherever they were given
+        found_section = config.get(section)
+        values: dict[str, Any] = found_section if isinstance(found_section, dict) else {}
+        for key, setting in settings.items():
+            given = values.get(key)
+            items = given if isinstance(given, list | tuple) else [given]
+            found.update(item for item in items if setting.secret and isinstance(item, str) and item)
     return found
 
 
@@ -431,17 +443,27 @@ def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Se
     """Build the settings from the shipped defaults, config.yml over them, and the environment mapping ``env``.
 
     The ``_REACTOR_*`` overrides apply whether or not a config.yml was found: the defaults name every key.
+    Every value is parsed to its type here; one that does not fit is a ``configuration`` error.
     """
     chosen = config_path or ROOT_CONFIG
-    if chosen.exists() and defaults_path().exists() and chosen.samefile(defaults_path()):
-        config = default_config()  # a checkout's config.yml is also its defaults: read it once, not twice
+    defaults_file = defaults_path()
+    defaults = default_config()
+    if chosen.exists() and defaults_file.exists() and chosen.samefile(defaults_file):
+        file: dict[str, Any] = {}  # a checkout's config.yml is also its defaults: read it once, not twice
     else:
-        config = merge_config(default_config(), read_config_file(config_path))
-    config = apply_env_overrides(config, env)
+        file = read_config_file(config_path)
+    config, origins = resolve(
+        defaults, file, env, defaults_name=defaults_file.name, file_name=str(chosen) if file else chosen.name
+    )
     secrets = set(collect_secrets(env, config))
     proxies = proxy_environment(env)
     secrets.update(_password(value) for value in proxies.values() if "@" in value)  # http://user:PASSWORD@proxy
-    uri = mongodb_uri(config.get("mongodb") or {})
+    try:
+        uri = mongodb_uri(config.get("mongodb") or {})
+    except PipelineJobsError as exc:  # name where the bad authn came from, as for any other setting
+        origin = origins["mongodb.authn"]
+        where = origin.where if origin.source == "environment" else f"{origin.where} mongodb.authn"
+        raise PipelineJobsError(exc.kind, f"{where}: {exc.message}", setting=where) from None
     if uri is not None:
         secrets.add(uri.reveal())
     return Settings(
@@ -450,6 +472,7 @@ def load_settings(env: Mapping[str, str], config_path: Path | None = None) -> Se
         identity=_identity(env),
         secrets=tuple(sorted(secrets, key=len, reverse=True)),
         proxy_environment=proxies,
+        origins=origins,
     )
 
 

@@ -34,19 +34,8 @@ DEFAULT_BATCH = 1000
 
 
 def watch_every(settings: Settings) -> float:
-    """Seconds between passes of serve's watchdog; 0 (the default) leaves it off.
-
-    A string is accepted so ``_REACTOR_DEADLINES_WATCH_EVERY_SECONDS`` can turn it on.
-    """
-    value = settings.section("deadlines").get("watch_every_seconds")
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return 0
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        return 0
-    return float(value)
+    """Seconds between passes of serve's watchdog (``deadlines.watch_every_seconds``); 0 (the default): off."""
+    return float(settings.value("deadlines", "watch_every_seconds"))
 
 
 # -- the watchdog pass ------------------------------------------------------------------------
@@ -137,7 +126,14 @@ def _judge_one(
         return  # judged again on the next pass, from the fresh sign of life
     try:
         service.fail_overdue(
-            store, settings, uuid=uuid, state=state, expected_revision=revision, data=overdue.data(now), now=now
+            store,
+            settings,
+            uuid=uuid,
+            state=state,
+            expected_revision=revision,
+            data=overdue.data(now),
+            now=now,
+            pipeline_uuid=head.get("pipeline_uuid"),
         )
     except PipelineJobsError as exc:
         if exc.kind in (ErrorKind.CONFLICT, ErrorKind.INVALID_TRANSITION, ErrorKind.NOT_FOUND):

@@ -97,7 +97,7 @@ class LiveServer:
 class InProcessServe:
     """serve's app under uvicorn in a thread of this process, configured from ``env`` as the command would be."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, tokens: list[str]) -> None:
+    def __init__(self, env: dict[str, str], log_path: Path, tokens: list[str], actors: tuple[str, ...] = ()) -> None:
         import uvicorn
 
         from pipelinejobs import logs
@@ -107,8 +107,8 @@ class InProcessServe:
         from pipelinejobs.settings import load_settings
 
         settings = load_settings(env)
-        config, plain = serve_config(settings, actors=[ACTOR_ID, OTHER_ACTOR_ID], api_tokens=tokens)
-        limits = uvicorn_options(connection_limits(settings.section("serve")))
+        config, plain = serve_config(settings, actors=actors, api_tokens=tokens)
+        limits = uvicorn_options(connection_limits(settings))
         self.handler = logging.FileHandler(log_path, encoding="utf-8")
         self.handler.setFormatter(logs.RedactingFormatter(secrets=[*settings.secrets, *plain]))
         package = logging.getLogger(logs.LOGGER_NAME)
@@ -166,15 +166,17 @@ def start_server(
     token_via_env: bool = False,
     args: tuple[str, ...] = (),
     process: bool = False,
+    actors: tuple[str, ...] = (ACTOR_ID, OTHER_ACTOR_ID),
 ) -> Iterator[LiveServer]:
     """Start `pipelinejobs serve` (plus ``args``) with a clean environment plus ``env``; stop it afterwards.
 
-    In this process unless ``process`` or ``args`` ask for the command itself.
+    In this process unless ``process`` or ``args`` ask for the command itself. ``actors``: the actors it
+    answers for (none: serve answers for its default actor, which is ``ACTOR_ID``).
     """
     full_env = {"PATH": os.environ.get("PATH", ""), "HOME": str(tmp_path), "USER": "tester", **env}
     if not process and not args:
         log_path = tmp_path / f"serve-{uuid.uuid4().hex[:8]}.log"
-        inner = InProcessServe(full_env, log_path, [API_TOKEN])
+        inner = InProcessServe(full_env, log_path, [API_TOKEN], actors)
         server = LiveServer(
             f"http://127.0.0.1:{inner.port}", backend, log_path, None, store_options, stopper=inner.stop
         )
@@ -186,7 +188,7 @@ def start_server(
         return
     port = free_port()
     command = [sys.executable, "-m", "pipelinejobs.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    command += ["--actor", ACTOR_ID, "--actor", OTHER_ACTOR_ID, *args]
+    command += [*(option for actor in actors for option in ("--actor", actor)), *args]
     if token_via_env:  # keeps the token out of the process list
         full_env["PIPELINEJOBS_API_TOKENS"] = API_TOKEN
     else:

@@ -127,7 +127,7 @@ def test_job_create_show_list(env: Any, pj: Run, pipeline_file: Path) -> None:
         (["pipeline", "register", "/nonexistent/pipeline.json"], ErrorKind.BAD_MESSAGE, "cannot read"),
         (["nonce", "create", "--actor", "a1", "--max-uses", "0"], ErrorKind.BAD_MESSAGE, "max uses parameter"),
         (["nonce", "delete", "--actor", "a1", "SD2E_AAAAAAAAAAAAA"], ErrorKind.NOT_FOUND, "no such nonce"),
-        (["serve"], ErrorKind.CONFIGURATION, "no actor ids"),
+        (["serve", "--workers", "0"], ErrorKind.CONFIGURATION, "--workers must be a whole number >= 1"),
     ],
 )
 def test_errors_map_to_exit_codes(env: Any, pj: Run, argv: list[str], kind: ErrorKind, words: str) -> None:

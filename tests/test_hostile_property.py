@@ -524,6 +524,11 @@ def hostile_message(draw: Any, target: Target) -> Hostile:
 Snapshot = dict[str, dict[str, tuple[Any, bytes]]]
 
 
+#: the job counts of /metrics (issue 20): an aggregate serve's background recount may rewrite at any moment,
+#: so it is left out of the snapshots and checked against the jobs instead (assert_counts_follow_the_jobs)
+COUNTS = "job_counts"
+
+
 def mongo_snapshot(db: Any) -> Snapshot:
     """Every collection the manager writes (serve's own abaco_* records aside): _id -> (uuid, BSON bytes)."""
     import bson
@@ -531,7 +536,7 @@ def mongo_snapshot(db: Any) -> Snapshot:
     return {
         name: {repr(doc["_id"]): (doc.get("uuid"), bson.encode(doc)) for doc in db[name].find({})}
         for name in sorted(db.list_collection_names())
-        if not name.startswith(("abaco_", "system."))
+        if not name.startswith(("abaco_", "system.")) and name != COUNTS
     }
 
 
@@ -541,7 +546,7 @@ def sqlite_snapshot(path: Path) -> Snapshot:
     try:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         snap: Snapshot = {}
-        for table in sorted(t for t in tables if not t.startswith("sqlite_")):
+        for table in sorted(t for t in tables if not t.startswith("sqlite_") and t != COUNTS):
             columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
             uuid_at = columns.index("uuid") + 1 if "uuid" in columns else None
             try:
@@ -565,6 +570,12 @@ def assert_only_job_changed(before: Snapshot, after: Snapshot, uuid: str, what: 
                 owner = str((new.get(key) or old.get(key) or (None, b""))[0])
                 # a removed job's log is set aside under "<uuid>~deleted~<when>"
                 assert name != "pipelines" and owner.split("~deleted~")[0] == uuid, (name, key, owner, uuid, what)
+
+
+def assert_counts_follow_the_jobs(store: Any, what: Any) -> None:
+    """The job counters (what /metrics shows) agree with a count of the visible jobs after every message."""
+    counted = {key: n for key, n in store.job_counts().items() if n}
+    assert counted == store.job_totals(), (counted, what)
 
 
 def assert_mongodb_could_keep(store: Any, uuid: str, what: Any) -> None:
@@ -718,12 +729,13 @@ def post_hostile(served: Served, message: Hostile, synchronous: bool) -> None:
         written = log.read().decode("utf-8", "replace")
     assert "Traceback" not in written and "internal error" not in written, (written, what)
     after = served.last = served.snapshot()
-    if not accepted:
-        assert after == before, ("store changed after a refusal", what, result)
-        return
-    assert_only_job_changed(before, after, result["uuid"], (what, result))
-    if server.backend == "sqlite":
-        with server.open_store() as store:
+    with server.open_store() as store:
+        assert_counts_follow_the_jobs(store, what)
+        if not accepted:
+            assert after == before, ("store changed after a refusal", what, result)
+            return
+        assert_only_job_changed(before, after, result["uuid"], (what, result))
+        if server.backend == "sqlite":
             assert_mongodb_could_keep(store, result["uuid"], what)
     if result["uuid"] == target.uuid:  # aim the next messages at a job nothing has moved yet
         served.new_target()
@@ -832,6 +844,15 @@ class Reacting:
     target: Target
     counter: int = 0
 
+    def open_store(self) -> Any:
+        """The catalog reactor.py writes, opened by the test itself."""
+        from pipelinejobs.store.mongo import MongoJobStore
+        from pipelinejobs.store.sqlite import SqliteJobStore
+
+        if self.sqlite_path is not None:
+            return SqliteJobStore(self.sqlite_path)
+        return MongoJobStore(self.reactor.mongodb_uri, self.reactor.database)
+
     def run(self, msg: str, content_type: str, params: dict[str, str]) -> subprocess.CompletedProcess[str]:
         env = self.reactor.env(msg, params=params, extra={"_abaco_Content_Type": content_type})
         if self.sqlite_path is not None:
@@ -903,14 +924,13 @@ def test_reactor_answers_every_hostile_message_and_changes_nothing_it_refuses(
         OUTCOMES[_outcome(200, result)] += 1
         assert accepted == (proc.returncode == 0), what
         after = reacting.snapshot()
-        if not accepted:
-            assert after == before, ("store changed after a refusal", what, result)
-            return
-        assert_only_job_changed(before, after, result["uuid"], (what, result))
-        if reacting.sqlite_path is not None:
-            from pipelinejobs.store.sqlite import SqliteJobStore
-
-            with SqliteJobStore(reacting.sqlite_path) as store:
+        with reacting.open_store() as store:
+            assert_counts_follow_the_jobs(store, what)
+            if not accepted:
+                assert after == before, ("store changed after a refusal", what, result)
+                return
+            assert_only_job_changed(before, after, result["uuid"], (what, result))
+            if reacting.sqlite_path is not None:
                 assert_mongodb_could_keep(store, result["uuid"], what)
         if result["uuid"] == target.uuid:
             reacting.new_target()

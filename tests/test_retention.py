@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -24,9 +23,7 @@ KEEPER = "10650844-1baa-55c5-a481-00000000beef"  # a pipeline whose jobs are kep
 
 
 def configured(**retention: Any) -> Settings:
-    base = load_settings({}, ROOT / "config.yml")
-    section = {**base.section("retention"), **retention}
-    return dataclasses.replace(base, config={**base.config, "retention": section})
+    return load_settings({}, ROOT / "config.yml").override("retention", **retention)
 
 
 @pytest.fixture

@@ -54,18 +54,21 @@ def test_bad_authn_is_a_configuration_error() -> None:
     assert err.value.kind is ErrorKind.CONFIGURATION
 
 
-def test_only_null_or_string_keys_present_in_config_are_overridable() -> None:
+def test_the_environment_sets_any_setting_but_the_security_sections() -> None:
     env = {
-        "_REACTOR_LIMITS_MAX_DATA_BYTES": "99999999",  # an int in config.yml: not overridable
+        "_REACTOR_LIMITS_MAX_DATA_BYTES": "99999999",  # an int in config.yml: parsed, and it takes effect
         "_REACTOR_LEGACY_ACCEPT_UNVERIFIED_TOKENS": "true",  # security section: never from env
         "_REACTOR_ADMIN_SECRET_SHA256": "00" * 32,  # security section: never from env
+        "_REACTOR_DURABILITY_JOURNAL": "nonsense",  # ignored, so not even an error (a caller can set it)
         "_REACTOR_NOT_A_KEY": "x",
     }
     settings = load_settings(env, ROOT_CONFIG)
-    assert settings.limit("max_data_bytes", 1) == 262144
+    assert settings.limit("max_data_bytes", 1) == 99999999
     assert settings.accept_unverified_tokens is False
     assert settings.section("admin").get("secret_sha256") is None
+    assert settings.write_concern == {"w": "majority", "j": True}
     assert "not_a_key" not in settings.config
+    assert settings.origins["admin.secret_sha256"].ignored == "_REACTOR_ADMIN_SECRET_SHA256"
 
 
 def test_admin_tokens_need_a_secret() -> None:

@@ -5,7 +5,6 @@ The clock is injected (``now``): nothing here sleeps to make a job overdue.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -33,9 +32,7 @@ OTHER_PIPELINE = "10650844-1baa-55c5-a481-000000000001"
 
 
 def configured(**deadlines: Any) -> Settings:
-    base = load_settings({}, ROOT / "config.yml")
-    section = {**base.section("deadlines"), **deadlines}
-    return dataclasses.replace(base, config={**base.config, "deadlines": section})
+    return load_settings({}, ROOT / "config.yml").override("deadlines", **deadlines)
 
 
 @pytest.fixture

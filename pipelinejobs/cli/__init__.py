@@ -1,7 +1,7 @@
 """The `pipelinejobs` command: pipelines, jobs, nonces, sending messages, `serve` and the passes.
 
 One module per command group (``pipelines``, ``jobs``, ``db``, ``nonces``, ``send``, ``serve``,
-``watch``, ``notify``), each adding its commands to the parser; ``common`` holds what they share.
+``watch``, ``notify``, ``config``), each adding its commands to the parser; ``common`` holds what they share.
 Starlette, uvicorn and httpx are imported only by the commands that need them, so
 ``pipelinejobs job show`` starts fast.
 """
@@ -17,13 +17,13 @@ from typing import Any
 from .. import __version__, logs
 from ..errors import ErrorKind, PipelineJobsError
 from ..runtime import dumps
-from . import db, jobs, nonces, notify, pipelines, send, serve, watch
+from . import config, db, jobs, nonces, notify, pipelines, send, serve, watch
 from .common import BEARER_ENV, BROKEN_PIPE, EXIT_CODES, USAGE_ERROR, log, wait_notices
 
 __all__ = ["BEARER_ENV", "BROKEN_PIPE", "EXIT_CODES", "USAGE_ERROR", "build_parser", "main"]
 
 #: the command groups, in the order `pipelinejobs --help` lists them
-GROUPS = (pipelines, jobs, db, nonces, send, serve, watch, notify)
+GROUPS = (pipelines, jobs, db, nonces, send, serve, watch, notify, config)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,6 +13,7 @@ from typing import Any
 from .. import __version__
 from ..errors import ErrorKind, PipelineJobsError
 from ..settings import Settings, load_settings, words
+from ..settings_schema import unknown_variables
 from .common import API_TOKENS_ENV, WAIT_NOTICE_SECONDS, log
 
 
@@ -123,15 +124,13 @@ def _own_address(host: str, port: int, tls: bool) -> str:
     return f"{'https' if tls else 'http'}://{shown}:{port}"
 
 
-def _workers(value: Any) -> int:
-    """``--workers`` / ``serve.workers``: how many processes answer (default 1)."""
-    try:
-        count = int(value if value not in (None, "") else 1)
-    except (TypeError, ValueError):
-        count = 0
-    if count < 1:
-        raise PipelineJobsError(ErrorKind.CONFIGURATION, f"serve workers must be a whole number >= 1, not {value!r}")
-    return count
+def _workers(args: argparse.Namespace, settings: Settings) -> int:
+    """``--workers``, else ``serve.workers`` (typed at load): how many processes answer (default 1)."""
+    if args.workers is None:
+        return int(settings.value("serve", "workers"))
+    if args.workers < 1:
+        raise PipelineJobsError(ErrorKind.CONFIGURATION, f"--workers must be a whole number >= 1, not {args.workers}")
+    return int(args.workers)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -139,7 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from ..server.app import create_app
     from ..server.connections import connection_limits, uvicorn_options
-    from ..server.execution import describe, open_server, serve_config
+    from ..server.execution import DEFAULT_ACTOR, describe, open_server, serve_config
     from ..server.workers import configure_logging, run_workers
 
     settings = load_settings(os.environ, Path(args.config) if args.config else None)
@@ -149,11 +148,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     formatter = configure_logging(settings, plain)
     section = settings.section("serve")
-    host = args.host or str(section.get("host") or "127.0.0.1")
-    port = args.port or int(section.get("port") or 8000)
-    workers = _workers(args.workers if args.workers is not None else section.get("workers"))
+    host = args.host or str(settings.value("serve", "host"))
+    port = args.port or int(settings.value("serve", "port"))
+    workers = _workers(args, settings)
     tls = _tls_files(args, section)
-    limits = connection_limits(section)
+    limits = connection_limits(settings)
     _needs_api_server(host, config.api_server)
     sock = _listen(host, port, workers=workers)
     bound_port = sock.getsockname()[1]
@@ -169,10 +168,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if waiting is not None:
             waiting.cancel()
     formatter.add_secrets(plain)
+    for name in unknown_variables(os.environ, settings.origins):
+        log.warning("%s is not a setting: ignored (`pipelinejobs config show` lists them)", name)
     if not len(config.api_tokens):
         log.warning("no API tokens configured: only nonces (made with `pipelinejobs nonce create`) are accepted")
+    defaulted = config.actors == (DEFAULT_ACTOR,) and not words(args.actor) and not settings.value("serve", "actors")
     log.info(
-        "pipelinejobs serve %s listening on %s://%s:%s for actor(s) %s "
+        "pipelinejobs serve %s listening on %s://%s:%s for actor(s) %s%s "
         "(POST /actors/v2/{id}/messages and /v3/actors/{id}/messages); links name %s; store: %s; "
         "%d API token(s) accepted",
         __version__,
@@ -180,6 +182,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host,
         bound_port,
         ", ".join(config.actors),
+        " (the default: no --actor or serve.actors given)" if defaulted else "",
         config.api_server,
         describe(server),
         len(config.api_tokens),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from ..settings import Settings
 
@@ -30,25 +30,9 @@ class Budget(NamedTuple):
     workers: int = 1  # deliveries of one batch in flight at once (threads; serial is cheapest beside serve)
 
 
-def _number(value: Any, default: float, *, minimum: float = 0.0) -> float:
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < minimum:
-        return default
-    return float(value)
-
-
 def budget(settings: Settings) -> Budget:
-    """The ``notifications`` section as a :class:`Budget` (strings from ``_REACTOR_NOTIFICATIONS_*`` too)."""
-    section = settings.section("notifications")
-    values: dict[str, Any] = {}
-    for name, default in Budget._field_defaults.items():
-        number = _number(section.get(name), float(default), minimum=1 if isinstance(default, int) else 0)
-        values[name] = int(number) if isinstance(default, int) else number
-    return Budget(**values)
+    """The ``notifications`` section as a :class:`Budget` (typed and checked at load: ``settings_schema``)."""
+    return Budget(**{name: settings.value("notifications", name) for name in Budget._fields})
 
 
 def backoff(attempts: int, plan: Budget, draw: Callable[[float, float], float] | None = None) -> float:

@@ -179,9 +179,15 @@ async def post_message(request: Request) -> Response:
 
 
 async def get_messages(request: Request) -> Response:
+    """How many messages wait in the actor's mailbox: none, as serve handles each as it arrives. The
+    ``_links`` are Abaco's ``get_messages_hypermedia``: the messages URL and the actor owner's profile."""
     await authorize_actor(request, Level.READ)
-    root = _actor_root(request, request.path_params["actor_id"])
-    return envelope(request, {"messages": 0, "_links": {"messages": f"{root}/messages"}})
+    actor = request.path_params["actor_id"]
+    links = {
+        "self": f"{_actor_root(request, actor)}/messages",
+        "owner": _owner_link(request, server_of(request).config.owner),
+    }
+    return envelope(request, {"messages": 0, "_links": links})
 
 
 async def _nonce_body(request: Request) -> dict[str, Any]:

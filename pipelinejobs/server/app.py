@@ -104,15 +104,18 @@ def _routes() -> list[Route]:
 
 def start_background(server: Server) -> Callable[[], None]:
     """serve's background loops (the watchdog when ``deadlines.watch_every_seconds`` is set, the notification
-    dispatcher unless ``notifications.every_seconds`` is 0); returns their stop.
+    dispatcher unless ``notifications.every_seconds`` is 0, the job counts' recount); returns their stop.
 
     They run once per serve: in the app's process, or in the supervisor when ``--workers`` runs several.
     """
     every = watch.watch_every(server.settings)  # deadlines.watch_every_seconds: off unless set
     stop_watchdog = watch.start_background(server.store, server.settings, server.clock, every) if every else None
     stop_notify = dispatcher.start_background(server.store, server.settings, server.clock)  # the outbox dispatcher
+    recount_every = float(server.settings.value("metrics", "recount_seconds"))
+    stop_recount = metrics.start_recounting(server.store, recount_every)
 
     def stop() -> None:
+        stop_recount()
         if stop_notify is not None:
             stop_notify()
         if stop_watchdog is not None:

@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from ..errors import ErrorKind, PipelineJobsError
+from ..settings import Settings
 
 
 @dataclass(frozen=True)
@@ -44,32 +42,9 @@ class ConnectionLimits:
     max_head_bytes: int = 65536
 
 
-_SETTINGS = {  # setting -> (type, smallest value)
-    "head_timeout_seconds": (float, 0.1),
-    "body_timeout_seconds": (float, 0.1),
-    "keep_alive_seconds": (float, 0.1),
-    "limit_concurrency": (int, 1),
-    "max_head_bytes": (int, 1024),
-}
-
-
-def connection_limits(section: Mapping[str, Any]) -> ConnectionLimits:
-    """The limits from config.yml's ``serve`` section (null: the default); a bad value is a configuration error."""
-    chosen: dict[str, Any] = {}
-    for name, (kind, least) in _SETTINGS.items():
-        raw = section.get(name)
-        if raw is None or raw == "":
-            continue
-        try:
-            value = kind(raw) if not isinstance(raw, bool) else None
-        except (TypeError, ValueError):
-            value = None
-        if value is None or not math.isfinite(value) or value < least:
-            raise PipelineJobsError(
-                ErrorKind.CONFIGURATION, f"serve.{name} must be a {kind.__name__} of at least {least}, not {raw!r}"
-            )
-        chosen[name] = value
-    return ConnectionLimits(**chosen)
+def connection_limits(settings: Settings) -> ConnectionLimits:
+    """The limits from the ``serve`` section (typed and checked at load: ``settings_schema``)."""
+    return ConnectionLimits(**{name: settings.value("serve", name) for name in ConnectionLimits.__dataclass_fields__})
 
 
 def uvicorn_options(limits: ConnectionLimits) -> dict[str, Any]:

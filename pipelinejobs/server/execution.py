@@ -29,6 +29,9 @@ from .api_tokens import ApiTokens
 from .recorder import WriteBehind
 
 MAX_LOG_CHARS = 1_000_000  # Abaco caps execution logs at 1 MB
+#: The actor id serve answers for when neither --actor nor serve.actors names one: a 13-character id
+#: shaped like Abaco's (and the one the README's examples use), so a first `pipelinejobs serve` just works.
+DEFAULT_ACTOR = "pjmanager0001"
 
 
 def utc_now() -> datetime:
@@ -162,23 +165,21 @@ def serve_config(
     api_tokens: Iterable[str] = (),
     api_server: str | None = None,
 ) -> tuple[ServeConfig, tuple[str, ...]]:
-    """The server's configuration: CLI values over config.yml's ``serve`` section.
+    """The server's configuration: CLI values over config.yml's ``serve`` section (typed at load).
 
-    Returns the config and the plain API tokens (for the log redactor only).
+    Returns the config and the plain API tokens (for the log redactor only). With no actor id from
+    either, serve answers for :data:`DEFAULT_ACTOR`.
     """
-    section = settings.section("serve")
-    chosen = tuple(dict.fromkeys(words(actors) or words(section.get("actors"))))
-    if not chosen:
-        raise PipelineJobsError(ErrorKind.CONFIGURATION, "no actor ids: pass --actor ID or set serve.actors")
+    chosen = tuple(dict.fromkeys(words(actors) or settings.value("serve", "actors"))) or (DEFAULT_ACTOR,)
     egress.Policy.from_settings(settings)  # a notifications.allowed_networks that is no CIDR stops serve here
-    plain = tuple(dict.fromkeys([*words(api_tokens), *words(section.get("api_tokens"))]))
-    tokens = ApiTokens.from_plain(plain, words(section.get("api_token_sha256")))
+    plain = tuple(dict.fromkeys([*words(api_tokens), *settings.value("serve", "api_tokens")]))
+    tokens = ApiTokens.from_plain(plain, settings.value("serve", "api_token_sha256"))
     config = ServeConfig(
         actors=chosen,
         api_tokens=tokens,
-        owner=str(section.get("username") or settings.identity.owner),
+        owner=str(settings.value("serve", "username") or settings.identity.owner),
         tenant=nonce_tenant(settings),
-        api_server=api_server_url(api_server or section.get("api_server")),
+        api_server=api_server_url(api_server or settings.value("serve", "api_server")),
     )
     return config, plain
 

@@ -2,13 +2,15 @@
 
 Every series is named ``pipelinejobs_*`` and lives in the app's own registry.
 
-- ``pipelinejobs_jobs{state,pipeline}``: visible jobs, from a **cached aggregate** (one
-  grouped count on the store, indexed by (state, pipeline_uuid)). A scrape never counts
-  jobs: it shows the last snapshot and, when that is older than ``metrics.jobs_refresh_seconds``
-  (config.yml, default 30), starts one refresh in the background. Counters maintained by
-  serve would only see serve's own messages, while reactor.py processes and other servers
-  write to the same catalog; the aggregate is right for all writers and costs one query per
-  interval whatever the scrape rate. ``pipelinejobs_jobs_snapshot_age_seconds`` says how old it is.
+- ``pipelinejobs_jobs{state,pipeline}``: visible jobs, from **counters the store keeps with every
+  write that changes a job's state or visibility** (SQLite: triggers in the writing transaction;
+  MongoDB: a counter document moved right after the job's own update). A scrape reads them (one
+  small read, never a count of the jobs) unless it read them less than ``metrics.jobs_refresh_seconds``
+  ago (1 s), so a scrape sees every writer's changes (reactor.py processes, other servers, the CLI)
+  within about a second. serve *recounts* the jobs at start and every ``metrics.recount_seconds``
+  (:func:`start_recounting`): jobs written by others (python-datacatalog) and a MongoDB writer that
+  died between its two writes are taken in then. ``pipelinejobs_jobs_snapshot_age_seconds`` says how
+  old the counts shown are.
 - Message outcomes as ``Server.execute`` returns them: events accepted by name, refusals by
   kind, replayed deliveries, stale scheduler callbacks, and store errors
   (``storage_unavailable``, from messages and from read requests).
@@ -21,7 +23,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess
@@ -36,100 +38,136 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .. import logs
 from ..errors import ErrorKind, PipelineJobsError
 from ..store.base import JobStore
+from ..store.listing import Recount
 from .http import JSONResponse, shown_path
 
 log = logs.get_logger("server.metrics")
-DEFAULT_REFRESH_SECONDS = 30.0
+RECOUNT_RETRY_SECONDS = 5.0  # a recount the counters moved under is tried again this soon, a few times
+RECOUNT_TRIES = 5
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class JobTotals:
-    """Visible jobs per (state, pipeline): a snapshot refreshed in the background at most every ``interval``."""
+class JobCounts:
+    """Visible jobs per (state, pipeline) as the store's counters have them, read at most every ``interval``.
+
+    A scrape that finds the last reading older than that reads again, in its own thread (the endpoint
+    renders in the thread pool); scrapes that arrive meanwhile wait for that one reading. When the store
+    does not answer (within 2 s) the last reading is shown and the store error counted.
+    """
 
     def __init__(self, store: JobStore, interval: float, on_error: Any = None) -> None:
         self.store = store
         self.interval = interval
         self.on_error = on_error
         self._lock = threading.Lock()
-        self._refreshing = False
-        self._totals: dict[tuple[str, str], int] | None = None
-        self._taken = 0.0  # monotonic time of the snapshot
+        self._counts: dict[tuple[str, str], int] | None = None
+        self._taken = 0.0  # monotonic time of the reading shown
         self._duration = 0.0
-        self._first = threading.Event()  # set once the first refresh has ended, well or not
-
-    def warm(self) -> None:
-        """Start the first refresh in the background (at serve's start), so no scrape waits for it."""
-        with self._lock:
-            if self._totals is not None or self._refreshing:
-                return
-            self._refreshing = True
-        threading.Thread(target=self._refresh, name="pipelinejobs-metrics", daemon=True).start()
-
-    def _refresh(self) -> None:
-        start = time.monotonic()
-        totals = None
-        try:
-            totals = self.store.job_totals()
-        except PipelineJobsError as exc:
-            log.warning("job totals for /metrics not refreshed (%s): %s", exc.kind.value, exc.message)
-            if self.on_error is not None:
-                self.on_error(exc)
-        finally:
-            finish = time.monotonic()
-            with self._lock:
-                if totals is not None:
-                    self._totals, self._taken, self._duration = totals, finish, finish - start
-                self._refreshing = False
-            self._first.set()
 
     def snapshot(self) -> tuple[dict[tuple[str, str], int] | None, float, float]:
-        """(totals, age in seconds, last refresh duration); the first call waits for the first snapshot."""
-        if self._totals is None and self._refreshing:
-            self._first.wait(10.0)  # the warm-up is under way
+        """(counts, age in seconds, how long reading them took)."""
         with self._lock:
-            first = self._totals is None and not self._refreshing
-            stale = self._totals is not None and time.monotonic() - self._taken >= self.interval
-            start_background = stale and not self._refreshing
-            if first or start_background:
-                self._refreshing = True
-        if first:
-            self._refresh()
-        elif start_background:
-            threading.Thread(target=self._refresh, name="pipelinejobs-metrics", daemon=True).start()
-        with self._lock:
-            age = time.monotonic() - self._taken if self._totals is not None else 0.0
-            return self._totals, age, self._duration
+            if self._counts is None or time.monotonic() - self._taken >= self.interval:
+                start = time.monotonic()
+                try:
+                    counts = self.store.job_counts()
+                except PipelineJobsError as exc:
+                    log.warning("job counts for /metrics not read (%s): %s", exc.kind.value, exc.message)
+                    if self.on_error is not None:
+                        self.on_error(exc)
+                else:
+                    finish = time.monotonic()
+                    self._counts, self._taken, self._duration = counts, finish, finish - start
+            age = time.monotonic() - self._taken if self._counts is not None else 0.0
+            return self._counts, age, self._duration
 
 
 class _JobsCollector:
-    """Turns the cached snapshot into gauges at scrape time."""
+    """Turns the counters into gauges at scrape time."""
 
-    def __init__(self, totals: JobTotals) -> None:
-        self.totals = totals
+    def __init__(self, counts: JobCounts) -> None:
+        self.counts = counts
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        totals, age, duration = self.totals.snapshot()
+        counts, age, duration = self.counts.snapshot()
         jobs = GaugeMetricFamily(
-            "pipelinejobs_jobs", "Visible jobs by state and pipeline (cached aggregate)", labels=["state", "pipeline"]
+            "pipelinejobs_jobs",
+            "Visible jobs by state and pipeline (counters kept with the writes)",
+            labels=["state", "pipeline"],
         )
-        for (state, pipeline), count in sorted((totals or {}).items()):
-            jobs.add_metric([state, pipeline], count)
+        for (state, pipeline), count in sorted((counts or {}).items()):
+            jobs.add_metric([state, pipeline], max(count, 0))  # below 0 only until a recount: a job never counted
         yield jobs
         yield GaugeMetricFamily(
             "pipelinejobs_jobs_snapshot_age_seconds", "Age of the job counts shown by pipelinejobs_jobs", value=age
         )
         yield GaugeMetricFamily(
-            "pipelinejobs_jobs_snapshot_duration_seconds", "How long the last job count aggregate took", value=duration
+            "pipelinejobs_jobs_snapshot_duration_seconds", "How long reading the job counts took", value=duration
         )
+
+
+def recount(
+    store: JobStore,
+    *,
+    tries: int = RECOUNT_TRIES,
+    pause: Callable[[float], Any] = time.sleep,
+    settle: float | None = None,
+) -> Recount:
+    """Recount the visible jobs into the counters; a recount the counters moved under is tried again a few times.
+
+    ``settle``: the store's wait between counting and setting (``recount_jobs``); None: its own default.
+    """
+    for attempt in range(tries):
+        done = store.recount_jobs(settle=settle)
+        if done.applied:
+            if done.corrections:
+                shown = ", ".join(f"{s}/{p} {n:+d}" for (s, p), n in sorted(done.corrections.items())[:10])
+                log.warning("job counts recounted in %.2f s and corrected: %s", done.seconds, shown)
+            else:
+                log.info("job counts recounted in %.2f s: they were right", done.seconds)
+            return done
+        if attempt + 1 < tries:
+            pause(RECOUNT_RETRY_SECONDS)
+    log.warning("job counts not recounted: jobs kept changing during %d counts; next try in an interval", tries)
+    return done
+
+
+def start_recounting(store: JobStore, every: float) -> Callable[[], None]:
+    """serve's recount: a daemon thread recounting at once, then every ``every`` seconds (0: only at once).
+
+    Returns the function that stops it. A failed recount is logged and tried again at the next interval.
+    """
+    stopping = threading.Event()
+
+    def loop() -> None:
+        while not stopping.is_set():
+            try:
+                recount(store, pause=stopping.wait)
+            except PipelineJobsError as exc:
+                log.warning("job counts not recounted (%s): %s", exc.kind.value, exc.message)
+            except Exception as exc:  # a bug must not end the loop silently
+                log.error("job counts not recounted (%s)", type(exc).__name__, exc_info=exc)
+            if every <= 0:
+                return
+            stopping.wait(every)
+
+    thread = threading.Thread(target=loop, name="pipelinejobs-recount", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        stopping.set()
+        thread.join(timeout=30)
+
+    return stop
 
 
 class Metrics:
     """The app's metrics; ``observe`` is handed every message outcome by ``Server.execute``."""
 
-    def __init__(self, store: JobStore, refresh_seconds: float = DEFAULT_REFRESH_SECONDS) -> None:
+    def __init__(self, store: JobStore, refresh_seconds: float = 1.0) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         r = self.registry
         self.events = Counter("pipelinejobs_events_accepted", "Events applied to jobs, by name", ["event"], registry=r)
@@ -154,12 +192,12 @@ class Metrics:
             ["method", "route", "status"],
             registry=r,
         )
-        self.totals = JobTotals(store, refresh_seconds, on_error=self.store_error)
-        r.register(_JobsCollector(self.totals))
+        self.counts = JobCounts(store, refresh_seconds, on_error=self.store_error)
+        r.register(_JobsCollector(self.counts))
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # serve --workers: the counters of every worker
             self.registry = CollectorRegistry(auto_describe=False)
             multiprocess.MultiProcessCollector(self.registry)
-            self.registry.register(_JobsCollector(self.totals))
+            self.registry.register(_JobsCollector(self.counts))
 
     def observe(self, result: Mapping[str, Any]) -> None:
         """Count one message's outcome (the dict ``handle_env`` returns)."""
@@ -283,17 +321,8 @@ def metrics_routes() -> list[Route]:
 
 def install(app: Any, server: Any) -> Metrics:
     """Attach metrics to the app and to ``server.execute`` (``server.observe``)."""
-    seconds = server.settings.section("metrics").get("jobs_refresh_seconds")
-    seconds = DEFAULT_REFRESH_SECONDS if seconds in (None, "") else seconds
-    try:
-        interval = max(float(seconds), 1.0)
-    except (TypeError, ValueError):
-        raise PipelineJobsError(
-            ErrorKind.CONFIGURATION, "metrics.jobs_refresh_seconds must be a number of seconds"
-        ) from None
-    metrics = Metrics(server.store, interval)
+    metrics = Metrics(server.store, float(server.settings.value("metrics", "jobs_refresh_seconds")))
     app.state.metrics = metrics
     server.observe = metrics.observe
     app.add_middleware(RequestObserver, metrics=metrics)
-    metrics.totals.warm()
     return metrics

@@ -369,13 +369,14 @@ async def job_updates(request: Request, viewer: Viewer) -> Response:
 
 # -- pipelines -------------------------------------------------------------------------------------
 async def pipelines_page(request: Request, viewer: Viewer) -> Response:
-    """``/ui/pipelines``: every pipeline with its visible jobs per state (one aggregate over the jobs)."""
+    """``/ui/pipelines``: every pipeline with its visible jobs per state (the job counters /metrics shows)."""
     store = server_of(request).store
 
     def load() -> tuple[list[dict[str, Any]], dict[tuple[str, str], int]]:
-        return queries.list_pipelines(store), store.job_totals()
+        return queries.list_pipelines(store), store.job_counts()
 
     found, totals = await run_in_threadpool(load)
+    totals = {key: n for key, n in totals.items() if n > 0}
     known = {str(p.get("uuid")) for p in found}
     orphans = sorted({pipeline for (_, pipeline) in totals if pipeline not in known})
     rows = []

@@ -185,7 +185,7 @@ class Clients:
     def from_settings(cls, settings: Settings, policy: egress.Policy | None = None) -> Clients:
         from ..notify.budget import budget
 
-        setting = settings.section("notifications").get("proxy")
+        setting = settings.value("notifications", "proxy")
         proxies = Proxies.configured(setting, settings.proxy_environment)
         return cls(budget(settings).timeout_seconds, policy or egress.Policy.from_settings(settings), proxies)
 

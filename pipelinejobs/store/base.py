@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .listing import JobFilter, JobPage
+from .listing import JobFilter, JobPage, Recount
 from .records import ANY_LOGGED, AppendResult, Document, EventRecord, HistoryPage
 
 if TYPE_CHECKING:  # built only by the dispatcher's paths (store/outbox.py): the event path never needs them
@@ -152,6 +152,19 @@ class JobStore(Protocol):
     def expire_tombstones(self, now: datetime, *, dry_run: bool = False) -> int:
         """Delete (or count) purge tombstones whose ``expires_at`` has passed."""
 
+    # -- job counts --------------------------------------------------------------------------------
+    def count_move(self, pipeline_uuid: str | None, from_state: str, to_state: str) -> None:
+        """An event the caller appended (APPLIED) moved a visible job from ``from_state`` to ``to_state``:
+        move the job counters if this store's event write did not (MongoDB); best effort, never raises."""
+
+    def job_counts(self, timeout: float = 2.0) -> dict[tuple[str, str], int]:
+        """Visible jobs per (state, pipeline uuid) as the counters kept with every write have them (pairs
+        that went back to 0 included): a small read, never a scan; ``STORAGE_UNAVAILABLE`` after ``timeout``."""
+
+    def recount_jobs(self, *, settle: float | None = None) -> Recount:
+        """Count the visible jobs (:meth:`job_totals`) and set the counters to it, unless they moved meanwhile
+        (or within ``settle`` seconds after the count: a job updated but whose counters' move is in flight)."""
+
     # -- workflow engines' reports ------------------------------------------------------------------
     def set_progress(self, uuid: str, changes: Document) -> bool:
         """Set fields of the job document's ``progress`` summary (a None value removes one), each named by
@@ -171,7 +184,7 @@ class JobStore(Protocol):
         """How many jobs match ``where``, per state."""
 
     def job_totals(self) -> dict[tuple[str, str], int]:
-        """Visible jobs per (state, pipeline uuid): the metrics gauge's one aggregate."""
+        """Visible jobs per (state, pipeline uuid), counted now: one aggregate over the jobs (a recount's)."""
 
     def ping(self, timeout: float = 2.0) -> None:
         """Raise ``STORAGE_UNAVAILABLE`` unless the store answers a trivial read within ``timeout``."""

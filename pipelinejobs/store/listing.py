@@ -116,3 +116,27 @@ def page_of_jobs(rows: list[Document], limit: int) -> JobPage:
     page = rows[:limit]
     more = len(rows) > limit and bool(page)
     return JobPage(page, job_cursor(page[-1]["created"], page[-1]["uuid"]) if more else None)
+
+
+# -- job counts: visible jobs per (state, pipeline), kept with the writes that move a job ----------------
+@dataclass(frozen=True)
+class Recount:
+    """What a recount of the visible jobs did to the counters /metrics reads.
+
+    ``applied`` is False when the counters moved while the jobs were being counted (MongoDB): nothing
+    was changed then, and the recount is worth trying again. ``corrections`` is what the counters were
+    off by, per (state, pipeline): jobs written by others (python-datacatalog), or a writer that died
+    between its job's update and the counters'.
+    """
+
+    applied: bool
+    corrections: dict[tuple[str, str], int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def count_corrections(
+    counted: dict[tuple[str, str], int], actual: dict[tuple[str, str], int]
+) -> dict[tuple[str, str], int]:
+    """Per (state, pipeline), how far ``actual`` is from ``counted`` (only the pairs that differ)."""
+    keys = dict.fromkeys([*counted, *actual])
+    return {key: actual.get(key, 0) - counted.get(key, 0) for key in keys if actual.get(key, 0) != counted.get(key, 0)}

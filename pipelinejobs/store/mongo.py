@@ -12,6 +12,9 @@ forward") and goes on, so the log stays the truth and nothing is applied twice.
 from __future__ import annotations
 
 import contextlib
+import functools
+import re
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -32,7 +35,16 @@ from pymongo.write_concern import WriteConcern
 from ..documents import RECORD_SOURCE
 from ..errors import ErrorKind, PipelineJobsError
 from ..logs import get_logger
-from .listing import JOB_SUMMARY_PATHS, JobFilter, JobPage, job_summary, page_of_jobs, parse_job_cursor
+from .listing import (
+    JOB_SUMMARY_PATHS,
+    JobFilter,
+    JobPage,
+    Recount,
+    count_corrections,
+    job_summary,
+    page_of_jobs,
+    parse_job_cursor,
+)
 from .records import (
     ANY_LOGGED,
     DEFAULT_HISTORY_WINDOW,
@@ -463,6 +475,7 @@ class MongoJobStore(SharedStore):
             with contextlib.suppress(DuplicateKeyError):
                 self.events.insert_one(created.to_document())
             self.updates.insert_one(dict(audit))
+        self._count_moves(None, job)  # job counts (issue 20)
         self._remember_logged(job["uuid"])
         return job, True
 
@@ -560,6 +573,7 @@ class MongoJobStore(SharedStore):
             )
             if doc is not None:
                 self.updates.insert_one(dict(audit), session=session)
+                self._count_moves({**doc, "_visible": True}, None, session)  # job counts (issue 20)
             return doc
 
         return self._atomically(work)
@@ -572,7 +586,9 @@ class MongoJobStore(SharedStore):
             written = self.updates.insert_one(dict(tombstone), session=session)
             # the log is kept, under a key a re-created job with the same uuid can never meet
             self.events.update_many({"uuid": uuid}, {"$set": {"uuid": set_aside}}, session=session)
-            if self.jobs.delete_one(precondition, session=session).deleted_count == 1:
+            removed = self.jobs.find_one_and_delete(precondition, projection=_COUNTED, session=session)
+            if removed is not None:
+                self._count_moves(removed, None, session)  # job counts (issue 20)
                 return True
             if session is not None:
                 raise _Abort()
@@ -670,11 +686,13 @@ class MongoJobStore(SharedStore):
 
         def work(session: Any) -> bool:
             written = self.updates.insert_one(dict(tombstone), session=session)
-            if self.jobs.delete_one(precondition, session=session).deleted_count != 1:
+            purged = self.jobs.find_one_and_delete(precondition, projection=_COUNTED, session=session)
+            if purged is None:
                 if session is not None:
                     raise _Abort()
                 self.updates.delete_one({"_id": written.inserted_id})  # no transactions: undo by hand
                 return False
+            self._count_moves(purged, None, session)  # job counts (issue 20)
             # after the job: a purge cut short leaves log records of a job that is gone, which the
             # tombstone names; it never leaves a job without its log
             self.events.delete_many({"uuid": uuid}, session=session)
@@ -912,6 +930,91 @@ class MongoJobStore(SharedStore):
                 return self.jobs.find_one({"uuid": uuid}, {"_id": True}) is not None
             return self.jobs.update_one({"uuid": uuid}, update).matched_count == 1
 
+    # -- job counts (issue 20): one counter document, moved after each write that moves a job --------
+    # ``job_counts`` holds {_id: "visible", v, counts: {state: {pipeline: n}}}. Without a transaction
+    # the counters cannot change in the job's own write: they follow it (one ``w: 1`` update, only when
+    # a job's state or visibility changes; for an event the event path calls ``count_move``), so a writer
+    # that dies between the two or a job written by python-datacatalog leaves them off until the next
+    # recount (serve: at start and every metrics.recount_seconds). Hide, remove and purge move them inside
+    # their transaction when the server has transactions. ``v`` changes with every move: a recount
+    # applies only if it did not.
+    @functools.cached_property
+    def _counts(self) -> Any:
+        """The counter document's collection; moves are acknowledged by the primary, never waited on for
+        the journal: the counts are derived data that a recount restores."""
+        return self.database["job_counts"].with_options(write_concern=WriteConcern(w=1))
+
+    def _count_moves(self, before: Document | None, after: Document | None, session: Any = None) -> None:
+        """Take a job out of ``before``'s (state, pipeline) and into ``after``'s, each if it is visible."""
+        moves: dict[str, int] = {}
+        for doc, step in ((before, -1), (after, 1)):
+            if doc is not None and doc.get("_visible") is not False:
+                path = f"counts.{_count_key(doc.get('state'))}.{_count_key(doc.get('pipeline_uuid'))}"
+                moves[path] = moves.get(path, 0) + step
+        moves = {path: step for path, step in moves.items() if step}
+        if not moves:
+            return
+        update = {"$inc": {**moves, "v": 1}}
+        try:
+            try:
+                self._counts.update_one({"_id": _COUNTS_ID}, update, upsert=True, session=session)
+            except DuplicateKeyError:  # two first moves raced to create the document: it exists now
+                self._counts.update_one({"_id": _COUNTS_ID}, update, session=session)
+        except PyMongoError:
+            if session is not None:
+                raise  # inside a transaction the job's write and the counts go together, or neither does
+            self._counts_unsure("the counter update failed")
+
+    def count_move(self, pipeline_uuid: str | None, from_state: str, to_state: str) -> None:
+        """An event the caller appended moved a visible job between states (the event path tells the store:
+        its job update is conditional on the revision only, so the store does not learn the state it left)."""
+        self._count_moves(
+            {"state": from_state, "pipeline_uuid": pipeline_uuid}, {"state": to_state, "pipeline_uuid": pipeline_uuid}
+        )
+
+    def _counts_unsure(self, why: str) -> None:
+        log.warning("job counts for /metrics may be off by one (%s); serve's next recount repairs them", why)
+
+    def job_counts(self, timeout: float = 2.0) -> dict[tuple[str, str], int]:
+        with self._translate(), pymongo.timeout(timeout):
+            doc = self._counts.find_one({"_id": _COUNTS_ID}, {"counts": True})
+        return _decode_counts((doc or {}).get("counts"))
+
+    def recount_jobs(self, *, settle: float | None = None) -> Recount:
+        """Count the visible jobs (one aggregate, a collection scan on some servers) and set the counters
+        to it, compare-and-set on ``v``: a move during the count leaves them as they are (``applied`` False).
+
+        A job's update and its counters' move are two writes: one whose update the count saw but whose move
+        had not landed yet would be counted twice once the move lands. So the recount waits ``settle``
+        seconds (None: ``RECOUNT_SETTLE_SECONDS``) after counting before its compare-and-set: such a move
+        bumps ``v`` meanwhile and the recount is not applied. Only a writer stalled longer than that between
+        its two writes is counted twice, until the next recount, as one that died there is missed until then.
+        """
+        started = time.monotonic()
+        with self._translate():
+            doc = self._counts.find_one({"_id": _COUNTS_ID})
+            actual = self.job_totals()
+            time.sleep(RECOUNT_SETTLE_SECONDS if settle is None else settle)
+            counted = _decode_counts((doc or {}).get("counts"))
+            fixes = count_corrections(counted, actual)
+            counts: dict[str, dict[str, int]] = {}
+            for (state, pipeline), n in {**dict.fromkeys(counted, 0), **actual}.items():
+                counts.setdefault(_label_key(state), {})[_label_key(pipeline)] = n
+            stamp = datetime.now(timezone.utc)
+            if doc is None:
+                try:
+                    self._counts.insert_one({"_id": _COUNTS_ID, "v": 0, "counts": counts, "recounted": stamp})
+                    applied = True
+                except DuplicateKeyError:  # a job moved meanwhile and made the document
+                    applied = False
+            else:
+                written = self._counts.update_one(
+                    {"_id": _COUNTS_ID, "v": doc.get("v", 0)},
+                    {"$set": {"counts": counts, "recounted": stamp}, "$inc": {"v": 1}},
+                )
+                applied = written.matched_count == 1
+        return Recount(applied, fixes if applied else {}, time.monotonic() - started)
+
     def record_task(self, record: EventRecord, progress: Document) -> AppendResult:
         """The record first (the truth, and the delivery id's check; see :meth:`record_stale`), then the
         summary: two writes."""
@@ -969,3 +1072,47 @@ def _summary(doc: Document) -> Document:
             value = value.get(part) if isinstance(value, dict) else None
         values[name] = value
     return job_summary(values)
+
+
+# -- job counts (issue 20) -----------------------------------------------------------------------------
+_COUNTS_ID = "visible"
+RECOUNT_SETTLE_SECONDS = 3.0  # between a recount's count and its compare-and-set (see recount_jobs)
+_COUNTED = {"_id": False, "state": True, "pipeline_uuid": True, "_visible": True}  # what moves a job's count
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,200}")
+
+
+def _count_key(value: Any) -> str:
+    """A state or pipeline as a field name of the counter document: plain names as they are, anything that
+    could be read as a path or an operator (``.``, ``$``) hex-encoded behind ``~``; null is ``~``."""
+    if value is None:
+        return "~"
+    text = str(value)
+    return text if _PLAIN_KEY.fullmatch(text) else "~" + text.encode().hex()
+
+
+def _label_key(label: str) -> str:
+    """A /metrics label back as a field name (``job_totals`` labels a null state or pipeline "None")."""
+    return "~" if label == "None" else _count_key(label)
+
+
+def _count_label(key: str) -> str:
+    if key == "~":
+        return "None"
+    if key.startswith("~"):
+        try:
+            return bytes.fromhex(key[1:]).decode()
+        except ValueError:
+            return key
+    return key
+
+
+def _decode_counts(counts: Any) -> dict[tuple[str, str], int]:
+    if not isinstance(counts, dict):
+        return {}
+    return {
+        (_count_label(state), _count_label(pipeline)): int(n)
+        for state, by_pipeline in counts.items()
+        if isinstance(by_pipeline, dict)
+        for pipeline, n in by_pipeline.items()
+        if isinstance(n, int | float)
+    }

@@ -23,6 +23,7 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -35,6 +36,8 @@ from .listing import (
     JOB_SUMMARY_PATHS,
     JobFilter,
     JobPage,
+    Recount,
+    count_corrections,
     job_summary,
     page_of_jobs,
     parse_job_cursor,
@@ -64,7 +67,7 @@ if TYPE_CHECKING:
 
 _IDLE_READERS = 8  # read connections kept open between reads
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for the file's lock before giving up
-SCHEMA_VERSION = 4  # 3: notifications (outbox, subscriptions, deliveries); 4: one lease on the outbox
+SCHEMA_VERSION = 5  # 3: notifications (outbox, subscriptions, deliveries); 4: one lease on the outbox; 5: job_counts
 _DATE = "$date"  # JSON tag of a datetime
 _LITERAL = "$literal"  # JSON tag of a stored dict that would otherwise look like a tag
 _TAGS = frozenset({_DATE, _LITERAL})
@@ -75,6 +78,40 @@ _ENTRY_OUTCOMES = (Outcome.APPLIED.value, Outcome.IMPORTED.value)
 _CREATED = """json_extract(doc, '$._properties.created_date."$date"')"""  # ISO 8601 UTC text: sorts as time
 _SESSION = "json_extract(doc, '$.session')"
 _ARCHIVE_PATH = "json_extract(doc, '$.archive_path')"
+
+# -- job counts (issue 20): visible jobs per (state, pipeline), kept by triggers in the writing transaction --
+#: '' stands for a null state or pipeline (a key column cannot be null); read back as "None", as str() shows it
+_COUNT_KEY = "IFNULL({row}.state, ''), IFNULL({row}.pipeline_uuid, '')"
+_COUNT_IN = (
+    "INSERT INTO job_counts (state, pipeline, n) SELECT {key}, 1 WHERE {when}"
+    " ON CONFLICT (state, pipeline) DO UPDATE SET n = n + 1;"
+)
+_COUNT_OUT = "UPDATE job_counts SET n = n - 1 WHERE {when} AND (state, pipeline) = ({key});"
+_JOB_COUNTS_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS job_counts (
+        state TEXT NOT NULL,
+        pipeline TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (state, pipeline)
+    ) WITHOUT ROWID""",
+    "CREATE TRIGGER IF NOT EXISTS jobs_count_insert AFTER INSERT ON jobs BEGIN "
+    + _COUNT_IN.format(key=_COUNT_KEY.format(row="NEW"), when="NEW.visible = 1")
+    + " END",
+    "CREATE TRIGGER IF NOT EXISTS jobs_count_delete AFTER DELETE ON jobs BEGIN "
+    + _COUNT_OUT.format(key=_COUNT_KEY.format(row="OLD"), when="OLD.visible = 1")
+    + " END",
+    # fires only when a statement assigns one of these columns (an event that keeps the state does not)
+    "CREATE TRIGGER IF NOT EXISTS jobs_count_update AFTER UPDATE OF state, visible, pipeline_uuid ON jobs"
+    " WHEN OLD.state IS NOT NEW.state OR OLD.visible IS NOT NEW.visible OR OLD.pipeline_uuid IS NOT NEW.pipeline_uuid"
+    " BEGIN "
+    + _COUNT_OUT.format(key=_COUNT_KEY.format(row="OLD"), when="OLD.visible = 1")
+    + _COUNT_IN.format(key=_COUNT_KEY.format(row="NEW"), when="NEW.visible = 1")
+    + " END",
+    # a file of an earlier version: its jobs counted once (afterwards the triggers keep the counts)
+    f"""INSERT INTO job_counts (state, pipeline, n)
+        SELECT {_COUNT_KEY.format(row="jobs")}, COUNT(*) FROM jobs
+        WHERE visible = 1 AND NOT EXISTS (SELECT 1 FROM job_counts) GROUP BY 1, 2""",
+)
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS jobs (
@@ -179,6 +216,7 @@ _SCHEMA = (
     """INSERT OR IGNORE INTO job_parents (parent, uuid)
         SELECT p.value, jobs.uuid FROM jobs, json_each(jobs.doc, '$.child_of') AS p
         WHERE p.type = 'text' AND NOT EXISTS (SELECT 1 FROM job_parents)""",
+    *_JOB_COUNTS_SCHEMA,
 )
 #: version 1 files kept each job's whole history in its document; these columns take over what changes
 _MIGRATE_TO_2 = (
@@ -980,6 +1018,37 @@ class SqliteJobStore(SharedStore):
             if progress:
                 _set_progress(conn, record.uuid, progress)
             return AppendResult(Append.APPLIED)
+
+    # -- job counts (issue 20): kept by the ``job_counts`` triggers, in every writing transaction -----
+    def count_move(self, pipeline_uuid: str | None, from_state: str, to_state: str) -> None:
+        """Nothing to do: the triggers moved the counts in the event's own transaction."""
+
+    def job_counts(self, timeout: float = 2.0) -> dict[tuple[str, str], int]:
+        with self._reading() as conn:
+            rows = conn.execute("SELECT state, pipeline, n FROM job_counts").fetchall()
+        return {_count_label(state, pipeline): int(n) for state, pipeline, n in rows}
+
+    def recount_jobs(self, *, settle: float | None = None) -> Recount:
+        """Exact, in one write transaction (``settle`` is MongoDB's; nothing moves here meanwhile): the
+        triggers leave nothing to repair unless someone wrote the file without them."""
+        started = time.monotonic()
+        with self._transaction() as conn:
+            counted = {(s, p): n for s, p, n in conn.execute("SELECT state, pipeline, n FROM job_counts")}
+            actual_sql = f"SELECT {_COUNT_KEY.format(row='jobs')}, COUNT(*) FROM jobs WHERE visible = 1 GROUP BY 1, 2"
+            actual = {(s, p): n for s, p, n in conn.execute(actual_sql)}
+            fixes = count_corrections(counted, actual)
+            conn.executemany(
+                "INSERT INTO job_counts (state, pipeline, n) VALUES (?, ?, ?)"
+                " ON CONFLICT (state, pipeline) DO UPDATE SET n = excluded.n",
+                [(state, pipeline, actual.get((state, pipeline), 0)) for state, pipeline in fixes],
+            )
+        shown = {_count_label(*key): change for key, change in fixes.items()}
+        return Recount(True, shown, time.monotonic() - started)
+
+
+def _count_label(state: str, pipeline: str) -> tuple[str, str]:
+    """A ``job_counts`` key as /metrics labels it: '' stands for null, shown "None" as ``job_totals`` shows it."""
+    return (state or "None", pipeline or "None")
 
 
 def list_sql(where: JobFilter, position: tuple[datetime, str] | None, limit: int) -> tuple[str, tuple[Any, ...]]:
