@@ -31,6 +31,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "errors",
             "logs",
             "settings",
+            "settings_schema",
             "documents",
             "identifiers",
             "fsm",

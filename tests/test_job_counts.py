@@ -21,8 +21,9 @@ from pipelinejobs.errors import PipelineJobsError
 from pipelinejobs.messages import CreateMessage, DeleteMessage, EventMessage
 from pipelinejobs.server import metrics
 from pipelinejobs.settings import Settings, load_settings
-from pipelinejobs.store.base import Append, EventRecord, JobStore
+from pipelinejobs.store.base import JobStore
 from pipelinejobs.store.mongo import MongoJobStore
+from pipelinejobs.store.records import Append, EventRecord
 from tests.conftest import EXAMPLE_PIPELINE_UUID, ROOT
 
 P = EXAMPLE_PIPELINE_UUID
@@ -232,11 +233,11 @@ def test_mongodb_counter_keys_survive_any_state_or_pipeline_name(mongo_stores: l
     assert nonzero(store.job_counts()) == {("RUNNING", odd): 1, ("None", "None"): 1}
 
 
-def test_concurrent_transitions_keep_exact_counts(open_store: Any, settings: Settings) -> None:
-    first = open_store()
+def test_concurrent_transitions_keep_exact_counts(store_factory: Any, settings: Settings) -> None:
+    first = store_factory()
     first.save_pipeline({"uuid": P, "id": "p", "components": []})
     jobs = [create(first, settings, n) for n in range(16)]
-    stores = [open_store() for _ in range(4)]
+    stores = [store_factory() for _ in range(4)]
 
     def walk(k: int) -> None:
         for job in jobs[k::4]:

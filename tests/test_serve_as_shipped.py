@@ -39,7 +39,7 @@ def shipped_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
     else:
         path = tmp_path / "catalog.sqlite3"
         env, options = {"_REACTOR_STORE_SQLITE_PATH": str(path)}, {"path": path}
-    running = start_server(tmp_path, request.param, env, options, actors=())
+    running = start_server(tmp_path, request.param, env, options, actors=(), process=True)  # its start line
     try:
         yield next(running)
     finally:

@@ -714,6 +714,27 @@ def test_a_task_record_and_its_progress_are_one_step_and_a_known_delivery_change
     assert store.record_task(task("c", None), {}).status is Append.APPLIED
 
 
+@covers("job_counts", "count_move", "recount_jobs")
+def test_the_job_counts_follow_creates_transitions_and_hides_and_a_recount_finds_nothing_to_repair(
+    store: JobStore,
+) -> None:
+    def counts() -> dict[tuple[str, str], int]:
+        return {key: n for key, n in store.job_counts().items() if n}
+
+    first, second = make_job({"n": 1}), make_job({"n": 2})
+    insert(store, first)
+    insert(store, second)
+    assert counts() == {("CREATED", EXAMPLE_PIPELINE_UUID): 2} == store.job_totals()
+    # an event that moves the state, then what the event path does after an applied append
+    assert append(store, first["uuid"], "run", state="RUNNING", revision=0)[1].status is Append.APPLIED
+    store.count_move(EXAMPLE_PIPELINE_UUID, "CREATED", "RUNNING")
+    store.hide_job(second["uuid"], now=NOW, audit=documents.audit_record(second["uuid"], "update", {}, {}, NOW))
+    assert counts() == {("RUNNING", EXAMPLE_PIPELINE_UUID): 1} == store.job_totals()
+    recount = store.recount_jobs(settle=0.05)
+    assert recount.applied is True and recount.corrections == {}
+    assert counts() == store.job_totals()
+
+
 def test_every_contract_method_has_a_contract_test() -> None:
     """The contract is the JobStore protocol; each of its methods is run on both stores above."""
     contract = {name for name, value in vars(JobStore).items() if callable(value) and not name.startswith("_")}
