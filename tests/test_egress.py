@@ -22,7 +22,6 @@ import pytest
 from pipelinejobs import cli, egress
 from pipelinejobs.errors import ErrorKind, PipelineJobsError
 from pipelinejobs.notify import dispatcher, subscriptions
-from pipelinejobs.server.execution import serve_config
 from pipelinejobs.settings import Settings, load_settings
 from pipelinejobs.sinks import registry
 from pipelinejobs.sinks.base import Attempt, Delivery, NoFacts
@@ -218,10 +217,10 @@ def test_the_allowlist_setting_takes_cidrs_and_refuses_anything_else() -> None:
     assert egress.Policy.from_settings(settings).allowed == (ipaddress.ip_network("127.0.0.0/8"),)
     assert "127.0.0.0/8" not in settings.secrets  # a network is not a secret: the logs may name it
     assert egress.Policy.from_settings(load_settings({}, ROOT / "config.yml")).allowed == ()  # default: none
-    bogus = load_settings({"_REACTOR_NOTIFICATIONS_ALLOWED_NETWORKS": "10.0.0.0/8,bogus"}, ROOT / "config.yml")
-    with pytest.raises(PipelineJobsError) as err:  # serve stops before it binds its port (exit 9)
-        serve_config(bogus, actors=["pjmanager0001"])
-    assert err.value.kind is ErrorKind.CONFIGURATION and "'bogus'" in err.value.message
+    with pytest.raises(PipelineJobsError) as err:  # settings are checked at load: serve stops before it binds
+        load_settings({"_REACTOR_NOTIFICATIONS_ALLOWED_NETWORKS": "10.0.0.0/8,bogus"}, ROOT / "config.yml")
+    assert err.value.kind is ErrorKind.CONFIGURATION
+    assert "_REACTOR_NOTIFICATIONS_ALLOWED_NETWORKS" in err.value.message and "CIDR" in err.value.message
 
 
 def test_of_a_name_only_its_allowed_addresses_are_used() -> None:
