@@ -29,9 +29,9 @@ demo: install
 demo-keep: install
 	$(BIN)/python -m pipelinejobs.demo --keep
 
-# Issue 8's ratios (serve latency and throughput on both stores, cold reactor.py), issue 11's job list and
-# /metrics over 100,000 jobs, issue 10's watchdog pass (`--only read`, `--only watch`), issue 22's Snakemake
-# run reporting to serve (`--only snakemake`, ~4 min): 12-18 min on 2 cores.
+# The serve ratios (latency and throughput on both stores, cold reactor.py), the job list and /metrics over
+# 100,000 jobs, the watchdog pass (`--only read`, `--only watch`), notifications and a Snakemake run reporting
+# to serve (`--only snakemake`, ~4 min): 12-18 min on 2 cores. Figures: docs/performance.md.
 bench: install
 	$(BIN)/python bench/run.py
 

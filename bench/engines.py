@@ -1,4 +1,4 @@
-"""`make bench`'s snakemake part (issue 22): a Snakemake run of 200 trivial rules reporting to serve,
+"""`make bench`'s snakemake part: a Snakemake run of 200 trivial rules reporting to serve,
 over the same run without ``--logger``.
 
 Whole ``snakemake`` processes (import, DAG, 200 ``touch`` jobs on 2 cores), timed by wall clock and

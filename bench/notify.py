@@ -1,4 +1,4 @@
-"""`make bench`'s notify part: serve's events/s with one active webhook subscription ÷ without (issue 10).
+"""`make bench`'s notify part: serve's events/s with one active webhook subscription ÷ without.
 
 Two stores of the same kind (two SQLite files, or two databases on one MongoDB-wire
 server), each with its own `pipelinejobs serve`: on one, a subscription to the bench's
@@ -202,5 +202,5 @@ def backends_for(kind: str, workdir: Path, uri: str | None) -> tuple[Backend, Ba
         where = workdir / f"notify-{kind}-{side}"
         where.mkdir()
         pair.append(embedded_backend(where) if kind == "embedded" else mongodb_backend(where, uri or ""))
-    pair[1].env["_REACTOR_NOTIFICATIONS_ALLOWED_NETWORKS"] = "127.0.0.0/8"  # the receiver is on this host (issue 18)
+    pair[1].env["_REACTOR_NOTIFICATIONS_ALLOWED_NETWORKS"] = "127.0.0.0/8"  # the receiver is on this host
     return pair[0], pair[1]

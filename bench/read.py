@@ -1,4 +1,4 @@
-"""Part `read` of `make bench` (issue 11): the job list and ``/metrics`` over 100,000 jobs, on each store.
+"""Part `read` of `make bench`: the job list and ``/metrics`` over 100,000 jobs, on each store.
 
 On each store (embedded SQLite, then MongoDB) two catalogs are filled in bulk the way bench/watch.py
 fills one (a job made through the service, copied with fresh uuids and written straight into the

@@ -1,4 +1,4 @@
-"""Where notifications may go: public addresses, and the networks a deployment allows (issue 18).
+"""Where notifications may go: public addresses, and the networks a deployment allows.
 
 A webhook URL, an actor's messages URL and an ``api_server`` are chosen by whoever holds an API
 token, and the dispatcher sends from inside the deployment's network. Unchecked, a subscription

@@ -110,7 +110,7 @@ def _outside_strings(text: str, live: str = _QUOTES) -> str:
     of that kind does: the scan from it meets the same escapes in step and runs off the end too. So
     that quote ends the pass, and the rest is scanned once more with only the other kind of quote
     live: at most three passes, where trying every quote again made ``"`` + ``\\"`` x n quadratic
-    (a 24 KB message held serve's event loop for 2 s; issue 18).
+    (a 24 KB message held serve's event loop for 2 s).
     """
     parts = _string_splitter(live).split(text)
     head = "".join(parts[0::2])

@@ -19,7 +19,7 @@ LOGGER_NAME = "pipelinejobs"
 #: Each pattern matches in time linear in the text as ``re.sub`` scans it: what follows a keyword is a run
 #: of whitespace (which holds no keyword), and a URI's password runs to its end whether or not an ``@``
 #: follows, so no later position rescans it. The old password pattern ended in a required ``@``, and
-#: ``mongodb://a:b`` x 5,000 in a request path took seconds (issue 18).
+#: ``mongodb://a:b`` x 5,000 in a request path took seconds.
 _ASSIGNMENT = re.compile(r"(?i)((?:token|x-nonce|nonce|password|authn|secret)[\"']?\s*[:=]\s*[\"']?)([^\"'&\s,}]+)")
 _BEARER = re.compile(r"(?i)(bearer\s+)(\S+)")
 _URI_PASSWORD = re.compile(r"(mongodb(?:\+srv)?://[^:/@\s]+:)([^@\s]+)(@?)")

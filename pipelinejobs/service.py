@@ -207,7 +207,7 @@ def _append(
         "job %s: %s -> %s by '%s' (%s, via %s)", record.uuid, state, record.state, record.name, grant.value, record.via
     )
     if record.state != state:
-        store.count_move(pipeline_uuid, state, record.state)  # job counts (issue 20)
+        store.count_move(pipeline_uuid, state, record.state)  # job counts
         _note_transition(store, record)
     if record.notify:
         wake.wake(store)
@@ -267,7 +267,7 @@ def _record_stale(
     return _event_outcome(record)
 
 
-# -- workflow engines' reports (issue 22) ---------------------------------------------------------
+# -- workflow engines' reports ---------------------------------------------------------
 def apply_report(
     message: ReportMessage, *, store: JobStore, settings: Settings, now: datetime, operator: bool = False
 ) -> Outcome:
@@ -492,7 +492,7 @@ def _shows_its_token(job: Document, token: str | None, settings: Settings, now: 
         return False
 
 
-# -- heartbeats and the watchdog (issue 10) ----------------------------------------------------
+# -- heartbeats and the watchdog ----------------------------------------------------
 def _heartbeat_outcome(uuid: str, state: str, last_seen: datetime | None, *, logged: bool, recorded: bool) -> Outcome:
     outcome: Outcome = {
         "status": "ok",

@@ -127,7 +127,7 @@ def cmd_job_show(args: argparse.Namespace) -> int:
         raise PipelineJobsError(ErrorKind.NOT_FOUND, f"no job with uuid {args.uuid} in the {where}")
     shown = public_view(job) if watched is None else {**public_view(job), "watch": watched}
     text = job_text(job, full=args.full, watch=watched)
-    if deliveries:  # notifications (issue 10): the latest delivery attempts
+    if deliveries:  # notifications: the latest delivery attempts
         shown["deliveries"] = deliveries
         text += f"\n  deliveries (latest {len(deliveries)}, newest first):\n"
         text += "\n".join("    " + line for line in deliveries_text(deliveries).splitlines())

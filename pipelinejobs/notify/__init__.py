@@ -1,4 +1,4 @@
-"""Outbound notifications (issue 10): subscriptions, the outbox dispatcher, delivery records.
+"""Outbound notifications: subscriptions, the outbox dispatcher, delivery records.
 
 A *subscription* names what to watch (one pipeline's jobs, or one job; optionally only some
 target states and/or event names) and whom to tell, through a *sink* (``pipelinejobs.sinks``:

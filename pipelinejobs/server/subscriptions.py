@@ -1,4 +1,4 @@
-"""Serve's notification API (issue 10): subscriptions and their delivery records.
+"""Serve's notification API: subscriptions and their delivery records.
 
 ``POST /subscriptions`` (a JSON object: ``pipeline`` or ``job``; ``url`` (a webhook), ``actor``
 with ``nonce``/``bearer``/``tapis_token`` and ``api_server``, or ``openlineage`` with ``namespace``,

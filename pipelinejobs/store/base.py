@@ -113,7 +113,7 @@ class JobStore(Protocol):
 
     def close(self) -> None: ...
 
-    # -- watch: deadlines, heartbeats, retention (issue 10) ----------------------------------
+    # -- watch: deadlines, heartbeats, retention ----------------------------------
     # A job's watch record lives apart from its datacatalog document (collection/table
     # ``watch``, one per job uuid): {uuid, pipeline_uuid, state, revision, since, last_seen,
     # due_at, deadlines, logged_at}. ``due_at`` (indexed) is when the job next needs judging.

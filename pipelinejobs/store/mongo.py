@@ -80,7 +80,7 @@ CREATED = "_properties.created_date"  # the job list's order: (created desc, uui
 INDEXES: dict[str, tuple[str, list[tuple[str, int]], dict[str, Any]]] = {
     "jobs.uuid_unique": ("jobs", [("uuid", 1)], {"unique": True}),
     "jobs.updated": ("jobs", [("updated", -1)], {}),
-    # the read API (issue 11): one index per list filter, each ending in the list's order
+    # the read API: one index per list filter, each ending in the list's order
     "jobs.created_uuid": ("jobs", [(CREATED, -1), ("uuid", -1)], {}),
     "jobs.state_created": ("jobs", [("state", 1), (CREATED, -1), ("uuid", -1)], {}),
     "jobs.pipeline_created": ("jobs", [("pipeline_uuid", 1), (CREATED, -1), ("uuid", -1)], {}),
@@ -96,14 +96,14 @@ INDEXES: dict[str, tuple[str, list[tuple[str, int]], dict[str, Any]]] = {
         [("uuid", 1), ("event_id", 1)],
         {"unique": True, "partialFilterExpression": {"event_id": {"$exists": True}}},
     ),
-    # -- watch: deadlines, heartbeats, retention (issue 10) --
+    # -- watch: deadlines, heartbeats, retention --
     "watch.uuid_unique": ("watch", [("uuid", 1)], {"unique": True}),
     "watch.due_at": ("watch", [("due_at", 1)], {}),
     "jobs.state_updated": ("jobs", [("state", 1), ("updated", 1)], {}),
     "jobs.hidden_updated": ("jobs", [("updated", 1)], {"partialFilterExpression": {"_visible": False}}),
     # purge tombstones carry expires_at; MongoDB's TTL monitor removes them then (other records lack the field)
     "updates.expires_at_ttl": ("updates", [("expires_at", 1)], {"expireAfterSeconds": 0}),
-    # -- notifications (issue 10): the outbox is fields of the log records still to be told of --
+    # -- notifications: the outbox is fields of the log records still to be told of --
     # sparse, not partial: some MongoDB-wire servers (secantusd-py) only use a partial index for its own filter
     "events.notify_due": ("events", [("notify_due", 1)], {"sparse": True}),
     "subscriptions.id_unique": ("subscriptions", [("id", 1)], {"unique": True}),
@@ -238,7 +238,7 @@ class MongoJobStore(SharedStore):
             self.events.with_options(write_concern=WriteConcern(w=1)) if concern.acknowledged else self.events
         )
         self.watch = self.database["watch"]  # deadlines and heartbeats, apart from the datacatalog documents
-        self.subscriptions = self.database["subscriptions"]  # notifications (issue 10)
+        self.subscriptions = self.database["subscriptions"]  # notifications
         self.deliveries = self.database["deliveries"]
         self.leases = self.database["notify_leases"]  # which dispatcher holds the outbox, until when
         self.history_window = max(history_window, 1)
@@ -475,7 +475,7 @@ class MongoJobStore(SharedStore):
             with contextlib.suppress(DuplicateKeyError):
                 self.events.insert_one(created.to_document())
             self.updates.insert_one(dict(audit))
-        self._count_moves(None, job)  # job counts (issue 20)
+        self._count_moves(None, job)  # job counts
         self._remember_logged(job["uuid"])
         return job, True
 
@@ -573,7 +573,7 @@ class MongoJobStore(SharedStore):
             )
             if doc is not None:
                 self.updates.insert_one(dict(audit), session=session)
-                self._count_moves({**doc, "_visible": True}, None, session)  # job counts (issue 20)
+                self._count_moves({**doc, "_visible": True}, None, session)  # job counts
             return doc
 
         return self._atomically(work)
@@ -588,7 +588,7 @@ class MongoJobStore(SharedStore):
             self.events.update_many({"uuid": uuid}, {"$set": {"uuid": set_aside}}, session=session)
             removed = self.jobs.find_one_and_delete(precondition, projection=_COUNTED, session=session)
             if removed is not None:
-                self._count_moves(removed, None, session)  # job counts (issue 20)
+                self._count_moves(removed, None, session)  # job counts
                 return True
             if session is not None:
                 raise _Abort()
@@ -612,7 +612,7 @@ class MongoJobStore(SharedStore):
     def close(self) -> None:
         self._client.close()
 
-    # -- watch: deadlines, heartbeats, retention (issue 10) ----------------------------------
+    # -- watch: deadlines, heartbeats, retention ----------------------------------
     # These reads name no index hint (see _require_indexes): the passes check once per store object.
     _WATCH_INDEXES = (
         "watch.uuid_unique",
@@ -692,7 +692,7 @@ class MongoJobStore(SharedStore):
                     raise _Abort()
                 self.updates.delete_one({"_id": written.inserted_id})  # no transactions: undo by hand
                 return False
-            self._count_moves(purged, None, session)  # job counts (issue 20)
+            self._count_moves(purged, None, session)  # job counts
             # after the job: a purge cut short leaves log records of a job that is gone, which the
             # tombstone names; it never leaves a job without its log
             self.events.delete_many({"uuid": uuid}, session=session)
@@ -715,7 +715,7 @@ class MongoJobStore(SharedStore):
                 return self.updates.count_documents(query)
             return self.updates.delete_many(query).deleted_count
 
-    # -- notifications: subscriptions, the outbox, delivery records (issue 10) ----------------
+    # -- notifications: subscriptions, the outbox, delivery records ----------------
     def save_subscription(self, subscription: Document) -> None:
         with self._translate():
             self.subscriptions.insert_one(dict(subscription))
@@ -873,7 +873,7 @@ class MongoJobStore(SharedStore):
         with self._translate():
             return self.deliveries.delete_many({"expires_at": {"$lte": now}}).deleted_count
 
-    # -- read side (issue 11: the read API and metrics) -----------------
+    # -- read side (the read API and metrics) -----------------
     def query_jobs(self, where: JobFilter, *, after: str | None = None, limit: int = 50) -> JobPage:
         """After a cursor (created c, uuid u): the jobs created at c with a smaller uuid, then those created before c.
 
@@ -930,7 +930,7 @@ class MongoJobStore(SharedStore):
                 return self.jobs.find_one({"uuid": uuid}, {"_id": True}) is not None
             return self.jobs.update_one({"uuid": uuid}, update).matched_count == 1
 
-    # -- job counts (issue 20): one counter document, moved after each write that moves a job --------
+    # -- job counts: one counter document, moved after each write that moves a job --------
     # ``job_counts`` holds {_id: "visible", v, counts: {state: {pipeline: n}}}. Without a transaction
     # the counters cannot change in the job's own write: they follow it (one ``w: 1`` update, only when
     # a job's state or visibility changes; for an event the event path calls ``count_move``), so a writer
@@ -1074,7 +1074,7 @@ def _summary(doc: Document) -> Document:
     return job_summary(values)
 
 
-# -- job counts (issue 20) -----------------------------------------------------------------------------
+# -- job counts -----------------------------------------------------------------------------
 _COUNTS_ID = "visible"
 RECOUNT_SETTLE_SECONDS = 3.0  # between a recount's count and its compare-and-set (see recount_jobs)
 _COUNTED = {"_id": False, "state": True, "pipeline_uuid": True, "_visible": True}  # what moves a job's count

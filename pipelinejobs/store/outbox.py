@@ -1,4 +1,4 @@
-"""The notification outbox in the store contract (issue 10): its items and what both stores add for it.
+"""The notification outbox in the store contract: its items and what both stores add for it.
 
 Apart from ``base.py`` so that the event path (reactor.py's cold start above all) does not
 build these types: only the dispatcher and the subscription commands import this module.

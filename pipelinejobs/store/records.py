@@ -62,7 +62,7 @@ class EventRecord:
     via: str = "message"
     event_id: str | None = None
     digest: str | None = None  # of (name, data): tells a retried delivery from a different one
-    #: subscriptions to notify of this record (issue 10): written with it, atomically (the outbox)
+    #: subscriptions to notify of this record: written with it, atomically (the outbox)
     notify: tuple[str, ...] = ()
 
     @property

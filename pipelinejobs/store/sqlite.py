@@ -79,7 +79,7 @@ _CREATED = """json_extract(doc, '$._properties.created_date."$date"')"""  # ISO 
 _SESSION = "json_extract(doc, '$.session')"
 _ARCHIVE_PATH = "json_extract(doc, '$.archive_path')"
 
-# -- job counts (issue 20): visible jobs per (state, pipeline), kept by triggers in the writing transaction --
+# -- job counts: visible jobs per (state, pipeline), kept by triggers in the writing transaction --
 #: '' stands for a null state or pipeline (a key column cannot be null); read back as "None", as str() shows it
 _COUNT_KEY = "IFNULL({row}.state, ''), IFNULL({row}.pipeline_uuid, '')"
 _COUNT_IN = (
@@ -147,7 +147,7 @@ _SCHEMA = (
         UNIQUE (uuid, seq, slot),
         UNIQUE (uuid, event_id)
     )""",
-    # -- watch: deadlines, heartbeats, retention (issue 10) --
+    # -- watch: deadlines, heartbeats, retention --
     """CREATE TABLE IF NOT EXISTS watch (
         uuid TEXT NOT NULL UNIQUE,
         revision INTEGER NOT NULL,
@@ -159,7 +159,7 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS jobs_state_updated ON jobs (state, updated)",
     "CREATE INDEX IF NOT EXISTS jobs_hidden_updated ON jobs (updated) WHERE visible = 0",
     "CREATE INDEX IF NOT EXISTS updates_action ON updates (action)",
-    # -- the read API (issue 11): an index per list filter, each ending in the list's order --
+    # -- the read API: an index per list filter, each ending in the list's order --
     f"CREATE INDEX IF NOT EXISTS jobs_created ON jobs ({_CREATED} DESC, uuid DESC)",
     f"CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (state, {_CREATED} DESC, uuid DESC)",
     f"CREATE INDEX IF NOT EXISTS jobs_pipeline_created ON jobs (pipeline_uuid, {_CREATED} DESC, uuid DESC)",
@@ -179,7 +179,7 @@ _SCHEMA = (
     """CREATE TRIGGER IF NOT EXISTS jobs_parents_delete AFTER DELETE ON jobs BEGIN
         DELETE FROM job_parents WHERE uuid = OLD.uuid;
     END""",
-    # -- notifications (issue 10): an outbox row is written in its event's transaction --
+    # -- notifications: an outbox row is written in its event's transaction --
     """CREATE TABLE IF NOT EXISTS outbox (
         uuid TEXT NOT NULL,
         seq INTEGER NOT NULL,
@@ -737,7 +737,7 @@ class SqliteJobStore(SharedStore):
             while True:
                 self._readers.get_nowait().close()
 
-    # -- watch: deadlines, heartbeats, retention (issue 10) ----------------------------------
+    # -- watch: deadlines, heartbeats, retention ----------------------------------
     def watch_record(self, uuid: str) -> Document | None:
         with self._reading() as conn:
             row = conn.execute("SELECT doc FROM watch WHERE uuid = ?", (uuid,)).fetchone()
@@ -841,7 +841,7 @@ class SqliteJobStore(SharedStore):
                 return int(conn.execute(f"SELECT COUNT(*) FROM updates WHERE {where}", (stamp,)).fetchone()[0])
             return conn.execute(f"DELETE FROM updates WHERE {where}", (stamp,)).rowcount
 
-    # -- notifications: subscriptions, the outbox, delivery records (issue 10) ----------------
+    # -- notifications: subscriptions, the outbox, delivery records ----------------
     def save_subscription(self, subscription: Document) -> None:
         with self._transaction() as conn:
             conn.execute(
@@ -971,7 +971,7 @@ class SqliteJobStore(SharedStore):
         with self._transaction() as conn:
             return conn.execute("DELETE FROM deliveries WHERE expires_at <= ?", (_timestamp(now),)).rowcount
 
-    # -- read side (issue 11: the read API and metrics) -----------------
+    # -- read side (the read API and metrics) -----------------
     def query_jobs(self, where: JobFilter, *, after: str | None = None, limit: int = 50) -> JobPage:
         sql, params = list_sql(where, parse_job_cursor(after), max(1, limit) + 1)
         with self._reading() as conn:
@@ -1019,7 +1019,7 @@ class SqliteJobStore(SharedStore):
                 _set_progress(conn, record.uuid, progress)
             return AppendResult(Append.APPLIED)
 
-    # -- job counts (issue 20): kept by the ``job_counts`` triggers, in every writing transaction -----
+    # -- job counts: kept by the ``job_counts`` triggers, in every writing transaction -----
     def count_move(self, pipeline_uuid: str | None, from_state: str, to_state: str) -> None:
         """Nothing to do: the triggers moved the counts in the event's own transaction."""
 
