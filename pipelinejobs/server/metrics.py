@@ -121,7 +121,7 @@ def recount(
     ``settle``: the store's wait between counting and setting (``recount_jobs``); None: its own default.
     """
     for attempt in range(tries):
-        done = store.recount_jobs(settle=settle)
+        done = store.recount_jobs(settle=settle, wait=pause)
         if done.applied:
             if done.corrections:
                 shown = ", ".join(f"{s}/{p} {n:+d}" for (s, p), n in sorted(done.corrections.items())[:10])
@@ -129,8 +129,8 @@ def recount(
             else:
                 log.info("job counts recounted in %.2f s: they were right", done.seconds)
             return done
-        if attempt + 1 < tries:
-            pause(RECOUNT_RETRY_SECONDS)
+        if attempt + 1 < tries and pause(RECOUNT_RETRY_SECONDS):
+            return done  # serve is stopping
     log.warning("job counts not recounted: jobs kept changing during %d counts; next try in an interval", tries)
     return done
 

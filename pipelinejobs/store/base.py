@@ -7,7 +7,8 @@ summary python-datacatalog readers understand. The types the contract names live
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -161,9 +162,12 @@ class JobStore(Protocol):
         """Visible jobs per (state, pipeline uuid) as the counters kept with every write have them (pairs
         that went back to 0 included): a small read, never a scan; ``STORAGE_UNAVAILABLE`` after ``timeout``."""
 
-    def recount_jobs(self, *, settle: float | None = None) -> Recount:
+    def recount_jobs(self, *, settle: float | None = None, wait: Callable[[float], Any] = time.sleep) -> Recount:
         """Count the visible jobs (:meth:`job_totals`) and set the counters to it, unless they moved meanwhile
-        (or within ``settle`` seconds after the count: a job updated but whose counters' move is in flight)."""
+        (or within ``settle`` seconds after the count: a job updated but whose counters' move is in flight).
+
+        ``wait`` waits out the settle; one that returns True (``threading.Event.wait`` of a stopping
+        server) abandons the recount, not applied."""
 
     # -- workflow engines' reports ------------------------------------------------------------------
     def set_progress(self, uuid: str, changes: Document) -> bool:

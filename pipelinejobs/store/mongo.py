@@ -980,7 +980,7 @@ class MongoJobStore(SharedStore):
             doc = self._counts.find_one({"_id": _COUNTS_ID}, {"counts": True})
         return _decode_counts((doc or {}).get("counts"))
 
-    def recount_jobs(self, *, settle: float | None = None) -> Recount:
+    def recount_jobs(self, *, settle: float | None = None, wait: Callable[[float], Any] = time.sleep) -> Recount:
         """Count the visible jobs (one aggregate, a collection scan on some servers) and set the counters
         to it, compare-and-set on ``v``: a move during the count leaves them as they are (``applied`` False).
 
@@ -994,7 +994,8 @@ class MongoJobStore(SharedStore):
         with self._translate():
             doc = self._counts.find_one({"_id": _COUNTS_ID})
             actual = self.job_totals()
-            time.sleep(RECOUNT_SETTLE_SECONDS if settle is None else settle)
+            if wait(RECOUNT_SETTLE_SECONDS if settle is None else settle):  # stopping: abandoned
+                return Recount(False, {}, time.monotonic() - started)
             counted = _decode_counts((doc or {}).get("counts"))
             fixes = count_corrections(counted, actual)
             counts: dict[str, dict[str, int]] = {}

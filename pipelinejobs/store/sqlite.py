@@ -24,7 +24,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1028,8 +1028,8 @@ class SqliteJobStore(SharedStore):
             rows = conn.execute("SELECT state, pipeline, n FROM job_counts").fetchall()
         return {_count_label(state, pipeline): int(n) for state, pipeline, n in rows}
 
-    def recount_jobs(self, *, settle: float | None = None) -> Recount:
-        """Exact, in one write transaction (``settle`` is MongoDB's; nothing moves here meanwhile): the
+    def recount_jobs(self, *, settle: float | None = None, wait: Callable[[float], Any] = time.sleep) -> Recount:
+        """Exact, in one write transaction (``settle`` and ``wait`` are MongoDB's; nothing moves here meanwhile): the
         triggers leave nothing to repair unless someone wrote the file without them."""
         started = time.monotonic()
         with self._transaction() as conn:
