@@ -224,6 +224,26 @@ def test_a_mongodb_recount_waits_for_a_move_whose_job_it_already_counted(
     assert nonzero(store.job_counts()) == {("RUNNING", P): 1} == store.job_totals()
 
 
+def test_a_mongodb_recount_interrupted_in_its_settle_time_changes_nothing(
+    mongo_stores: list[MongoJobStore], settings: Settings
+) -> None:
+    """A stopping serve ends its recount's wait (``wait`` answers True, as a set ``Event.wait`` does): the
+    recount is abandoned, not applied with a settle time that was cut short."""
+    store = mongo_stores[0]
+    create(store, settings, 1)
+    store._counts.delete_many({})  # counters off: a recount would correct them
+    waited: list[float] = []
+
+    def stopped(seconds: float) -> bool:
+        waited.append(seconds)
+        return True
+
+    abandoned = store.recount_jobs(settle=3600, wait=stopped)
+    assert waited == [3600] and abandoned.applied is False and abandoned.corrections == {}
+    assert nonzero(store.job_counts()) == {}  # nothing was set
+    assert nonzero(store.recount_jobs(settle=0).corrections) == {("CREATED", P): 1}
+
+
 def test_mongodb_counter_keys_survive_any_state_or_pipeline_name(mongo_stores: list[MongoJobStore]) -> None:
     store = mongo_stores[0]
     odd = "pipe.line$with.dots"
