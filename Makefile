@@ -16,7 +16,7 @@ install: $(BIN)/python
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadscope --durations=15
 
 lint: install
 	$(BIN)/ruff check .

@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import web
 from tests.conftest import (
     EXAMPLE_PIPELINE_COMPONENTS,
     EXAMPLE_PIPELINE_ID,
@@ -149,7 +150,7 @@ def _wait_until_ready(server: LiveServer, timeout: float = 30.0, inner: InProces
         if server.proc is not None and server.proc.poll() is not None:
             raise RuntimeError(f"`pipelinejobs serve` exited with {server.proc.returncode}:\n{server.read_log()}")
         try:
-            if httpx.get(f"{server.url}/healthz", timeout=1.0).status_code == 200:
+            if web.get(f"{server.url}/healthz", timeout=1.0).status_code == 200:
                 return
         except httpx.TransportError:
             pass
@@ -248,7 +249,7 @@ def new_job(server: LiveServer) -> tuple[str, str]:
     """Register the example pipeline and create a job through the server; returns (uuid, token)."""
     register_example_pipeline(server)
     create = {"pipeline_uuid": EXAMPLE_PIPELINE_UUID, "archive_path": "/products/t", "data": {"n": uuid.uuid4().hex}}
-    response = httpx.post(server.messages_url, params={"_abaco_synchronous": "true"}, headers=server.auth, json=create)
+    response = web.post(server.messages_url, params={"_abaco_synchronous": "true"}, headers=server.auth, json=create)
     assert response.status_code == 200, response.text
     outcome = response.json()
     assert outcome["status"] == "ok" and outcome["state"] == "CREATED", outcome

@@ -11,12 +11,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import petname
 import pytest
 
 from pipelinejobs.abaco import AbacoError, messages_url, send_message, with_params
 from pipelinejobs.errors import ErrorKind
+from tests import web
 from tests.conftest import EXAMPLE_PIPELINE_UUID
 from tests.server_fixtures import LiveServer, free_port
 
@@ -313,7 +313,7 @@ def test_synchronous_answers_are_read_from_json_or_from_the_last_json_line_of_lo
 
 
 def test_a_caller_supplied_client_is_used_and_left_open(tiny: TinyServer) -> None:
-    with httpx.Client(headers={"User-Agent": "my-actor/1.0"}) as client:
+    with web.client(headers={"User-Agent": "my-actor/1.0"}) as client:
         send_message(tiny.url + "/m", {"x": 1}, client=client)
         send_message(tiny.url + "/m", {"x": 2}, client=client)
         assert not client.is_closed
@@ -326,7 +326,7 @@ def _create(pipeline_uuid: str = EXAMPLE_PIPELINE_UUID, n: int = 1) -> dict[str,
 
 
 def _nonce(live: LiveServer, max_uses: int = -1) -> str:
-    response = httpx.post(
+    response = web.post(
         f"{live.actor_url()}/nonces", headers=live.auth, json={"maxUses": max_uses, "level": "EXECUTE"}, timeout=10
     )
     assert response.status_code == 200, response.text
@@ -353,7 +353,7 @@ def test_live_bearer_creates_a_job_and_a_nonce_moves_it(live_server: LiveServer,
     finally:
         store.close()
     assert job["state"] == "RUNNING" and job["history"][-1]["data"] == {"via": "nonce"}
-    used = httpx.get(f"{live_server.actor_url()}/nonces/{nonce}", headers=live_server.auth, timeout=10).json()
+    used = web.get(f"{live_server.actor_url()}/nonces/{nonce}", headers=live_server.auth, timeout=10).json()
     assert used["result"]["currentUses"] == 1
 
 

@@ -18,9 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from tests import web
 from tests.conftest import ROOT
 from tests.server_fixtures import LiveServer
 from tests.test_server import new_job
@@ -59,12 +59,12 @@ def _nonces_url(server: LiveServer, *, v3: bool = False) -> str:
 
 
 def _nonces(server: LiveServer) -> list[dict[str, Any]]:
-    return httpx.get(_nonces_url(server), headers=server.auth).json()["result"]
+    return web.get(_nonces_url(server), headers=server.auth).json()["result"]
 
 
 def _event(server: LiveServer, uuid: str, token: str, name: str, **params: str) -> str:
     body = {"uuid": uuid, "name": name, "token": token}
-    response = httpx.post(server.messages_url, headers=server.auth, params=params, json=body)
+    response = web.post(server.messages_url, headers=server.auth, params=params, json=body)
     assert response.status_code == 200, response.text
     return response.json()["result"]["executionId"]
 
@@ -88,20 +88,20 @@ def test_each_endpoint_answers_with_its_own_message(live_server_sqlite: LiveServ
     server = live_server_sqlite
     uuid, token = new_job(server)
     execution_id = _event(server, uuid, token, "run")
-    created = httpx.post(_nonces_url(server), headers=server.auth, json={"maxUses": 3})
+    created = web.post(_nonces_url(server), headers=server.auth, json={"maxUses": 3})
     nonce_id = created.json()["result"]["id"]
     base = server.actor_url()
     calls = [
         (created, "Actor nonce created successfully."),
-        (httpx.get(f"{base}/nonces", headers=server.auth), "Actor nonces retrieved successfully."),
-        (httpx.get(f"{base}/nonces/{nonce_id}", headers=server.auth), "Actor nonce retrieved successfully."),
-        (httpx.get(f"{base}/executions", headers=server.auth), "Actor executions retrieved successfully."),
+        (web.get(f"{base}/nonces", headers=server.auth), "Actor nonces retrieved successfully."),
+        (web.get(f"{base}/nonces/{nonce_id}", headers=server.auth), "Actor nonce retrieved successfully."),
+        (web.get(f"{base}/executions", headers=server.auth), "Actor executions retrieved successfully."),
         (
-            httpx.get(f"{base}/executions/{execution_id}", headers=server.auth),
+            web.get(f"{base}/executions/{execution_id}", headers=server.auth),
             "Actor execution retrieved successfully.",
         ),
-        (httpx.get(f"{base}/executions/{execution_id}/logs", headers=server.auth), "Logs retrieved successfully."),
-        (httpx.delete(f"{base}/nonces/{nonce_id}", headers=server.auth), "Actor nonce deleted successfully."),
+        (web.get(f"{base}/executions/{execution_id}/logs", headers=server.auth), "Logs retrieved successfully."),
+        (web.delete(f"{base}/nonces/{nonce_id}", headers=server.auth), "Actor nonce deleted successfully."),
     ]
     for response, message in calls:
         assert response.status_code == 200, response.text
@@ -112,7 +112,7 @@ def test_each_endpoint_answers_with_its_own_message(live_server_sqlite: LiveServ
 
 # -- nonce records -------------------------------------------------------------------------------
 def test_nonce_record_as_abaco_displays_it(server: LiveServer) -> None:
-    response = httpx.post(_nonces_url(server), headers=server.auth, json={"maxUses": 2, "description": "hooks"})
+    response = web.post(_nonces_url(server), headers=server.auth, json={"maxUses": 2, "description": "hooks"})
     nonce = response.json()["result"]
     assert set(nonce) == ABACO_NONCE_KEYS
     actor = f"{server.url}/actors/v2/{server.actor_id}"
@@ -126,12 +126,12 @@ def test_nonce_record_as_abaco_displays_it(server: LiveServer) -> None:
     assert nonce["lastUseTime"] == "None"  # display_time(None) in Abaco
     assert (nonce["maxUses"], nonce["remainingUses"], nonce["currentUses"]) == (2, 2, 0)
     # after a use, the time of the use
-    assert httpx.get(f"{actor}/executions", params={"x-nonce": nonce["id"]}).status_code == 200
+    assert web.get(f"{actor}/executions", params={"x-nonce": nonce["id"]}).status_code == 200
     [listed] = _nonces(server)
     assert set(listed) == ABACO_NONCE_KEYS and listed["lastUseTime"].endswith("Z")
     assert (listed["currentUses"], listed["remainingUses"]) == (1, 1)
     # Tapis v3: snake case, /v3 links, metadata in the envelope
-    v3 = httpx.get(f"{_nonces_url(server, v3=True)}/{nonce['id']}", headers=server.auth).json()
+    v3 = web.get(f"{_nonces_url(server, v3=True)}/{nonce['id']}", headers=server.auth).json()
     assert v3["metadata"] == {}
     shown = v3["result"]
     assert shown["api_server"] == server.url and shown["last_use_time"] == listed["lastUseTime"]
@@ -145,7 +145,7 @@ def test_nonce_record_as_abaco_displays_it(server: LiveServer) -> None:
 def test_unknown_nonce_is_abacos_text(live_server_sqlite: LiveServer) -> None:
     server = live_server_sqlite
     for method in ("GET", "DELETE"):
-        response = httpx.request(method, f"{_nonces_url(server)}/SD2E_AAAAAAAAAAAAA", headers=server.auth)
+        response = web.request(method, f"{_nonces_url(server)}/SD2E_AAAAAAAAAAAAA", headers=server.auth)
         assert (response.status_code, response.json()["message"]) == (400, "Nonce not found."), method
         assert response.json()["status"] == "error" and response.json()["result"] is None
 
@@ -165,20 +165,20 @@ def test_unknown_nonce_is_abacos_text(live_server_sqlite: LiveServer) -> None:
 )
 def test_bad_nonce_values_get_abacos_texts(live_server_sqlite: LiveServer, body: dict[str, Any], message: str) -> None:
     server = live_server_sqlite
-    response = httpx.post(_nonces_url(server), headers=server.auth, json=body)
+    response = web.post(_nonces_url(server), headers=server.auth, json=body)
     assert (response.status_code, response.json()["message"]) == (400, message)
     assert _nonces(server) == []
 
 
 def test_v3_names_the_field_as_sent(live_server_sqlite: LiveServer) -> None:
     server = live_server_sqlite
-    response = httpx.post(_nonces_url(server, v3=True), headers=server.auth, json={"max_uses": "x"})
+    response = web.post(_nonces_url(server, v3=True), headers=server.auth, json={"max_uses": "x"})
     assert response.status_code == 400
     assert response.json()["message"] == MAX_USES_PARSE.replace("'maxUses'", "'max_uses'")
-    ok = httpx.post(_nonces_url(server, v3=True), headers=server.auth, json={"max_uses": "5", "level": "NONE"})
+    ok = web.post(_nonces_url(server, v3=True), headers=server.auth, json={"max_uses": "5", "level": "NONE"})
     assert ok.status_code == 200 and ok.json()["result"]["max_uses"] == 5
     # a NONE nonce exists (Abaco allows it) but admits nothing
-    refused = httpx.get(f"{server.actor_url()}/executions", params={"x-nonce": ok.json()["result"]["id"]})
+    refused = web.get(f"{server.actor_url()}/executions", params={"x-nonce": ok.json()["result"]["id"]})
     assert refused.json()["message"] == "Nonce does not have sufficient permissions level."
 
 
@@ -199,14 +199,14 @@ def test_v3_names_the_field_as_sent(live_server_sqlite: LiveServer) -> None:
 def test_hostile_max_uses_is_a_clear_400(server: LiveServer, max_uses: Any, message: str) -> None:
     body = json.dumps({"maxUses": max_uses})  # json.dumps writes NaN as Python reads it
     headers = {**server.auth, "Content-Type": "application/json"}
-    response = httpx.post(_nonces_url(server), headers=headers, content=body)
+    response = web.post(_nonces_url(server), headers=headers, content=body)
     assert (response.status_code, response.json()["message"]) == (400, message)
     assert _nonces(server) == []
     _no_traceback(server)
 
 
 def test_largest_max_uses_is_kept_exactly(server: LiveServer) -> None:
-    response = httpx.post(_nonces_url(server), headers=server.auth, json={"maxUses": 2**63 - 1})
+    response = web.post(_nonces_url(server), headers=server.auth, json={"maxUses": 2**63 - 1})
     assert response.status_code == 200, response.text
     [stored] = _nonces(server)
     assert stored["maxUses"] == stored["remainingUses"] == 2**63 - 1
@@ -216,7 +216,7 @@ def test_huge_json_number_is_not_a_default_nonce(live_server_sqlite: LiveServer)
     """A JSON body Python cannot read must not fall back to form parsing and create an unlimited nonce."""
     server = live_server_sqlite
     body = b'{"maxUses": 1' + b"0" * 5000 + b"}"
-    response = httpx.post(_nonces_url(server), headers=server.auth, content=body)
+    response = web.post(_nonces_url(server), headers=server.auth, content=body)
     assert response.status_code == 400
     assert response.json()["message"] == "Invalid nonce description: Unable to process the JSON description."
     assert _nonces(server) == []
@@ -242,7 +242,7 @@ def test_executions_summary_and_records(server: LiveServer) -> None:
     first = _event(server, uuid, token, "run")
     second = _event(server, uuid, token, "update")
     url = f"{server.actor_url()}/executions"
-    summary = httpx.get(url, headers=server.auth, params={"limit": "1"}).json()["result"]
+    summary = web.get(url, headers=server.auth, params={"limit": "1"}).json()["result"]
     assert summary["apiServer"] == server.url and summary["owner"] == "tester"  # serve's user (USER=tester)
     assert summary["actorId"] == server.actor_id
     assert summary["totalExecutions"] == 3  # create + run + update: all of them, not just the page
@@ -254,7 +254,7 @@ def test_executions_summary_and_records(server: LiveServer) -> None:
     assert {"id", "status", "startTime", "finishTime", "messageReceivedTime"} <= set(row)
     assert row["startTime"].endswith("Z")
     # one execution
-    record = httpx.get(f"{url}/{first}", headers=server.auth).json()["result"]
+    record = web.get(f"{url}/{first}", headers=server.auth).json()["result"]
     assert record["apiServer"] == server.url and (record["cpu"], record["io"]) == (0, 0)
     assert record["executor"] == "tester"
     assert record["_links"] == {
@@ -263,14 +263,14 @@ def test_executions_summary_and_records(server: LiveServer) -> None:
         "logs": f"{url}/{first}/logs",
     }
     assert "logs" not in record
-    logs = httpx.get(f"{url}/{first}/logs", headers=server.auth).json()["result"]
+    logs = web.get(f"{url}/{first}/logs", headers=server.auth).json()["result"]
     assert logs["_links"] == {
         "self": f"{url}/{first}/logs",
         "owner": f"{server.url}/profiles/v2/tester",
         "execution": f"{url}/{first}",
     }
     # v3: snake case and /v3 links
-    v3 = httpx.get(f"{server.actor_url(v3=True)}/executions", headers=server.auth).json()
+    v3 = web.get(f"{server.actor_url(v3=True)}/executions", headers=server.auth).json()
     assert v3["metadata"] == {} and v3["result"]["total_executions"] == 3
     assert {"start_time", "finish_time", "message_received_time"} <= set(v3["result"]["executions"][0])
     assert v3["result"]["_links"]["owner"] == f"{server.url}/v3/oauth2/profiles/tester"
@@ -280,7 +280,7 @@ def test_unknown_execution_is_a_400_with_abacos_text(live_server_sqlite: LiveSer
     server = live_server_sqlite
     expected = f"No executions found with actor id of {server.actor_id} and execution id of nope."
     for tail in ("nope", "nope/logs"):
-        response = httpx.get(f"{server.actor_url()}/executions/{tail}", headers=server.auth)
+        response = web.get(f"{server.actor_url()}/executions/{tail}", headers=server.auth)
         assert (response.status_code, response.json()["message"]) == (400, expected), tail
 
 
@@ -297,7 +297,7 @@ def test_unknown_execution_is_a_400_with_abacos_text(live_server_sqlite: LiveSer
     ids=["superscript-2", "--5", "abc", "negative", "huge", "zero"],
 )
 def test_executions_limit_is_checked(server: LiveServer, raw: str, status: int, message: str) -> None:
-    response = httpx.get(f"{server.actor_url()}/executions?limit={raw}", headers=server.auth)
+    response = web.get(f"{server.actor_url()}/executions?limit={raw}", headers=server.auth)
     assert (response.status_code, response.json()["message"]) == (status, message)
     if raw == "0":
         assert response.json()["result"]["executions"] == []
@@ -309,17 +309,17 @@ def test_msg_of_message_attribute_and_binary_body(live_server_sqlite: LiveServer
     server = live_server_sqlite
     uuid, token = new_job(server)
     inner = {"uuid": uuid, "name": "run", "token": token}
-    response = httpx.post(server.messages_url, headers=server.auth, json={"message": inner})
+    response = web.post(server.messages_url, headers=server.auth, json={"message": inner})
     # flask-restful's RequestParser(type=str) stores str(value): the Python repr
     assert response.json()["result"]["msg"] == f"{{'uuid': '{uuid}', 'name': 'run', 'token': '{token}'}}"
-    binary = httpx.post(
+    binary = web.post(
         server.messages_url,
         headers={**server.auth, "Content-Type": "application/octet-stream"},
         content=b"\x00\x01binary",
     )
     assert binary.status_code == 200 and binary.json()["result"]["msg"] == "binary - omitted"
     # an empty JSON body is kept as parsed, not stringified
-    empty = httpx.post(server.messages_url, headers=server.auth, json={})
+    empty = web.post(server.messages_url, headers=server.auth, json={})
     assert empty.json()["result"]["msg"] == {}
 
 
@@ -339,27 +339,27 @@ def test_msg_of_message_attribute_and_binary_body(live_server_sqlite: LiveServer
     ids=["opaque", "three-parts", "no-tenant", "unsigned"],
 )
 def test_v3_bad_token_is_refused_even_with_a_nonce(server: LiveServer, token: str, message: str) -> None:
-    nonce = httpx.post(_nonces_url(server), headers=server.auth, json={}).json()["result"]["id"]
+    nonce = web.post(_nonces_url(server), headers=server.auth, json={}).json()["result"]["id"]
     url = f"{server.actor_url(v3=True)}/messages"
-    response = httpx.post(url, headers={"X-Tapis-Token": token}, params={"x-nonce": nonce}, json={"a": 1})
+    response = web.post(url, headers={"X-Tapis-Token": token}, params={"x-nonce": nonce}, json={"a": 1})
     body = response.json()
     assert (response.status_code, body["message"], body["result"]) == (400, message, None)
     assert body["metadata"] == {}
     [stored] = _nonces(server)
     assert stored["currentUses"] == 0  # the nonce was not consulted
-    assert httpx.get(f"{server.actor_url()}/executions", headers=server.auth).json()["result"]["executions"] == []
+    assert web.get(f"{server.actor_url()}/executions", headers=server.auth).json()["result"]["executions"] == []
     assert token not in server.read_log()
 
 
 def test_a_valid_token_wins_over_the_nonce(live_server_sqlite: LiveServer) -> None:
     """Abaco checks a nonce only when no token was sent: a good token does not spend it."""
     server = live_server_sqlite
-    nonce = httpx.post(_nonces_url(server), headers=server.auth, json={"maxUses": 1}).json()["result"]["id"]
+    nonce = web.post(_nonces_url(server), headers=server.auth, json={"maxUses": 1}).json()["result"]["id"]
     for url, headers in (
         (server.messages_url, server.auth),
         (f"{server.actor_url(v3=True)}/messages", {"X-Tapis-Token": server.api_token}),
     ):
-        response = httpx.post(url, headers=headers, params={"x-nonce": nonce}, json={"a": 1})
+        response = web.post(url, headers=headers, params={"x-nonce": nonce}, json={"a": 1})
         assert response.status_code == 200, response.text
     [stored] = _nonces(server)
     assert (stored["currentUses"], stored["remainingUses"]) == (0, 1)

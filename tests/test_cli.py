@@ -19,6 +19,7 @@ from pipelinejobs.errors import ErrorKind
 from pipelinejobs.messages import EventMessage
 from pipelinejobs.settings import load_settings, read_config_file
 from pipelinejobs.store.mongo import MongoJobStore
+from tests import web
 from tests.conftest import (
     EXAMPLE_PIPELINE_COMPONENTS,
     EXAMPLE_PIPELINE_ID,
@@ -179,12 +180,11 @@ def test_nonce_made_by_the_cli_works_on_the_server(live_server: LiveServer, pj: 
     monkeypatch.setenv("_REACTOR_MONGODB_DATABASE", options["database"])
     code, out, _ = pj("nonce", "create", "--actor", live_server.actor_id, "--level", "READ", "--json")
     assert code == 0
-    import httpx
 
     nonce = json.loads(out)["id"]
-    answer = httpx.get(f"{live_server.actor_url()}/executions", params={"x-nonce": nonce})
+    answer = web.get(f"{live_server.actor_url()}/executions", params={"x-nonce": nonce})
     assert answer.status_code == 200
-    refused = httpx.post(live_server.messages_url, params={"x-nonce": nonce}, json={})
+    refused = web.post(live_server.messages_url, params={"x-nonce": nonce}, json={})
     assert refused.json()["message"] == "Nonce does not have sufficient permissions level."
 
 

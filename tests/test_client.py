@@ -15,13 +15,13 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import hashids
-import httpx
 import petname
 import pytest
 
 from pipelinejobs import identifiers
 from pipelinejobs.client import ManagedPipelineJob, ManagedPipelineJobError, typed_uuids
 from pipelinejobs.errors import ErrorKind
+from tests import web
 from tests.conftest import DATACATALOG_JOB_KEYS, EXAMPLE_PIPELINE_UUID, authn_for, prepare_database
 from tests.server_fixtures import LiveServer, free_port
 from tests.test_tapis import tapis_notification
@@ -79,7 +79,7 @@ def datacatalog_token(salt: str, uuid: str, admin: dict[str, str]) -> str:
 
 
 def nonce_for(live: LiveServer) -> str:
-    answer = httpx.post(
+    answer = web.post(
         f"{live.actor_url()}/nonces", headers=live.auth, json={"maxUses": -1, "level": "EXECUTE"}, timeout=10
     )
     assert answer.status_code == 200, answer.text
@@ -479,11 +479,11 @@ def test_agave_posts_its_job_record_to_the_callback(
     config = pipelines(live_server.url + "/", nonce_for(live_server))
     with new_job(mongo, config, data={"agave": 1}) as job:
         job.setup()
-    running = httpx.post(job.callback + "&status=RUNNING", json=agave_job_record("RUNNING"), timeout=30)
+    running = web.post(job.callback + "&status=RUNNING", json=agave_job_record("RUNNING"), timeout=30)
     assert running.status_code == 200, running.text
     assert db.jobs.find_one({"uuid": job.uuid})["state"] == "RUNNING"
     [finished] = [n for n in job.agave_notifications() if n["event"] == "FINISHED"]
-    assert httpx.post(finished["url"], json=agave_job_record("FINISHED"), timeout=30).status_code == 200
+    assert web.post(finished["url"], json=agave_job_record("FINISHED"), timeout=30).status_code == 200
     doc = db.jobs.find_one({"uuid": job.uuid})
     assert doc["state"] == "FINISHED" and [h["name"] for h in doc["history"]] == ["create", "run", "finish"]
     assert doc["history"][1]["data"]["status"] == "RUNNING" and "_links" not in doc["history"][1]["data"]
@@ -498,7 +498,7 @@ def test_a_tapis_notification_to_the_callback_moves_the_job(
     [subscription] = job.tapis_subscriptions()
     address = subscription["deliveryTargets"][0]["deliveryAddress"]
     for status, state in (("STAGING_INPUTS", "CREATED"), ("RUNNING", "RUNNING"), ("FINISHED", "FINISHED")):
-        answer = httpx.post(address, json=tapis_notification(status, callback=address), timeout=30)
+        answer = web.post(address, json=tapis_notification(status, callback=address), timeout=30)
         assert answer.status_code == 200, answer.text
         assert db.jobs.find_one({"uuid": job.uuid})["state"] == state
     doc = db.jobs.find_one({"uuid": job.uuid})

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from tests import web
 from tests.conftest import ROOT
 
 
@@ -73,7 +74,7 @@ def test_demo_keep_prints_the_web_view_and_serves_until_ctrl_c(tmp_path) -> None
         nonce_url = re.search(r"open it with a READ nonce, no sign-in: (\S+)", out)
         job_url = re.search(r"A job page: (\S+)", out)
         assert ui and token and nonce_url and job_url, out
-        with httpx.Client(timeout=30) as browser:  # still serving after the walk-through ended
+        with web.client(timeout=30) as browser:  # still serving after the walk-through ended
             assert browser.get(ui.group(1)).status_code == 303  # to the sign-in form
             page = browser.get(nonce_url.group(1))
             assert page.status_code == 200 and page.text.count("<tr data-uuid=") == 3
@@ -86,7 +87,7 @@ def test_demo_keep_prints_the_web_view_and_serves_until_ctrl_c(tmp_path) -> None
         assert proc.returncode == 0, rest
         assert "Stopped" in rest
         with pytest.raises(httpx.TransportError):
-            httpx.get(ui.group(1), timeout=2)
+            web.get(ui.group(1), timeout=2)
         assert not list(tmp_path.glob("pipelinejobs-demo-*"))  # the temporary store was cleaned up
     finally:
         if proc.poll() is None:

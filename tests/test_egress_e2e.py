@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from tests import web
 from tests.conftest import authn_for
 from tests.notify_fixtures import Receiver
 from tests.server_fixtures import LiveServer, free_port, new_job, start_server
@@ -89,7 +89,7 @@ def test_subscribing_inside_addresses_is_a_clear_400_that_stores_nothing(serve: 
         {"job": uuid, "actor": "pjmanager0009", "api_server": "http://10.0.0.5", "nonce": "SD2E_n0nce-value"},
     ]
     for body in bodies:
-        response = httpx.post(f"{server.url}/subscriptions", headers=server.auth, json=body)
+        response = web.post(f"{server.url}/subscriptions", headers=server.auth, json=body)
         answer = response.json()
         assert response.status_code == 400 and answer["status"] == "error", (body, response.text)
         assert "refused by policy" in answer["message"] and "n0nce" not in response.text, (body, answer)
@@ -104,7 +104,7 @@ def test_a_subscription_allowed_once_is_refused_at_send_time_after_a_restart_wit
     uuid, token = new_job(server)
     sub = subscribe(server, job=uuid, url=receiver.url)
     closed = subscribe(server, job=uuid, url=f"http://127.0.0.1:{free_port()}/hook", events=["finish"])
-    tested = httpx.post(f"{server.url}/subscriptions/{sub['id']}/test", headers=server.auth).json()["result"]
+    tested = web.post(f"{server.url}/subscriptions/{sub['id']}/test", headers=server.auth).json()["result"]
     assert tested["ok"] is True and len(receiver.wait_for(1)) == 1  # the receiver does answer
     serve.stop()
 
@@ -120,7 +120,7 @@ def test_a_subscription_allowed_once_is_refused_at_send_time_after_a_restart_wit
 
     answers = []
     for subscription in (sub, closed):  # something listens on the first port, nothing on the second
-        response = httpx.post(f"{server.url}/subscriptions/{subscription['id']}/test", headers=server.auth)
+        response = web.post(f"{server.url}/subscriptions/{subscription['id']}/test", headers=server.auth)
         assert response.status_code == 200, response.text
         answer = response.json()
         answers.append((answer["message"], {k: v for k, v in answer["result"].items() if k != "webhook_id"}))

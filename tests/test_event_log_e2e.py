@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import httpx
-
+from tests import web
 from tests.conftest import EXAMPLE_PIPELINE_UUID, Reactor
 from tests.server_fixtures import LiveServer
 from tests.test_delivery_ids import agave_record
@@ -94,7 +93,7 @@ def test_a_late_tapis_notification_over_serve_is_ok_and_logged_once(live_server_
     server = live_server_sqlite
     with server.open_store() as store:  # the example pipeline, registered as `pipeline register` would
         store.save_pipeline({"id": "tacc/tacobot:9000", "uuid": EXAMPLE_PIPELINE_UUID})
-    with httpx.Client(headers=server.auth, timeout=30) as http:
+    with web.client(headers=server.auth, timeout=30) as http:
         create = {"pipeline_uuid": EXAMPLE_PIPELINE_UUID, "archive_path": "/p", "data": {}}
         created = http.post(server.messages_url, params=SYNC, json=create)
         job = created.json()

@@ -28,6 +28,7 @@ from pipelinejobs.errors import ErrorKind
 from pipelinejobs.messages import CreateMessage
 from pipelinejobs.settings import load_settings
 from pipelinejobs.store.factory import open_job_store
+from tests import web
 from tests.conftest import (
     EXAMPLE_PIPELINE_COMPONENTS,
     EXAMPLE_PIPELINE_ID,
@@ -257,7 +258,7 @@ def test_send_uses_serves_token_and_says_the_message_was_only_queued(
     url = f"{server.url}/actors/v2/{ACTOR_ID}/executions/{execution}"
     assert second.startswith(f"its result: GET {url}") and "--sync" in second
     for _ in range(50):  # the record is written behind the answer
-        answer = httpx.get(url, headers=server.auth)
+        answer = web.get(url, headers=server.auth)
         if answer.status_code == 200 and answer.json()["result"].get("status") == "COMPLETE":
             break
         time.sleep(0.1)
@@ -317,13 +318,13 @@ def test_serve_speaks_https_with_the_given_certificate(tmp_path: Path) -> None:
         deadline, answer = time.monotonic() + 30, None
         while time.monotonic() < deadline and proc.poll() is None:
             try:
-                answer = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=trust, timeout=1)
+                answer = web.get(f"https://127.0.0.1:{port}/healthz", verify=trust, timeout=1)
                 break
             except httpx.TransportError:
                 time.sleep(0.1)
         assert answer is not None and answer.status_code == 200
         with pytest.raises(httpx.TransportError):  # plain HTTP is not spoken on that port
-            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+            web.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
     finally:
         stop_process(proc)
     out = proc.stdout.read().decode() if proc.stdout else ""

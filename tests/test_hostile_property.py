@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote_from_bytes
 
-import httpx
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from pipelinejobs.fsm import MESSAGE_EVENTS
+from tests import web
 from tests.conftest import (
     EXAMPLE_PIPELINE_ID,
     EXAMPLE_PIPELINE_UUID,
@@ -633,7 +633,7 @@ class Served:
         self.counter += 1
         self.last = None
         create = {"pipeline_uuid": EXAMPLE_PIPELINE_UUID, "archive_path": "/p", "data": {"n": self.counter}}
-        response = httpx.post(
+        response = web.post(
             self.server.messages_url, params={"_abaco_synchronous": "true"}, headers=self.server.auth, json=create
         )
         outcome = response.json()
@@ -663,7 +663,7 @@ def served(
         register_example_pipeline(server)
         served = Served(server, snapshot, Target("", ""))
         served.new_target()
-        nonce = httpx.post(f"{server.actor_url()}/nonces", headers=server.auth, json={"maxUses": -1})
+        nonce = web.post(f"{server.actor_url()}/nonces", headers=server.auth, json={"maxUses": -1})
         assert nonce.status_code == 200, nonce.text
         served.nonce = nonce.json()["result"]["id"]
         yield served
@@ -703,7 +703,7 @@ def post_hostile(served: Served, message: Hostile, synchronous: bool) -> None:
     # httpx refuses to send a URL over 65,536 characters (a message attribute of deep JSON, percent-encoded,
     # can pass it): no client sends that, so the example is dropped rather than failed on the client side
     assume(len(url) <= MAX_URL_CHARS)
-    response = httpx.post(url, content=message.body_bytes(), headers=headers, timeout=60)
+    response = web.post(url, content=message.body_bytes(), headers=headers, timeout=60)
     what = (message, response.status_code, response.text[:2000])
     assert response.status_code in (200, 400, 413), what
     answer = response.json()
@@ -716,10 +716,10 @@ def post_hostile(served: Served, message: Hostile, synchronous: bool) -> None:
     else:
         shown_id = answer["result"]
         execution_id = shown_id["execution_id" if message.v3 else "executionId"]  # v3 spells it in snake case
-        shown = httpx.get(f"{server.actor_url()}/executions/{execution_id}", headers=server.auth, timeout=60)
+        shown = web.get(f"{server.actor_url()}/executions/{execution_id}", headers=server.auth, timeout=60)
         assert shown.status_code == 200, (shown.text, what)
         result = shown.json()["result"]["result"]
-        logs = httpx.get(f"{server.actor_url()}/executions/{execution_id}/logs", headers=server.auth, timeout=60)
+        logs = web.get(f"{server.actor_url()}/executions/{execution_id}/logs", headers=server.auth, timeout=60)
         assert logs.status_code == 200, (logs.text, what)
         assert target.token not in logs.text, (logs.text, what)
     accepted = result is not None and check_result(result, target, what)
@@ -796,7 +796,7 @@ def test_serve_answers_hostile_subscriptions_and_read_queries_and_changes_nothin
         body = data.draw(subscription_body(served.target))
         log_start, before = server.log_path.stat().st_size, served.snapshot()
         headers = {**server.auth, "Content-Type": "application/json"}
-        response = httpx.post(f"{server.url}/subscriptions", content=_wire(to_json(body)), headers=headers, timeout=60)
+        response = web.post(f"{server.url}/subscriptions", content=_wire(to_json(body)), headers=headers, timeout=60)
         what = (body, response.status_code, response.text[:2000])
         assert response.status_code in (200, 400, 404, 413), what
         answer = response.json()
@@ -809,7 +809,7 @@ def test_serve_answers_hostile_subscriptions_and_read_queries_and_changes_nothin
             return
         created = answer["result"]
         assert created["secret"] not in written, what
-        removed = httpx.delete(f"{server.url}/subscriptions/{created['id']}", headers=server.auth, timeout=60)
+        removed = web.delete(f"{server.url}/subscriptions/{created['id']}", headers=server.auth, timeout=60)
         assert removed.status_code == 200, (removed.text, what)
 
     @settings(RELAXED, max_examples=SURFACE_EXAMPLES)
@@ -817,7 +817,7 @@ def test_serve_answers_hostile_subscriptions_and_read_queries_and_changes_nothin
     def read(data: st.DataObject) -> None:
         path, query = data.draw(read_query(served.target))
         log_start, before = server.log_path.stat().st_size, served.snapshot()
-        response = httpx.get(f"{server.url}{path}?{query}", headers=server.auth, timeout=60)
+        response = web.get(f"{server.url}{path}?{query}", headers=server.auth, timeout=60)
         what = (path, query, response.status_code, response.text[:2000])
         assert response.status_code in (200, 400, 404), what
         assert served.target.token not in response.text and server.api_token not in response.text, what

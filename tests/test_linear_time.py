@@ -41,6 +41,7 @@ from pipelinejobs.server.abaco_api import abaco_message
 from pipelinejobs.server.abaco_records import Refused, _max_uses
 from pipelinejobs.settings import load_settings
 from pipelinejobs.store.sqlite import SqliteJobStore
+from tests import web
 from tests.conftest import ROOT
 from tests.server_fixtures import LiveServer
 
@@ -309,7 +310,7 @@ def _healthz_seconds(client: httpx.Client, url: str) -> float:
 
 
 def _latencies(url: str, count: int) -> list[float]:
-    with httpx.Client(timeout=120) as client:
+    with web.client(timeout=120) as client:
         samples = []
         for _ in range(count):
             samples.append(_healthz_seconds(client, url))
@@ -319,7 +320,7 @@ def _latencies(url: str, count: int) -> list[float]:
 
 def test_serve_keeps_answering_while_findings_2_and_3_are_sent(live_server_sqlite: LiveServer) -> None:
     server = live_server_sqlite
-    nonce = httpx.post(f"{server.actor_url()}/nonces", headers=server.auth, json={"level": "EXECUTE"})
+    nonce = web.post(f"{server.actor_url()}/nonces", headers=server.auth, json={"level": "EXECUTE"})
     assert nonce.status_code == 200, nonce.text
     execute = nonce.json()["result"]["id"]
     slow_path = f"{server.url}/x/" + "mongodb://a:b" * 5000  # finding 2: no credentials at all
@@ -330,7 +331,7 @@ def test_serve_keeps_answering_while_findings_2_and_3_are_sent(live_server_sqlit
     answered: dict[str, list[int]] = {"path": [], "form": []}
 
     def attack(name: str, send: Callable[[httpx.Client], httpx.Response]) -> None:
-        with httpx.Client(timeout=600) as client:
+        with web.client(timeout=600) as client:
             while not stop.is_set():
                 answered[name].append(send(client).status_code)
 

@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import web
 from tests.conftest import (
     EXAMPLE_PIPELINE_UUID,
     _free_port,
@@ -58,7 +58,7 @@ def fast_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Live
 
 def scrape(server: LiveServer) -> dict[str, list[Any]]:
     """Samples by metric family name, parsed by prometheus_client."""
-    response = httpx.get(f"{server.url}/metrics", timeout=30)
+    response = web.get(f"{server.url}/metrics", timeout=30)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     return {family.name: family.samples for family in text_string_to_metric_families(response.text)}
 
@@ -70,7 +70,7 @@ def value(families: dict[str, list[Any]], sample: str, **labels: str) -> float:
 
 
 def post(server: LiveServer, message: dict[str, Any], **params: Any) -> dict[str, Any]:
-    response = httpx.post(
+    response = web.post(
         server.messages_url, params={"_abaco_synchronous": "true", **params}, headers=server.auth, json=message
     )
     assert response.status_code == 200, response.text
@@ -112,7 +112,7 @@ def test_metrics_count_outcomes_jobs_and_requests(fast_server: LiveServer) -> No
     assert late.get("stale") is True, late
     refused = post(server, {"uuid": uuid, "name": "run", "token": "0" * 16})
     assert refused["status"] == "error"
-    httpx.get(f"{server.url}/jobs/{uuid}", headers=server.auth)
+    web.get(f"{server.url}/jobs/{uuid}", headers=server.auth)
 
     expected = {
         ("RUNNING", EXAMPLE_PIPELINE_UUID): 3,
@@ -157,13 +157,13 @@ def until_jobs(server: LiveServer, expected: dict[tuple[str, str], float]) -> di
 # -- readiness -----------------------------------------------------------------------------------
 def test_readyz_is_503_when_the_sqlite_file_is_gone(live_server_sqlite: LiveServer) -> None:
     server = live_server_sqlite
-    ready = httpx.get(f"{server.url}/readyz")
+    ready = web.get(f"{server.url}/readyz")
     assert ready.status_code == 200 and ready.json() == {"status": "ready", "store": "sqlite"}
     Path(server.store_options["path"]).unlink()
-    gone = httpx.get(f"{server.url}/readyz")
+    gone = web.get(f"{server.url}/readyz")
     assert gone.status_code == 503
     assert gone.json()["status"] == "unavailable" and "is gone" in gone.json()["reason"]
-    assert httpx.get(f"{server.url}/healthz").status_code == 200  # the process itself is fine
+    assert web.get(f"{server.url}/healthz").status_code == 200  # the process itself is fine
 
 
 def test_readyz_is_503_when_mongodb_is_killed(tmp_path: Path) -> None:
@@ -181,18 +181,18 @@ def test_readyz_is_503_when_mongodb_is_killed(tmp_path: Path) -> None:
         uri = f"mongodb://127.0.0.1:{port}"
         env = {"_REACTOR_MONGODB_AUTHN": authn_for(uri), "_REACTOR_MONGODB_DATABASE": "readyz"}
         with serving(tmp_path, "mongodb", env, {"uri": uri, "database": "readyz"}) as server:
-            assert httpx.get(f"{server.url}/readyz").status_code == 200
+            assert web.get(f"{server.url}/readyz").status_code == 200
             scrape(server)  # the job counts' first snapshot
             mongo.kill()
             mongo.wait()
             started = time.monotonic()
-            down = httpx.get(f"{server.url}/readyz", timeout=30)
+            down = web.get(f"{server.url}/readyz", timeout=30)
             assert time.monotonic() - started < 8  # a short ping, not the 10 s server selection
             assert down.status_code == 503, down.text
             body = down.json()
             assert body["status"] == "unavailable" and body["store"] == "mongodb"
             assert "unreachable" in body["reason"] and "nothing was changed" in body["reason"]
-            assert httpx.get(f"{server.url}/healthz").status_code == 200
+            assert web.get(f"{server.url}/healthz").status_code == 200
             families = scrape(server)  # still answers from the last snapshot
             assert value(families, "pipelinejobs_store_errors_total") >= 1
             # the database comes back before serve stops: its stop (the dispatcher's last pass, the execution
@@ -203,7 +203,7 @@ def test_readyz_is_503_when_mongodb_is_killed(tmp_path: Path) -> None:
                 stderr=subprocess.DEVNULL,
             )
             _wait_for_port(port, mongo)
-            assert httpx.get(f"{server.url}/readyz", timeout=30).status_code == 200  # and serve sees it again
+            assert web.get(f"{server.url}/readyz", timeout=30).status_code == 200  # and serve sees it again
     finally:
         stop_process(mongo) if mongo.poll() is None else None
 

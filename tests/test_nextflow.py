@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import web
 from tests.inprocess import Served
 from tests.server_fixtures import ACTOR_ID, LiveServer, new_job
 
@@ -214,12 +215,12 @@ def test_the_messages_route_recognises_a_weblog_post_too(serve_app: Served) -> N
 def test_a_whole_run_over_a_real_serve(live_server_sqlite: LiveServer) -> None:
     server = live_server_sqlite
     uuid, token = new_job(server)
-    nonce = httpx.post(f"{server.actor_url()}/nonces", headers=server.auth, json={"level": "EXECUTE"}).json()
+    nonce = web.post(f"{server.actor_url()}/nonces", headers=server.auth, json={"level": "EXECUTE"}).json()
     url, auth = f"{server.url}/nextflow?uuid={uuid}", (nonce["result"]["id"], token)
     for name in ("started", "process_submitted", "process_completed", "completed-success"):
-        answer = httpx.post(url, content=(FIXTURES / f"{name}.json").read_bytes(), auth=auth)
+        answer = web.post(url, content=(FIXTURES / f"{name}.json").read_bytes(), auth=auth)
         assert answer.status_code == 200, answer.text
-    job = httpx.get(f"{server.url}/jobs/{uuid}", headers=server.auth).json()["result"]
+    job = web.get(f"{server.url}/jobs/{uuid}", headers=server.auth).json()["result"]
     assert job["state"] == "FINISHED"
     log = server.read_log()
     assert token not in log and nonce["result"]["id"] not in log

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
+from tests import web
 from tests.conftest import (
     EXAMPLE_PIPELINE_UUID,
     authn_for,
@@ -83,19 +83,19 @@ def receiver() -> Iterator[Receiver]:
 
 def event(server: LiveServer, uuid: str, token: str, name: str, **extra: Any) -> dict[str, Any]:
     body = {"uuid": uuid, "name": name, "token": token, **extra}
-    response = httpx.post(server.messages_url, params={"_abaco_synchronous": "true"}, headers=server.auth, json=body)
+    response = web.post(server.messages_url, params={"_abaco_synchronous": "true"}, headers=server.auth, json=body)
     assert response.status_code == 200, response.text
     return response.json()
 
 
 def subscribe(server: LiveServer, **body: Any) -> dict[str, Any]:
-    response = httpx.post(f"{server.url}/subscriptions", headers=server.auth, json=body)
+    response = web.post(f"{server.url}/subscriptions", headers=server.auth, json=body)
     assert response.status_code == 200, response.text
     return response.json()["result"]
 
 
 def deliveries(server: LiveServer, path: str) -> list[dict[str, Any]]:
-    response = httpx.get(f"{server.url}{path}", headers=server.auth)
+    response = web.get(f"{server.url}{path}", headers=server.auth)
     assert response.status_code == 200, response.text
     return response.json()["result"]
 
@@ -114,12 +114,12 @@ def test_serve_signs_delivers_records_and_masks(serve: Serve, receiver: Receiver
     server = serve.start()
     uuid, token = new_job(server)
     # the API takes bearer tokens only: a nonce, or nothing, is refused and nothing is created
-    nonce = httpx.post(f"{server.actor_url()}/nonces", headers=server.auth, json={"level": "UPDATE"}).json()
-    refused = httpx.post(
+    nonce = web.post(f"{server.actor_url()}/nonces", headers=server.auth, json={"level": "UPDATE"}).json()
+    refused = web.post(
         f"{server.url}/subscriptions", params={"x-nonce": nonce["result"]["id"]}, json={"job": uuid, "url": "http://x/"}
     )
-    assert refused.status_code == 401 and httpx.get(f"{server.url}/subscriptions").status_code == 401
-    bad = httpx.post(f"{server.url}/subscriptions", headers=server.auth, json={"job": uuid, "url": "ftp://x/"})
+    assert refused.status_code == 401 and web.get(f"{server.url}/subscriptions").status_code == 401
+    bad = web.post(f"{server.url}/subscriptions", headers=server.auth, json={"job": uuid, "url": "ftp://x/"})
     assert bad.status_code == 400 and "http" in bad.json()["message"]
     sub = subscribe(server, job=uuid, url=receiver.url + "?key=k3y-in-query", events=["finish"])
     assert sub["secret"].startswith("whsec_")
@@ -136,13 +136,13 @@ def test_serve_signs_delivers_records_and_masks(serve: Serve, receiver: Receiver
         ("delivered", 204, got.headers["webhook-id"])
     ]
     assert deliveries(server, f"/subscriptions/{sub['id']}/deliveries") == rows
-    tested = httpx.post(f"{server.url}/subscriptions/{sub['id']}/test", headers=server.auth).json()["result"]
+    tested = web.post(f"{server.url}/subscriptions/{sub['id']}/test", headers=server.auth).json()["result"]
     assert (
         tested["ok"] is True
         and verify_with_library(sub["secret"], receiver.wait_for(2)[1])["type"] == "pipelinejob.test"
     )
-    assert httpx.delete(f"{server.url}/subscriptions/{sub['id']}", headers=server.auth).status_code == 200
-    assert httpx.delete(f"{server.url}/subscriptions/{sub['id']}", headers=server.auth).status_code == 404
+    assert web.delete(f"{server.url}/subscriptions/{sub['id']}", headers=server.auth).status_code == 200
+    assert web.delete(f"{server.url}/subscriptions/{sub['id']}", headers=server.auth).status_code == 404
     log = server.read_log()
     assert token not in log and sub["secret"] not in log and "k3y-in-query" not in log
 
@@ -184,7 +184,7 @@ def test_a_receiver_failing_twice_sees_three_attempts_through_serve(serve: Serve
             (3, "delivered", 204),
         ]
         # the web view's job page lists the same attempts, newest first
-        page = httpx.get(f"{server.url}/ui/jobs/{uuid}", headers=server.auth)
+        page = web.get(f"{server.url}/ui/jobs/{uuid}", headers=server.auth)
         assert page.status_code == 200, page.text
         section = page.text.split('id="deliveries"', 1)[1].split("</section>", 1)[0]
         cells = re.findall(
@@ -203,7 +203,7 @@ def test_serve_can_be_the_next_actor(serve: Serve) -> None:
     """A pipeline's `finish` messages an actor: here serve's second actor id, through its nonce."""
     server = serve.start()
     uuid, token = new_job(server)
-    made = httpx.post(f"{server.actor_url(server.other_actor_id)}/nonces", headers=server.auth, json={})
+    made = web.post(f"{server.actor_url(server.other_actor_id)}/nonces", headers=server.auth, json={})
     nonce = made.json()["result"]["id"]
     actor = f"{server.actor_url(server.other_actor_id)}/messages"
     sub = subscribe(server, pipeline=EXAMPLE_PIPELINE_UUID, actor=actor, nonce=nonce, states=["FINISHED"])
@@ -213,7 +213,7 @@ def test_serve_can_be_the_next_actor(serve: Serve) -> None:
 
     def executions() -> list[dict[str, Any]]:
         url = f"{server.actor_url(server.other_actor_id)}/executions"
-        return httpx.get(url, headers=server.auth).json()["result"]["executions"]
+        return web.get(url, headers=server.auth).json()["result"]["executions"]
 
     ran = wait_until(executions)
     assert len(ran) == 1

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from openlineage.client.generated import base as ol
 from openlineage.client.generated.error_message_run import ErrorMessageRunFacet
@@ -31,6 +30,7 @@ from pipelinejobs.sinks.base import Delivery, NoFacts
 from pipelinejobs.sinks.openlineage import run_event
 from pipelinejobs.store.base import JobStore
 from pipelinejobs.store.records import Document, EventRecord
+from tests import web
 from tests.conftest import EXAMPLE_PIPELINE_UUID, ROOT
 from tests.notify_fixtures import Receiver
 from tests.server_fixtures import start_server
@@ -305,16 +305,16 @@ def test_serve_takes_an_openlineage_subscription_and_never_shows_its_key(tmp_pat
 
         uuid, token = served_job(server)
         body = {"job": uuid, "openlineage": base_url(lineage), "api_key": API_KEY, "namespace": "lab"}
-        made = httpx.post(f"{server.url}/subscriptions", headers=server.auth, json=body)
+        made = web.post(f"{server.url}/subscriptions", headers=server.auth, json=body)
         assert made.status_code == 200, made.text
-        listed = httpx.get(f"{server.url}/subscriptions", headers=server.auth)
+        listed = web.get(f"{server.url}/subscriptions", headers=server.auth)
         for answer in (made, listed):
             assert API_KEY not in answer.text and '"api_key":"*****"' in answer.text.replace(" ", "")
         event = {"uuid": uuid, "name": "run", "token": token}
-        assert httpx.post(server.messages_url, headers=server.auth, json=event).status_code == 200
+        assert web.post(server.messages_url, headers=server.auth, json=event).status_code == 200
         got = lineage.wait_for(1)[0]
         assert got.headers["authorization"] == f"Bearer {API_KEY}" and parsed(got.json()).job.namespace == "lab"
-        rows = httpx.get(f"{server.url}/jobs/{uuid}/deliveries", headers=server.auth)
+        rows = web.get(f"{server.url}/jobs/{uuid}/deliveries", headers=server.auth)
         assert '"delivered"' in rows.text and API_KEY not in rows.text
     finally:
         running.close()

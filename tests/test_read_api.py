@@ -24,6 +24,7 @@ from pipelinejobs.settings import Identity
 from pipelinejobs.store.listing import JobFilter
 from pipelinejobs.store.mongo import MongoJobStore
 from pipelinejobs.store.sqlite import SqliteJobStore, list_sql
+from tests import web
 from tests.conftest import EXAMPLE_PIPELINE_COMPONENTS, EXAMPLE_PIPELINE_ID, EXAMPLE_PIPELINE_UUID, ROOT
 from tests.server_fixtures import LiveServer, register_example_pipeline
 
@@ -60,7 +61,7 @@ def seed(store: Any, n: int, *, state: str = "CREATED", created: datetime = T0, 
 
 
 def get(server: LiveServer, path: str, **params: Any) -> httpx.Response:
-    return httpx.get(f"{server.url}{path}", params=params, headers=server.auth, timeout=30)
+    return web.get(f"{server.url}{path}", params=params, headers=server.auth, timeout=30)
 
 
 def result(response: httpx.Response) -> Any:
@@ -83,7 +84,7 @@ def listed(server: LiveServer, **params: Any) -> list[str]:
 
 
 def post(server: LiveServer, message: dict[str, Any], **params: Any) -> dict[str, Any]:
-    response = httpx.post(
+    response = web.post(
         server.messages_url, params={"_abaco_synchronous": "true", **params}, headers=server.auth, json=message
     )
     assert response.status_code == 200, response.text
@@ -91,9 +92,7 @@ def post(server: LiveServer, message: dict[str, Any], **params: Any) -> dict[str
 
 
 def make_nonce(server: LiveServer, level: str, max_uses: int = -1) -> str:
-    response = httpx.post(
-        f"{server.actor_url()}/nonces", headers=server.auth, json={"level": level, "maxUses": max_uses}
-    )
+    response = web.post(f"{server.actor_url()}/nonces", headers=server.auth, json={"level": level, "maxUses": max_uses})
     assert response.status_code == 200, response.text
     return response.json()["result"]["id"]
 
@@ -286,7 +285,7 @@ def test_a_job_and_its_full_log_never_show_the_token_or_salt(server: LiveServer)
     for text in texts:
         assert token not in text and salt not in text and "_salt" not in text
     # the v3 spelling answers the same, with tapisservice's metadata
-    v3 = httpx.get(f"{server.url}/v3/jobs/{uuid}", headers=server.auth).json()
+    v3 = web.get(f"{server.url}/v3/jobs/{uuid}", headers=server.auth).json()
     assert v3["result"] == shown and v3["metadata"] == {}
 
 
@@ -308,11 +307,11 @@ def test_pipelines_schemas_and_state_machine(server: LiveServer) -> None:
 
     on_disk = json.loads((Path(ROOT) / "schemas" / "PipelineJobEvent.json").read_text())
     for name in ("event", "PipelineJobEvent", "PipelineJobEvent.json"):
-        response = httpx.get(f"{server.url}/schemas/{name}")  # public: it describes the software
+        response = web.get(f"{server.url}/schemas/{name}")  # public: it describes the software
         assert response.status_code == 200 and response.json() == on_disk
-    assert "tapisv3" in result(httpx.get(f"{server.url}/schemas"))
+    assert "tapisv3" in result(web.get(f"{server.url}/schemas"))
 
-    machine = result(httpx.get(f"{server.url}/state-machine"))
+    machine = result(web.get(f"{server.url}/state-machine"))
     assert machine["initial"] == "CREATED" and set(machine["states"]) == {s.value for s in fsm.State}
     by_name = {e["name"]: e for e in machine["events"]}
     assert by_name["finish"] == {
@@ -324,7 +323,7 @@ def test_pipelines_schemas_and_state_machine(server: LiveServer) -> None:
     assert by_name["update"]["to"] is None and by_name["reset"]["admin_only"] is True
 
     for url in (f"{server.url}/state-machine?format=svg", f"{server.url}/state-machine.svg?path=CREATED,RUNNING"):
-        response = httpx.get(url)
+        response = web.get(url)
         assert response.status_code == 200 and response.headers["content-type"].startswith("image/svg+xml")
         svg = ET.fromstring(response.text)
         ns = "{http://www.w3.org/2000/svg}"
@@ -339,7 +338,7 @@ def test_pipelines_schemas_and_state_machine(server: LiveServer) -> None:
 # -- who may read --------------------------------------------------------------------------------
 def test_read_access_needs_a_token_or_a_read_nonce(server: LiveServer) -> None:
     url = f"{server.url}/jobs"
-    missing = httpx.get(url)
+    missing = web.get(url)
     assert missing.status_code == 401
     assert missing.json() | {"version": None} == {
         "status": "error",
@@ -347,24 +346,24 @@ def test_read_access_needs_a_token_or_a_read_nonce(server: LiveServer) -> None:
         "version": None,
         "result": None,
     }
-    wrong = httpx.get(url, headers={"Authorization": "Bearer not-the-token"})
+    wrong = web.get(url, headers={"Authorization": "Bearer not-the-token"})
     assert wrong.status_code == 401 and wrong.json()["message"] == "Invalid JWT."
-    assert httpx.get(url, headers={"X-Tapis-Token": server.api_token}).status_code == 200
+    assert web.get(url, headers={"X-Tapis-Token": server.api_token}).status_code == 200
 
     read = make_nonce(server, "READ", max_uses=2)
-    assert httpx.get(url, params={"x-nonce": read}).status_code == 200
-    assert httpx.get(f"{server.url}/pipelines", params={"x-nonce": read}).status_code == 200
-    spent = httpx.get(url, params={"x-nonce": read})  # each read counts as a use, as Abaco counts them
+    assert web.get(url, params={"x-nonce": read}).status_code == 200
+    assert web.get(f"{server.url}/pipelines", params={"x-nonce": read}).status_code == 200
+    spent = web.get(url, params={"x-nonce": read})  # each read counts as a use, as Abaco counts them
     assert spent.status_code in (400, 401) and "No remaining uses" in spent.json()["message"]
-    nonce = httpx.get(f"{server.actor_url()}/nonces/{read}", headers=server.auth).json()["result"]
+    nonce = web.get(f"{server.actor_url()}/nonces/{read}", headers=server.auth).json()["result"]
     assert nonce["currentUses"] == 2 and nonce["remainingUses"] == 0
 
     execute = make_nonce(server, "EXECUTE")
-    assert httpx.get(url, params={"x-nonce": execute}).status_code == 200
-    unknown = httpx.get(url, params={"x-nonce": "SD2E_notanonce"})
+    assert web.get(url, params={"x-nonce": execute}).status_code == 200
+    unknown = web.get(url, params={"x-nonce": "SD2E_notanonce"})
     assert unknown.status_code == 401 and unknown.json()["message"] == "Nonce does not exist."
     # a wrong token is refused even alongside a good nonce
-    both = httpx.get(url, params={"x-nonce": execute}, headers={"Authorization": "Bearer nope"})
+    both = web.get(url, params={"x-nonce": execute}, headers={"Authorization": "Bearer nope"})
     assert both.status_code == 401
     assert "SD2E_notanonce" not in server.read_log() and execute not in server.read_log()
 

@@ -34,6 +34,7 @@ from pipelinejobs.server import sessions
 from pipelinejobs.settings import DEFAULT_ADMIN_KEY
 from pipelinejobs.store.registry import MongoRegistry, SqliteRegistry
 from pipelinejobs.store.sqlite import SqliteJobStore
+from tests import web
 from tests.conftest import EXAMPLE_PIPELINE_UUID, ROOT, Reactor, authn_for
 from tests.notify_fixtures import Receiver
 from tests.server_fixtures import (
@@ -131,7 +132,7 @@ def post(
     auth: dict[str, str] | None = None,
     **params: str,
 ) -> dict[str, Any]:
-    response = httpx.post(
+    response = web.post(
         f"{server.actor_url(actor)}/messages",
         params={"_abaco_synchronous": "true", **params},
         headers=auth or {},
@@ -143,15 +144,13 @@ def post(
 
 
 def make_nonce(server: LiveServer, level: str, actor: str | None = None) -> str:
-    response = httpx.post(
-        f"{server.actor_url(actor)}/nonces", headers=server.auth, json={"level": level, "maxUses": -1}
-    )
+    response = web.post(f"{server.actor_url(actor)}/nonces", headers=server.auth, json={"level": level, "maxUses": -1})
     assert response.status_code == 200, response.text
     return response.json()["result"]["id"]
 
 
 def read_job(server: LiveServer, uuid: str) -> dict[str, Any]:
-    response = httpx.get(f"{server.url}/jobs/{uuid}", headers=server.auth)
+    response = web.get(f"{server.url}/jobs/{uuid}", headers=server.auth)
     assert response.status_code == 200, response.text
     return response.json()["result"]
 
@@ -163,7 +162,7 @@ def test_a_callback_nonce_cannot_take_a_job_over(server: LiveServer) -> None:
     uuid, token = job["uuid"], job["token"]
     reader, executor = make_nonce(server, "READ"), make_nonce(server, "EXECUTE", OTHER_ACTOR_ID)
 
-    seen = httpx.get(f"{server.url}/jobs/{uuid}", params={"x-nonce": reader})
+    seen = web.get(f"{server.url}/jobs/{uuid}", params={"x-nonce": reader})
     assert seen.status_code == 200 and token not in seen.text
     shown = seen.json()["result"]
     replay = {k: shown[k] for k in ("pipeline_uuid", "archive_path", "data", "child_of")}
@@ -181,9 +180,9 @@ def test_a_callback_nonce_cannot_take_a_job_over(server: LiveServer) -> None:
         assert refused["status"] == "error" and refused["kind"] == "unauthorized", (attempt, refused)
     after = read_job(server, uuid)
     assert after["state"] == "CREATED" and after.get("_visible", True) is not False
-    executions = httpx.get(f"{server.actor_url(OTHER_ACTOR_ID)}/executions", params={"x-nonce": executor})
+    executions = web.get(f"{server.actor_url(OTHER_ACTOR_ID)}/executions", params={"x-nonce": executor})
     for execution in executions.json()["result"]["executions"]:
-        logs = httpx.get(f"{server.actor_url(OTHER_ACTOR_ID)}/executions/{execution['id']}/logs", headers=server.auth)
+        logs = web.get(f"{server.actor_url(OTHER_ACTOR_ID)}/executions/{execution['id']}/logs", headers=server.auth)
         assert token not in logs.text
 
 
@@ -214,11 +213,11 @@ def test_half_a_request_head_is_cut_off_and_the_server_keeps_answering(sqlite_se
     finally:
         for sock in held:
             sock.close()
-    assert httpx.get(f"{sqlite_server.url}/healthz").status_code == 200
+    assert web.get(f"{sqlite_server.url}/healthz").status_code == 200
 
 
 def test_a_body_that_stops_arriving_is_cut_off_and_runs_nothing(sqlite_server: LiveServer) -> None:
-    before = httpx.get(f"{sqlite_server.actor_url()}/executions", headers=sqlite_server.auth).json()["result"]
+    before = web.get(f"{sqlite_server.actor_url()}/executions", headers=sqlite_server.auth).json()["result"]
     with _connect(sqlite_server) as sock:
         sock.sendall(
             b"POST /actors/v2/" + ACTOR_ID.encode() + b"/messages HTTP/1.1\r\nHost: x\r\n"
@@ -226,7 +225,7 @@ def test_a_body_that_stops_arriving_is_cut_off_and_runs_nothing(sqlite_server: L
             b'Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{"uuid": '
         )
         assert _answer(sock).startswith(b"HTTP/1.1 408 ")
-    after = httpx.get(f"{sqlite_server.actor_url()}/executions", headers=sqlite_server.auth).json()["result"]
+    after = web.get(f"{sqlite_server.actor_url()}/executions", headers=sqlite_server.auth).json()["result"]
     assert after["totalExecutions"] == before["totalExecutions"]
     assert "Traceback" not in sqlite_server.read_log()
 
@@ -241,21 +240,21 @@ def test_a_head_without_end_is_refused_before_it_fills_memory(sqlite_server: Liv
         except (ConnectionResetError, BrokenPipeError):  # it closed with our bytes unread: the kernel resets
             answer = b"reset"
     assert answer.startswith(b"HTTP/1.1 431 ") or answer == b"reset"
-    assert httpx.get(f"{sqlite_server.url}/healthz").status_code == 200
+    assert web.get(f"{sqlite_server.url}/healthz").status_code == 200
 
 
 def test_connections_past_the_limit_get_503_until_slow_ones_are_cut_off(sqlite_server: LiveServer) -> None:
     idle = [_connect(sqlite_server) for _ in range(CONCURRENCY - 1)]
     try:
         time.sleep(0.3)  # accepted by now
-        assert httpx.get(f"{sqlite_server.url}/healthz").status_code == 503
+        assert web.get(f"{sqlite_server.url}/healthz").status_code == 503
         for sock in idle:
             assert _answer(sock).startswith(b"HTTP/1.1 408 ")  # nothing sent: cut off at the head deadline
     finally:
         for sock in idle:
             sock.close()
     time.sleep(0.2)
-    assert httpx.get(f"{sqlite_server.url}/healthz").status_code == 200
+    assert web.get(f"{sqlite_server.url}/healthz").status_code == 200
 
 
 # -- finding 6: the Host header never reaches a stored link ------------------------------------------
@@ -268,11 +267,11 @@ def test_a_forged_host_header_reaches_no_stored_link(server: LiveServer) -> None
         "data": {"n": uuidlib.uuid4().hex},
     }
     sync = post(server, create, auth=evil)
-    queued = httpx.post(
+    queued = web.post(
         f"{server.messages_url}", headers=evil, json={"uuid": sync["uuid"], "name": "run", "token": sync["token"]}
     )
-    nonce = httpx.post(f"{server.actor_url()}/nonces", headers=evil, json={"level": "READ"})
-    execution = httpx.get(f"{server.actor_url()}/executions/{queued.json()['result']['executionId']}", headers=evil)
+    nonce = web.post(f"{server.actor_url()}/nonces", headers=evil, json={"level": "READ"})
+    execution = web.get(f"{server.actor_url()}/executions/{queued.json()['result']['executionId']}", headers=evil)
     job = read_job(server, sync["uuid"])
     stored = [json.dumps(job), queued.text, nonce.text, execution.text]
     for text in stored:
@@ -348,7 +347,7 @@ def test_an_events_page_stays_under_its_byte_budget_and_pages_on(server: LiveSer
     pages = 0
     while True:
         params = {"limit": "1000", **({"after": after} if after else {})}
-        response = httpx.get(f"{server.url}/jobs/{uuid}/events", params=params, headers=server.auth, timeout=30)
+        response = web.get(f"{server.url}/jobs/{uuid}/events", params=params, headers=server.auth, timeout=30)
         assert response.status_code == 200
         assert len(response.content) <= PAGE_BUDGET + 4096
         page = response.json()["result"]
@@ -368,7 +367,7 @@ def test_an_events_page_stays_under_its_byte_budget_and_pages_on(server: LiveSer
 
 
 def _sign_in(server: LiveServer) -> httpx.Response:
-    answer = httpx.post(f"{server.url}/ui/signin", data={"token": server.api_token, "next": "/ui/jobs"})
+    answer = web.post(f"{server.url}/ui/signin", data={"token": server.api_token, "next": "/ui/jobs"})
     assert answer.status_code == 303, answer.text
     return answer
 
@@ -378,12 +377,12 @@ def _cookie(answer: httpx.Response) -> str:
 
 
 def _with_cookie(server: LiveServer, value: str) -> int:
-    return httpx.get(f"{server.url}/ui/jobs", headers={"Cookie": f"{sessions.COOKIE}={value}"}).status_code
+    return web.get(f"{server.url}/ui/jobs", headers={"Cookie": f"{sessions.COOKIE}={value}"}).status_code
 
 
 def test_behind_a_tls_proxy_the_cookie_is_secure_and_hsts_is_sent(sqlite_server: LiveServer, tmp_path: Path) -> None:
     """The proxy terminates TLS and sends no X-Forwarded-Proto: serve still knows from api_server."""
-    assert "strict-transport-security" not in httpx.get(f"{sqlite_server.url}/healthz").headers  # plain HTTP
+    assert "strict-transport-security" not in web.get(f"{sqlite_server.url}/healthz").headers  # plain HTTP
     store = tmp_path / "store" / "catalog.sqlite3"
     env = {"_REACTOR_STORE_SQLITE_PATH": str(store), "_REACTOR_SERVE_API_SERVER": "https://jobs.example.org/"}
     running = start_server(tmp_path, "sqlite", env, {"path": store}, process=True)
@@ -392,7 +391,7 @@ def test_behind_a_tls_proxy_the_cookie_is_secure_and_hsts_is_sent(sqlite_server:
         answer = _sign_in(server)
         attributes = {part.strip().lower() for part in answer.headers["set-cookie"].split(";")[1:]}
         assert "secure" in attributes
-        for response in (answer, httpx.get(f"{server.url}/healthz"), httpx.get(f"{server.url}/ui/signin")):
+        for response in (answer, web.get(f"{server.url}/healthz"), web.get(f"{server.url}/ui/signin")):
             assert response.headers["strict-transport-security"].startswith("max-age=")
         job = create_job(server)
         assert read_job(server, job["uuid"])["agent"] == f"https://jobs.example.org/actors/v2/{ACTOR_ID}"
@@ -405,21 +404,21 @@ def test_a_read_nonce_viewer_sees_no_delivery_details(server: LiveServer) -> Non
     try:
         job = create_job(server)
         hook = receiver.url + "/team-secret-path"
-        subscribed = httpx.post(
+        subscribed = web.post(
             f"{server.url}/subscriptions", headers=server.auth, json={"job": job["uuid"], "url": hook}
         )
         assert subscribed.status_code == 200, subscribed.text
         post(server, {"uuid": job["uuid"], "name": "run", "token": job["token"]}, auth=server.auth)
         receiver.wait_for(2)
         deadline = time.monotonic() + 30
-        while len(httpx.get(f"{server.url}/jobs/{job['uuid']}/deliveries", headers=server.auth).json()["result"]) < 2:
+        while len(web.get(f"{server.url}/jobs/{job['uuid']}/deliveries", headers=server.auth).json()["result"]) < 2:
             assert time.monotonic() < deadline, "no delivery records"
             time.sleep(0.1)
-        operator = httpx.get(f"{server.url}/ui/jobs/{job['uuid']}", headers=server.auth)
+        operator = web.get(f"{server.url}/ui/jobs/{job['uuid']}", headers=server.auth)
         assert operator.status_code == 200 and "team-secret-path" in operator.text and ">502<" in operator.text
         nonce = make_nonce(server, "READ")
-        assert httpx.get(f"{server.url}/jobs/{job['uuid']}/deliveries", params={"x-nonce": nonce}).status_code == 401
-        viewer = httpx.get(f"{server.url}/ui/jobs/{job['uuid']}", params={"x-nonce": nonce})
+        assert web.get(f"{server.url}/jobs/{job['uuid']}/deliveries", params={"x-nonce": nonce}).status_code == 401
+        viewer = web.get(f"{server.url}/ui/jobs/{job['uuid']}", params={"x-nonce": nonce})
         assert viewer.status_code == 200 and job["uuid"] in viewer.text
         port = receiver.url.split(":")[2].split("/")[0]
         assert "team-secret-path" not in viewer.text and f":{port}" not in viewer.text
@@ -431,7 +430,7 @@ def test_a_read_nonce_viewer_sees_no_delivery_details(server: LiveServer) -> Non
 def test_signing_out_holds_in_other_processes_and_after_a_restart(server: LiveServer, tmp_path: Path) -> None:
     signed_out, kept = _cookie(_sign_in(server)), _cookie(_sign_in(server))
     assert _with_cookie(server, signed_out) == 200
-    out = httpx.post(f"{server.url}/ui/signout", headers={"Cookie": f"{sessions.COOKIE}={signed_out}"})
+    out = web.post(f"{server.url}/ui/signout", headers={"Cookie": f"{sessions.COOKIE}={signed_out}"})
     assert out.status_code == 303
     assert _with_cookie(server, signed_out) == 303  # the thief's copy of the cookie, here...
     options = server.store_options

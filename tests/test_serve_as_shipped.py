@@ -11,10 +11,10 @@ import uuid as uuidlib
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pymongo
 import pytest
 
+from tests import web
 from tests.conftest import EXAMPLE_PIPELINE_UUID, authn_for
 from tests.server_fixtures import LiveServer, register_example_pipeline, start_server
 from tests.test_metrics import jobs_of, scrape
@@ -50,7 +50,7 @@ def shipped_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.Temp
 
 
 def post(server: LiveServer, message: dict[str, Any]) -> dict[str, Any]:
-    response = httpx.post(
+    response = web.post(
         server.messages_url, params={"_abaco_synchronous": "true"}, headers=server.auth, json=message, timeout=30
     )
     assert response.status_code == 200, response.text
@@ -71,7 +71,7 @@ def until_counted(server: LiveServer, expected: dict[tuple[str, str], int], sinc
 def test_serve_with_no_actor_answers_for_the_default_one(shipped_server: LiveServer) -> None:
     server = shipped_server
     assert server.actor_id == "pjmanager0001"  # what server_fixtures' URLs use, and the README's examples
-    assert httpx.get(f"{server.url}/healthz").json()["actors"] == ["pjmanager0001"]
+    assert web.get(f"{server.url}/healthz").json()["actors"] == ["pjmanager0001"]
     assert "for actor(s) pjmanager0001 (the default: no --actor or serve.actors given)" in server.read_log()
 
 
@@ -109,7 +109,7 @@ def test_the_messages_endpoint_has_abacos_hypermedia(shipped_server: LiveServer,
     server = shipped_server
     actor = server.actor_id
     headers = {"X-Tapis-Token": server.api_token} if v3 else server.auth
-    answer = httpx.get(f"{server.actor_url(v3=v3)}/messages", headers=headers)
+    answer = web.get(f"{server.actor_url(v3=v3)}/messages", headers=headers)
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["status"] == "success" and body["result"]["messages"] == 0

@@ -29,6 +29,7 @@ from pipelinejobs.settings import load_settings
 from pipelinejobs.store.factory import open_registry
 from pipelinejobs.store.mongo import MongoJobStore
 from pipelinejobs.store.registry import MongoRegistry, SqliteRegistry
+from tests import web
 from tests.conftest import EXAMPLE_PIPELINE_UUID
 from tests.server_fixtures import LiveServer, new_job
 
@@ -108,7 +109,7 @@ def test_text_messages_parse_from_many_threads() -> None:
 def test_a_message_attribute_object_creates_a_job_through_serve(server: LiveServer) -> None:
     new_job(server)  # registers the pipeline
     create = {"pipeline_uuid": EXAMPLE_PIPELINE_UUID, "archive_path": "/products/m", "data": {"via": "attribute"}}
-    answer = httpx.post(server.messages_url, params=SYNC, headers=server.auth, json={"message": create})
+    answer = web.post(server.messages_url, params=SYNC, headers=server.auth, json={"message": create})
     assert answer.status_code == 200 and answer.headers["x-abaco-exit-code"] == "0", answer.text
     store = server.open_store()
     try:
@@ -215,7 +216,7 @@ def test_write_behind_keeps_records_while_the_registry_fails(tmp_path: Path) -> 
 def test_executions_are_readable_at_once_and_stored_when_serve_stops(server: LiveServer) -> None:
     uuid, token = new_job(server)
     ids = []
-    with httpx.Client(headers=server.auth, timeout=30) as http:
+    with web.client(headers=server.auth, timeout=30) as http:
         for i in range(30):
             event = {"uuid": uuid, "name": "update", "token": token, "data": {"i": i}}
             answer = http.post(server.messages_url, json=event)
@@ -274,7 +275,7 @@ def test_lone_surrogates_never_give_a_5xx_after_the_message_was_handled(server: 
         ({"uuid": uuid, "token": token, "status": "RUNNING"}, agave_record),
         ({}, {"uuid": uuid, "name": "update", "token": token, "session": "\ud800"}),
     ]
-    with httpx.Client(timeout=30) as http:
+    with web.client(timeout=30) as http:
         for params, message in messages:
             answer = assert_clean_answer(
                 http.post(server.messages_url, params=params, headers=headers, content=raw_json(message))

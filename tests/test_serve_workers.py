@@ -18,10 +18,10 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 
 from pipelinejobs.server import sessions
+from tests import web
 from tests.conftest import ROOT, stop_process
 from tests.server_fixtures import ACTOR_ID, LiveServer, _wait_until_ready, free_port, new_job, start_server
 from tests.test_server import job
@@ -63,7 +63,7 @@ def test_concurrent_events_through_two_workers_all_land_once(workers_server: Liv
     def drive(uuid_token: tuple[str, str]) -> list[int]:
         uuid, token = uuid_token
         revisions = []
-        with httpx.Client(headers=server.auth, timeout=30) as client:
+        with web.client(headers=server.auth, timeout=30) as client:
             for i in range(EVENTS):
                 body = {"uuid": uuid, "name": "update", "token": token, "data": {"i": i}}
                 answer = client.post(server.messages_url, params={"_abaco_synchronous": "true"}, json=body)
@@ -81,7 +81,7 @@ def test_concurrent_events_through_two_workers_all_land_once(workers_server: Liv
         assert [e["name"] for e in found["history"]].count("update") == EVENTS
 
     # the counters of both workers, summed by prometheus-client's multiprocess collector
-    metrics = httpx.get(f"{server.url}/metrics").text
+    metrics = web.get(f"{server.url}/metrics").text
     assert counter(metrics, "pipelinejobs_events_accepted_total", 'event="update"') == CLIENTS * EVENTS
     assert counter(metrics, "pipelinejobs_events_accepted_total", 'event="create"') == CLIENTS
     # one access line per message, naming its execution and exit code; never the query string
@@ -123,7 +123,7 @@ def test_each_worker_listens_on_a_socket_of_its_own_and_connections_spread(worke
     assert all(len(inodes) == 2 for inodes in own), "each worker serves the shared socket and its own"
     assert len(own[0] & own[1]) == 1, "they share only the supervisor's"
 
-    clients = [httpx.Client(timeout=10) for _ in range(24)]
+    clients = [web.client(timeout=10) for _ in range(24)]
     try:
         for client in clients:
             assert client.get(f"{server.url}/healthz").status_code == 200  # each client keeps its connection
@@ -140,11 +140,11 @@ def test_each_worker_listens_on_a_socket_of_its_own_and_connections_spread(worke
 def test_an_execution_is_readable_from_every_worker(workers_server: LiveServer) -> None:
     server = workers_server
     uuid, token = new_job(server)
-    posted = httpx.post(server.messages_url, headers=server.auth, json={"uuid": uuid, "name": "run", "token": token})
+    posted = web.post(server.messages_url, headers=server.auth, json={"uuid": uuid, "name": "run", "token": token})
     execution_id = posted.json()["result"]["executionId"]
     time.sleep(0.3)  # a worker writes its execution records behind, every 50 ms
     for _ in range(8):  # fresh connections: the kernel hands them to either worker
-        answer = httpx.get(f"{server.actor_url()}/executions/{execution_id}", headers=server.auth)
+        answer = web.get(f"{server.actor_url()}/executions/{execution_id}", headers=server.auth)
         assert answer.status_code == 200, answer.text
         assert answer.json()["result"]["status"] == "COMPLETE"
 
@@ -178,11 +178,11 @@ def test_a_web_view_sign_in_holds_in_every_worker_with_token_digests_only(tmp_pa
     server = LiveServer(f"http://127.0.0.1:{port}", "sqlite", log_path, proc, api_token=token)
     try:
         _wait_until_ready(server)
-        signed_in = httpx.post(f"{server.url}/ui/signin", data={"token": token, "next": "/ui/jobs"})
+        signed_in = web.post(f"{server.url}/ui/signin", data={"token": token, "next": "/ui/jobs"})
         assert signed_in.status_code == 303, signed_in.text
         cookie = signed_in.cookies[sessions.COOKIE]
         for _ in range(12):  # fresh connections: the kernel hands them to either worker
-            page = httpx.get(f"{server.url}/ui/jobs", cookies={sessions.COOKIE: cookie}, follow_redirects=False)
+            page = web.get(f"{server.url}/ui/jobs", cookies={sessions.COOKIE: cookie}, follow_redirects=False)
             assert page.status_code == 200, page.headers.get("location")
         assert token not in server.read_log()
     finally:

@@ -16,9 +16,9 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import httpx
 import pytest
 
+from tests import web
 from tests.server_fixtures import LiveServer, new_job
 
 CURL = shutil.which("curl")
@@ -46,31 +46,31 @@ def history(server: LiveServer, uuid: str) -> list[str]:
 
 
 def send_event(server: LiveServer, uuid: str, token: str, name: str) -> dict[str, Any]:
-    response = httpx.post(server.messages_url, headers=server.auth, json={"uuid": uuid, "name": name, "token": token})
+    response = web.post(server.messages_url, headers=server.auth, json={"uuid": uuid, "name": name, "token": token})
     assert response.status_code == 200, response.text
     return response.json()["result"]
 
 
 def make_nonce(server: LiveServer, actor: str | None = None, **body: Any) -> dict[str, Any]:
-    response = httpx.post(f"{server.actor_url(actor)}/nonces", headers=server.auth, json=body)
+    response = web.post(f"{server.actor_url(actor)}/nonces", headers=server.auth, json=body)
     assert response.status_code == 200, response.text
     return response.json()["result"]
 
 
 def executions(server: LiveServer) -> list[dict[str, Any]]:
-    response = httpx.get(f"{server.actor_url()}/executions", headers=server.auth)
+    response = web.get(f"{server.actor_url()}/executions", headers=server.auth)
     assert response.status_code == 200, response.text
     return response.json()["result"]["executions"]
 
 
 def execution(server: LiveServer, execution_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{server.actor_url()}/executions/{execution_id}", headers=server.auth)
+    response = web.get(f"{server.actor_url()}/executions/{execution_id}", headers=server.auth)
     assert response.status_code == 200, response.text
     return response.json()["result"]
 
 
 def execution_logs(server: LiveServer, execution_id: str) -> str:
-    response = httpx.get(f"{server.actor_url()}/executions/{execution_id}/logs", headers=server.auth)
+    response = web.get(f"{server.actor_url()}/executions/{execution_id}/logs", headers=server.auth)
     assert response.status_code == 200, response.text
     return response.json()["result"]["logs"]
 
@@ -90,7 +90,7 @@ def curl(*args: str) -> tuple[int, dict[str, Any]]:
             headers[key.strip()] = val.strip()
         elif flag == "--data":
             data = value
-    response = httpx.post(url, headers=headers, content=data)
+    response = web.post(url, headers=headers, content=data)
     return response.status_code, response.json()
 
 
@@ -146,7 +146,7 @@ def test_auth_table_rejects_without_handling(server: LiveServer) -> None:
     uuid, token = new_job(server)
     read_nonce = make_nonce(server, level="READ")["id"]
     used_nonce = make_nonce(server, maxUses=1)["id"]
-    spent = httpx.get(f"{server.actor_url()}/executions", params={"x-nonce": used_nonce})  # a use is a use
+    spent = web.get(f"{server.actor_url()}/executions", params={"x-nonce": used_nonce})  # a use is a use
     assert spent.status_code == 200
     other_nonce = make_nonce(server, actor=server.other_actor_id)["id"]
     bearer = {"Authorization": "Bearer not-the-api-token"}
@@ -183,7 +183,7 @@ def test_auth_table_rejects_without_handling(server: LiveServer) -> None:
     ]
     before_job, before_executions = job(server, uuid), executions(server)
     for name, url, headers, params, code, message in cases:
-        response = httpx.post(
+        response = web.post(
             url, headers=headers, params={**params, "uuid": uuid, "name": "run", "token": token}, json=DATA
         )
         body = response.json()
@@ -191,7 +191,7 @@ def test_auth_table_rejects_without_handling(server: LiveServer) -> None:
         assert body["status"] == "error" and body["result"] is None, name
         assert job(server, uuid) == before_job, f"{name}: the job changed"
         assert executions(server) == before_executions, f"{name}: a message was handled"
-    nonces = httpx.get(f"{server.actor_url()}/nonces", headers=server.auth).json()["result"]
+    nonces = web.get(f"{server.actor_url()}/nonces", headers=server.auth).json()["result"]
     uses = {n["id"]: (n["currentUses"], n["remainingUses"]) for n in nonces}
     assert uses[read_nonce] == (0, -1)  # a refused level costs no use
     assert uses[used_nonce] == (1, 0)
@@ -207,7 +207,7 @@ def test_nonce_race_admits_exactly_max_uses(backend: str, request: pytest.Fixtur
     params = {"uuid": uuid, "name": "update", "token": token, "x-nonce": nonce}
 
     def attempt(i: int) -> tuple[int, str]:
-        response = httpx.post(server.messages_url, params=params, json={"attempt": i}, timeout=60)
+        response = web.post(server.messages_url, params=params, json={"attempt": i}, timeout=60)
         return response.status_code, response.json()["message"]
 
     with ThreadPoolExecutor(max_workers=attempts) as pool:
@@ -216,7 +216,7 @@ def test_nonce_race_admits_exactly_max_uses(backend: str, request: pytest.Fixtur
     expected += [(400, "No remaining uses left for this nonce.")] * (attempts - max_uses)
     assert sorted(results) == sorted(expected)
     assert history(server, uuid).count("update") == max_uses
-    record = httpx.get(f"{server.actor_url()}/nonces/{nonce}", headers=server.auth).json()["result"]
+    record = web.get(f"{server.actor_url()}/nonces/{nonce}", headers=server.auth).json()["result"]
     assert (record["currentUses"], record["remainingUses"]) == (max_uses, 0)
 
 
@@ -238,21 +238,21 @@ def test_nonce_lifecycle_and_validation(live_server: LiveServer) -> None:
     assert set(nonce) == {*expected, "id", "owner", "createTime", "roles", "apiServer", "_links"}
     # an unlimited nonce counts uses and never runs out
     for _ in range(3):
-        assert httpx.get(f"{server.actor_url()}/executions", params={"x-nonce": nonce["id"]}).status_code == 200
-    shown = httpx.get(f"{server.actor_url()}/nonces/{nonce['id']}", headers=server.auth).json()["result"]
+        assert web.get(f"{server.actor_url()}/executions", params={"x-nonce": nonce["id"]}).status_code == 200
+    shown = web.get(f"{server.actor_url()}/nonces/{nonce['id']}", headers=server.auth).json()["result"]
     assert (shown["currentUses"], shown["remainingUses"]) == (3, -1) and shown["lastUseTime"]
-    listed = httpx.get(f"{server.actor_url()}/nonces", headers=server.auth).json()["result"]
+    listed = web.get(f"{server.actor_url()}/nonces", headers=server.auth).json()["result"]
     assert [n["id"] for n in listed] == [nonce["id"]]
-    assert httpx.get(f"{server.actor_url(server.other_actor_id)}/nonces", headers=server.auth).json()["result"] == []
+    assert web.get(f"{server.actor_url(server.other_actor_id)}/nonces", headers=server.auth).json()["result"] == []
     # v3 paths answer in snake case
-    v3 = httpx.post(f"{server.actor_url(v3=True)}/nonces", headers=server.auth, json={"maxUses": 2}).json()["result"]
+    v3 = web.post(f"{server.actor_url(v3=True)}/nonces", headers=server.auth, json={"maxUses": 2}).json()["result"]
     assert v3["max_uses"] == 2 and v3["remaining_uses"] == 2 and v3["actor_id"] == server.actor_id
     # deleting
-    gone = httpx.delete(f"{server.actor_url()}/nonces/{nonce['id']}", headers=server.auth)
+    gone = web.delete(f"{server.actor_url()}/nonces/{nonce['id']}", headers=server.auth)
     assert gone.status_code == 200
-    again = httpx.get(f"{server.actor_url()}/nonces/{nonce['id']}", headers=server.auth)
+    again = web.get(f"{server.actor_url()}/nonces/{nonce['id']}", headers=server.auth)
     assert (again.status_code, again.json()["message"]) == (400, "Nonce not found.")
-    assert httpx.post(server.messages_url, params={"x-nonce": nonce["id"]}, json=DATA).json()["message"] == (
+    assert web.post(server.messages_url, params={"x-nonce": nonce["id"]}, json=DATA).json()["message"] == (
         "Nonce does not exist."
     )
 
@@ -267,18 +267,18 @@ def test_nonce_lifecycle_and_validation(live_server: LiveServer) -> None:
     ],
 )
 def test_nonce_creation_rejects_bad_values(live_server: LiveServer, body: dict[str, Any], message: str) -> None:
-    response = httpx.post(f"{live_server.actor_url()}/nonces", headers=live_server.auth, json=body)
+    response = web.post(f"{live_server.actor_url()}/nonces", headers=live_server.auth, json=body)
     assert response.status_code == 400 and response.json()["message"].startswith(message)
-    assert httpx.get(f"{live_server.actor_url()}/nonces", headers=live_server.auth).json()["result"] == []
+    assert web.get(f"{live_server.actor_url()}/nonces", headers=live_server.auth).json()["result"] == []
 
 
 def test_managing_nonces_needs_a_bearer_token(live_server: LiveServer) -> None:
     nonce = make_nonce(live_server, level="UPDATE")["id"]
     url = f"{live_server.actor_url()}/nonces"
-    with_nonce = httpx.post(url, params={"x-nonce": nonce}, json={})
+    with_nonce = web.post(url, params={"x-nonce": nonce}, json={})
     assert with_nonce.status_code == 400 and "bearer token" in with_nonce.json()["message"]
-    assert httpx.post(url, json={}).json()["message"] == "No JWT or nonce provided."
-    assert len(httpx.get(url, headers=live_server.auth).json()["result"]) == 1
+    assert web.post(url, json={}).json()["message"] == "No JWT or nonce provided."
+    assert len(web.get(url, headers=live_server.auth).json()["result"]) == 1
 
 
 # -- executions, synchronous calls, message rules -----------------------------------------------
@@ -299,9 +299,9 @@ def test_executions_and_logs(live_server: LiveServer) -> None:
     assert f"job {uuid}: CREATED -> RUNNING by 'run'" in logs  # the outcome line (the received line is DEBUG)
     assert json.loads(logs.splitlines()[-1])["state"] == "RUNNING"  # the result line closes the logs
     assert f"rejected a message for {uuid} (unauthorized)" in execution_logs(server, bad)
-    v3 = httpx.get(f"{server.actor_url(v3=True)}/executions/{ok}", headers=server.auth).json()["result"]
+    v3 = web.get(f"{server.actor_url(v3=True)}/executions/{ok}", headers=server.auth).json()["result"]
     assert v3["exit_code"] == 0 and v3["message_received_time"] == record["messageReceivedTime"]
-    missing = httpx.get(f"{server.actor_url()}/executions/nope", headers=server.auth)
+    missing = web.get(f"{server.actor_url()}/executions/nope", headers=server.auth)
     assert missing.status_code == 400  # Abaco's ResourceError default
 
 
@@ -309,12 +309,12 @@ def test_synchronous_returns_the_result(live_server: LiveServer) -> None:
     server = live_server
     uuid, token = new_job(server)
     sync = {"_abaco_synchronous": "true"}
-    response = httpx.post(
+    response = web.post(
         server.messages_url, params=sync, headers=server.auth, json={"uuid": uuid, "name": "run", "token": token}
     )
     assert response.status_code == 200
     assert response.json() == {**response.json(), "status": "ok", "action": "event", "state": "RUNNING", "uuid": uuid}
-    refused = httpx.post(
+    refused = web.post(
         server.messages_url, params=sync, headers=server.auth, json={"uuid": uuid, "name": "reject", "token": token}
     )
     assert refused.json()["kind"] == "invalid_transition" and refused.headers["x-abaco-exit-code"] == "1"
@@ -326,16 +326,16 @@ def test_message_attribute_and_body_rules(live_server: LiveServer) -> None:
     uuid, token = new_job(server)
     # what send_message does: {"message": <dict>} arrives as str + Python repr, and is still understood
     wrapped = {"message": {"uuid": uuid, "name": "run", "token": token}, "ignored": 1}
-    response = httpx.post(server.messages_url, headers=server.auth, json=wrapped)
+    response = web.post(server.messages_url, headers=server.auth, json=wrapped)
     assert response.json()["result"]["msg"] == str(wrapped["message"])  # Abaco keeps the attribute as a string
     assert job(server, uuid)["state"] == "RUNNING"
     # the message query parameter wins over the body
     as_param = json.dumps({"uuid": uuid, "name": "finish", "token": token})
-    response = httpx.post(server.messages_url, headers=server.auth, params={"message": as_param}, content=b"ignored")
+    response = web.post(server.messages_url, headers=server.auth, params={"message": as_param}, content=b"ignored")
     assert response.status_code == 200 and job(server, uuid)["state"] == "FINISHED"
     # a body that is not JSON, with no message attribute
     before = executions(server)
-    response = httpx.post(server.messages_url, headers=server.auth, content=b"not json at all")
+    response = web.post(server.messages_url, headers=server.auth, content=b"not json at all")
     assert response.status_code == 400
     assert response.json()["message"] == (
         "message POST body could not be serialized. Pass JSON data or use the message attribute."
@@ -355,7 +355,7 @@ def test_query_parameters_never_reach_settings(live_server: LiveServer, mongo_cl
         "name": "run",
         "token": token,
     }
-    response = httpx.post(server.messages_url, headers=server.auth, params=spoof, json=DATA)
+    response = web.post(server.messages_url, headers=server.auth, params=spoof, json=DATA)
     execution_id = response.json()["result"]["executionId"]
     assert execution_id != "spoofed" and execution(server, execution_id)["exitCode"] == 0
     assert job(server, uuid)["state"] == "RUNNING"  # written where the server's own settings say
@@ -370,11 +370,9 @@ def test_logs_never_contain_secrets(kind: str, request: pytest.FixtureRequest) -
     uuid, token = new_job(server)  # its result line names the token
     nonce = make_nonce(server)["id"]
     send_event(server, uuid, token, "run")
-    httpx.post(
-        server.messages_url, params={"uuid": uuid, "name": "update", "token": token, "x-nonce": nonce}, json=DATA
-    )
-    httpx.get(f"{server.actor_url()}/nonces/{nonce}", headers=server.auth)
-    httpx.post(server.messages_url, headers={"X-Tapis-Token": server.api_token}, json={"uuid": uuid, "name": "nope"})
+    web.post(server.messages_url, params={"uuid": uuid, "name": "update", "token": token, "x-nonce": nonce}, json=DATA)
+    web.get(f"{server.actor_url()}/nonces/{nonce}", headers=server.auth)
+    web.post(server.messages_url, headers={"X-Tapis-Token": server.api_token}, json={"uuid": uuid, "name": "nope"})
     texts = [execution_logs(server, e["id"]) for e in executions(server)]
     assert len(texts) == 4
     texts.append(server.read_log())
@@ -387,9 +385,9 @@ def test_logs_never_contain_secrets(kind: str, request: pytest.FixtureRequest) -
 
 
 def test_unknown_routes_and_message_count(live_server: LiveServer) -> None:
-    missing = httpx.get(f"{live_server.url}/actors/v2/{live_server.actor_id}/nothing", headers=live_server.auth)
+    missing = web.get(f"{live_server.url}/actors/v2/{live_server.actor_id}/nothing", headers=live_server.auth)
     assert missing.status_code == 404 and missing.json()["status"] == "error"
-    count = httpx.get(live_server.messages_url, headers=live_server.auth)
+    count = web.get(live_server.messages_url, headers=live_server.auth)
     assert count.status_code == 200 and count.json()["result"]["messages"] == 0
 
 

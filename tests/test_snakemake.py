@@ -24,6 +24,7 @@ import pytest
 from pipelinejobs import cli, identifiers
 from pipelinejobs.server.engines import SnakemakeAddress, snakemake_address
 from pipelinejobs.server.http import shown_path
+from tests import web
 from tests.conftest import EXAMPLE_PIPELINE_UUID, authn_for
 from tests.inprocess import Served
 from tests.server_fixtures import LiveServer, new_job, start_server
@@ -92,7 +93,7 @@ class Run:
 
 
 def make_nonce(server: LiveServer, level: str = "EXECUTE") -> str:
-    answer = httpx.post(f"{server.actor_url()}/nonces", headers=server.auth, json={"level": level})
+    answer = web.post(f"{server.actor_url()}/nonces", headers=server.auth, json={"level": level})
     assert answer.status_code == 200, answer.text
     return str(answer.json()["result"]["id"])
 
@@ -142,7 +143,7 @@ def runs(serves: dict[str, LiveServer], tmp_path_factory: pytest.TempPathFactory
             done[backend][name] = Run(
                 uuid, token, address, subprocess.CompletedProcess(proc.args, proc.returncode, out)
             )
-        found = httpx.get(
+        found = web.get(
             f"{serves[backend].url}/jobs", params={"pipeline": PIPELINE["uuid"]}, headers=serves[backend].auth
         )
         created = found.json()["result"]["jobs"]
@@ -152,11 +153,11 @@ def runs(serves: dict[str, LiveServer], tmp_path_factory: pytest.TempPathFactory
 
 
 def job(serve: LiveServer, uuid: str) -> dict[str, Any]:
-    return dict(httpx.get(f"{serve.url}/jobs/{uuid}", headers=serve.auth).json()["result"])
+    return dict(web.get(f"{serve.url}/jobs/{uuid}", headers=serve.auth).json()["result"])
 
 
 def events(serve: LiveServer, uuid: str) -> list[dict[str, Any]]:
-    answer = httpx.get(f"{serve.url}/jobs/{uuid}/events", params={"limit": 1000}, headers=serve.auth)
+    answer = web.get(f"{serve.url}/jobs/{uuid}/events", params={"limit": 1000}, headers=serve.auth)
     return list(answer.json()["result"]["events"])
 
 
@@ -185,7 +186,7 @@ def test_a_workflow_ends_finished_with_its_progress_and_a_task_record_per_rule(
     finished = {e["data"]["jobid"] for e in logged if e["name"] == "job_finished"}
     assert finished == {i["jobid"] for i in infos}
     # done/total where people look: the web view (with a READ nonce) and `pipelinejobs job show`
-    page = httpx.get(f"{serve.url}/ui/jobs/{run.uuid}", params={"x-nonce": make_nonce(serve, "READ")})
+    page = web.get(f"{serve.url}/ui/jobs/{run.uuid}", params={"x-nonce": make_nonce(serve, "READ")})
     assert page.status_code == 200 and f"{len(RULE_JOBS)} of {len(RULE_JOBS)} steps" in page.text
     for name, value in serve_env(serve).items():
         monkeypatch.setenv(name, value)

@@ -22,7 +22,7 @@ import pytest
 
 from pipelinejobs import fsm
 from pipelinejobs.server import presentation, sessions, ui
-from tests import server_fixtures
+from tests import server_fixtures, web
 from tests.conftest import EXAMPLE_PIPELINE_UUID
 from tests.server_fixtures import LiveServer, register_example_pipeline, start_server
 from tests.test_read_api import OTHER_PIPELINE, T0, make_nonce, post, seed
@@ -42,7 +42,7 @@ def server(request: pytest.FixtureRequest) -> LiveServer:
 
 
 def client(server: LiveServer) -> httpx.Client:
-    return httpx.Client(base_url=server.url, timeout=30, follow_redirects=False)
+    return web.client(base_url=server.url, timeout=30, follow_redirects=False)
 
 
 @contextmanager
@@ -232,7 +232,7 @@ def test_a_job_page_shows_every_event_safely_and_no_secret(server: LiveServer) -
     lone = json.dumps(
         {"uuid": uuid, "name": "update", "token": token, "data": {"s": "\ud800"}}
     )  # "\\ud800" on the wire
-    refused = httpx.post(server.messages_url, params={"_abaco_synchronous": "true"}, headers=server.auth, content=lone)
+    refused = web.post(server.messages_url, params={"_abaco_synchronous": "true"}, headers=server.auth, content=lone)
     assert refused.json()["status"] == "error"  # a lone surrogate is refused at intake: nothing to show
     with sign_in(server) as browser:
         answer = browser.get(f"/ui/jobs/{uuid}")

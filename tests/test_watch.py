@@ -24,6 +24,7 @@ from pipelinejobs.store.base import JobStore, iter_history
 from pipelinejobs.store.mongo import MongoJobStore
 from pipelinejobs.store.records import Outcome
 from pipelinejobs.store.sqlite import SqliteJobStore
+from tests import web
 from tests.conftest import EXAMPLE_PIPELINE_UUID, ROOT, authn_for, prepare_database
 
 T0 = datetime(2026, 11, 28, 12, 0, 0, tzinfo=timezone.utc)
@@ -368,8 +369,6 @@ def test_the_embedded_watch_pass_uses_its_indexes(tmp_path: Path) -> None:
 def test_serve_runs_the_watchdog_when_enabled_and_heartbeats_reach_it(tmp_path: Path) -> None:
     import time
 
-    import httpx
-
     from tests.server_fixtures import start_server
 
     path = tmp_path / "catalog.sqlite3"
@@ -385,7 +384,7 @@ def test_serve_runs_the_watchdog_when_enabled_and_heartbeats_reach_it(tmp_path: 
     try:
         body = {"uuid": alive, "name": "heartbeat", "token": token}
         params = {"_abaco_synchronous": "true"}
-        response = httpx.post(server.messages_url, params=params, headers=server.auth, json=body)
+        response = web.post(server.messages_url, params=params, headers=server.auth, json=body)
         assert response.status_code == 200, response.text
         assert response.json()["action"] == "heartbeat"
         deadline = time.monotonic() + 20
