@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -314,7 +315,11 @@ def test_serve_takes_an_openlineage_subscription_and_never_shows_its_key(tmp_pat
         assert web.post(server.messages_url, headers=server.auth, json=event).status_code == 200
         got = lineage.wait_for(1)[0]
         assert got.headers["authorization"] == f"Bearer {API_KEY}" and parsed(got.json()).job.namespace == "lab"
-        rows = web.get(f"{server.url}/jobs/{uuid}/deliveries", headers=server.auth)
+        for _ in range(100):  # the delivery record is written once the receiver's answer is read
+            rows = web.get(f"{server.url}/jobs/{uuid}/deliveries", headers=server.auth)
+            if '"delivered"' in rows.text:
+                break
+            time.sleep(0.05)
         assert '"delivered"' in rows.text and API_KEY not in rows.text
     finally:
         running.close()
