@@ -100,6 +100,25 @@ def stop_process(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def _sendable(value: Any) -> Any:
+    """``value`` with every string encodable as UTF-8: a lone surrogate becomes its ``\\udXXX`` escape."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_sendable(key): _sendable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_sendable(item) for item in value)
+    return value
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_report_to_serializable(config: pytest.Config, report: Any) -> Iterator[Any]:
+    """A test's report as pytest-xdist sends it from a worker: its text may hold the lone surrogates the
+    hostile-input tests send (captured logs, a failure's message), which execnet cannot encode."""
+    serialized = yield
+    return _sendable(serialized)
+
+
 @pytest.fixture(autouse=True)
 def _package_logging_restored() -> Iterator[None]:
     """What a test does to the package's logger (``logs.configure`` in an in-process CLI run points it at the
