@@ -117,9 +117,12 @@ def parse_message(raw: str | None, content_type: str, max_bytes: int, *, parsed:
     except (ValueError, RecursionError):
         pass
     import ast  # only Abaco's repr of a JSON message needs it
+    import warnings
 
     try:
-        with _AST_LOCK:
+        # a text with an invalid escape (``'\&'``) would print a SyntaxWarning quoting it to stderr: the log
+        with _AST_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             value = ast.literal_eval(text)
         if isinstance(value, dict):
             return to_plain_json(value)

@@ -275,3 +275,14 @@ def test_both_stores_keep_the_int64_bounds_alike(any_store_reactor: Any) -> None
         else str(list(any_store_reactor.db.jobs.find({"uuid": uuid})))
     )
     assert str(2**63 - 1) in stored and str(-(2**63)) in stored
+
+
+def test_an_invalid_escape_in_a_repr_prints_no_warning_to_the_log() -> None:
+    """Abaco's repr of a message may hold ``\\&``: Python warns of the escape on stderr (reactor.py's log)
+    and would quote the sender's text there; the message reads as it would without the warning."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert parse_message("{'a': '\\&x', 'b': '\\d'}", "str", 1_000) == {"a": "\\&x", "b": "\\d"}
+    assert [str(w.message) for w in caught] == []

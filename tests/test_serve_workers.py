@@ -116,6 +116,9 @@ def test_each_worker_listens_on_a_socket_of_its_own_and_connections_spread(worke
     not all taken by whichever worker wakes first (what 8 keep-alive clients mostly met before)."""
     server = workers_server
     port = int(server.url.rsplit(":", 1)[1])
+    deadline = time.monotonic() + 30  # serve answers on the shared socket while a worker may still be starting
+    while len(set(_tcp_inodes_on_port(port, state="0A"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
     workers = [pid for pid in children(server.proc.pid) if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     listening = set(_tcp_inodes_on_port(port, state="0A"))
     assert len(listening) == 3, "the supervisor's socket and one per worker"
