@@ -64,14 +64,19 @@ STORES = ["sqlite", "mongodb"]
 
 @pytest.fixture(scope="module")
 def serves(tmp_path_factory: pytest.TempPathFactory, mongodb_uri: str) -> Iterator[dict[str, LiveServer]]:
-    """One `pipelinejobs serve` per store for the whole module."""
+    """One `pipelinejobs serve` process per store for the whole module: real Snakemake runs report to the
+    command itself, as they would in a deployment."""
     database = "t_" + uuidlib.uuid4().hex[:12]
     sqlite_dir, mongo_dir = tmp_path_factory.mktemp("serve-sqlite"), tmp_path_factory.mktemp("serve-mongodb")
     path = sqlite_dir / "catalog.sqlite3"
     mongo_env = {"_REACTOR_MONGODB_AUTHN": authn_for(mongodb_uri), "_REACTOR_MONGODB_DATABASE": database}
     starting = {
-        "sqlite": start_server(sqlite_dir, "sqlite", {"_REACTOR_STORE_SQLITE_PATH": str(path)}, {"path": path}),
-        "mongodb": start_server(mongo_dir, "mongodb", mongo_env, {"uri": mongodb_uri, "database": database}),
+        "sqlite": start_server(
+            sqlite_dir, "sqlite", {"_REACTOR_STORE_SQLITE_PATH": str(path)}, {"path": path}, process=True
+        ),
+        "mongodb": start_server(
+            mongo_dir, "mongodb", mongo_env, {"uri": mongodb_uri, "database": database}, process=True
+        ),
     }
     try:
         yield {backend: next(server) for backend, server in starting.items()}
