@@ -236,6 +236,33 @@ def _note_transition(store: JobStore, record: EventRecord) -> None:
         )
 
 
+def _side_record(
+    message: EventMessage | ReportMessage,
+    state: str,
+    revision: int,
+    event_uuid: str,
+    precise: datetime,
+    digest: str,
+    outcome: RecordOutcome,
+) -> EventRecord:
+    """A log record beside the job's revisions (a late callback, a task report): it keeps the job's state
+    and revision, and sorts after the revision's own record, in time order."""
+    return EventRecord(
+        uuid=message.uuid,
+        seq=revision,
+        slot=f"{precise.timestamp():017.6f}~{event_uuid}",
+        event_uuid=event_uuid,
+        name=message.name,
+        date=documents.utc_seconds(precise),
+        data=message.data,
+        state=state,
+        outcome=outcome,
+        via=message.via,
+        event_id=message.event_id,
+        digest=digest,
+    )
+
+
 def _record_stale(
     message: EventMessage,
     store: JobStore,
@@ -246,20 +273,7 @@ def _record_stale(
     digest: str,
 ) -> Outcome:
     """Log a scheduler callback the job is already past, and answer it without changing the job."""
-    record = EventRecord(
-        uuid=message.uuid,
-        seq=revision,
-        slot=f"{precise.timestamp():017.6f}~{event_uuid}",  # after the revision's own record, in time order
-        event_uuid=event_uuid,
-        name=message.name,
-        date=documents.utc_seconds(precise),
-        data=message.data,
-        state=state,
-        outcome=RecordOutcome.STALE,
-        via=message.via,
-        event_id=getattr(message, "event_id", None),
-        digest=digest,
-    )
+    record = _side_record(message, state, revision, event_uuid, precise, digest, RecordOutcome.STALE)
     result = store.record_stale(record)
     if result.status is Append.REPLAYED and result.existing is not None:
         return _replay(message, result.existing, digest)
@@ -326,20 +340,7 @@ def _record_task(
     """Log a report as a task record, with its ``progress`` changes in the same step: the job's state,
     revision and history window stay as they are."""
     event_uuid = identifiers.random_uuid("pipelinejob_event")
-    record = EventRecord(
-        uuid=message.uuid,
-        seq=revision,
-        slot=f"{precise.timestamp():017.6f}~{event_uuid}",  # after the revision's own record, in time order
-        event_uuid=event_uuid,
-        name=message.name,
-        date=documents.utc_seconds(precise),
-        data=message.data,
-        state=state,
-        outcome=RecordOutcome.TASK,
-        via=message.via,
-        event_id=message.event_id,
-        digest=digest,
-    )
+    record = _side_record(message, state, revision, event_uuid, precise, digest, RecordOutcome.TASK)
     result = store.record_task(record, progress)
     if result.status is Append.REPLAYED and result.existing is not None:
         return _replay(message, result.existing, digest)
