@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 
 from tests import web
-from tests.conftest import authn_for
 from tests.notify_fixtures import Receiver
-from tests.server_fixtures import LiveServer, free_port, new_job, start_server
-from tests.test_notify_e2e import FAST, deliveries, event, subscribe, wait_until
+from tests.server_fixtures import LiveServer, free_port, new_job
+from tests.test_notify_e2e import FAST, Serve, deliveries, event, serve_on, subscribe, wait_until
 
 ALLOWANCE = "_REACTOR_NOTIFICATIONS_ALLOWED_NETWORKS"
 QUICK = {name: value for name, value in FAST.items() if name != ALLOWANCE}  # nothing allowed unless a test says so
@@ -33,34 +32,10 @@ INSIDE = [
 ]
 
 
-class Serve:
-    """`pipelinejobs serve` on one store, started and restarted with or without an allowance."""
-
-    def __init__(self, tmp_path: Path, backend: str, env: dict[str, str], options: dict[str, Any]) -> None:
-        self.tmp_path, self.backend, self.env, self.options = tmp_path, backend, env, options
-        self._running: Iterator[LiveServer] | None = None
-
-    def start(self, *, allowed: str | None = None) -> LiveServer:
-        env = {**self.env, **QUICK, **({ALLOWANCE: allowed} if allowed else {})}
-        self._running = start_server(self.tmp_path, self.backend, env, self.options)
-        return next(self._running)
-
-    def stop(self) -> None:
-        if self._running is not None:
-            self._running.close()
-            self._running = None
-
-
 @pytest.fixture(params=["mongodb", "sqlite"])
 def serve(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serve]:
-    if request.param == "mongodb":
-        uri, name = request.getfixturevalue("mongodb_uri"), request.getfixturevalue("database_name")
-        request.getfixturevalue("db")
-        env = {"_REACTOR_MONGODB_AUTHN": authn_for(uri), "_REACTOR_MONGODB_DATABASE": name}
-        runner = Serve(tmp_path, "mongodb", env, {"uri": uri, "database": name})
-    else:
-        path = tmp_path / "catalog.sqlite3"
-        runner = Serve(tmp_path, "sqlite", {"_REACTOR_STORE_SQLITE_PATH": str(path)}, {"path": path})
+    """serve's app in this process, with nothing allowed unless a start says so."""
+    runner = serve_on(request, tmp_path, settings=QUICK, process=False)
     yield runner
     runner.stop()
 
@@ -100,7 +75,7 @@ def test_subscribing_inside_addresses_is_a_clear_400_that_stores_nothing(serve: 
 def test_a_subscription_allowed_once_is_refused_at_send_time_after_a_restart_without_the_allowance(
     serve: Serve, receiver: Receiver
 ) -> None:
-    server = serve.start(allowed="127.0.0.0/8")
+    server = serve.start(**{ALLOWANCE: "127.0.0.0/8"})
     uuid, token = new_job(server)
     sub = subscribe(server, job=uuid, url=receiver.url)
     closed = subscribe(server, job=uuid, url=f"http://127.0.0.1:{free_port()}/hook", events=["finish"])

@@ -35,21 +35,33 @@ FAST = {
 
 
 class Serve:
-    """Start, SIGKILL and restart `pipelinejobs serve` on one store."""
+    """Start, SIGKILL and restart `pipelinejobs serve` on one store, with ``settings`` (notification
+    timings) in its environment. A process by default: kill() sends it SIGKILL, as a crash would end it."""
 
-    def __init__(self, tmp_path: Path, backend: str, env: dict[str, str], options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        backend: str,
+        env: dict[str, str],
+        options: dict[str, Any],
+        *,
+        settings: dict[str, str] = FAST,
+        process: bool = True,
+    ) -> None:
         self.tmp_path, self.backend, self.env, self.options = tmp_path, backend, env, options
+        self.settings, self.process = settings, process
         self._running: Iterator[LiveServer] | None = None
         self.server: LiveServer | None = None
 
-    def start(self) -> LiveServer:
-        # a process: kill() sends it SIGKILL, as a crash would end it
-        self._running = start_server(self.tmp_path, self.backend, {**self.env, **FAST}, self.options, process=True)
+    def start(self, **env: str) -> LiveServer:
+        """Start serve; ``env``: more variables for this start only (e.g. an allowance)."""
+        full = {**self.env, **self.settings, **env}
+        self._running = start_server(self.tmp_path, self.backend, full, self.options, process=self.process)
         self.server = next(self._running)
         return self.server
 
     def kill(self) -> None:
-        assert self.server is not None
+        assert self.server is not None and self.server.proc is not None
         self.server.proc.send_signal(signal.SIGKILL)
         self.server.proc.wait(10)
         self.stop()
@@ -60,16 +72,20 @@ class Serve:
             self._running = None
 
 
-@pytest.fixture(params=["mongodb", "sqlite"])
-def serve(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serve]:
+def serve_on(request: pytest.FixtureRequest, tmp_path: Path, **options: Any) -> Serve:
+    """A :class:`Serve` on the store the test is parametrised with (a fresh database or SQLite file)."""
     if request.param == "mongodb":
         uri, name = request.getfixturevalue("mongodb_uri"), request.getfixturevalue("database_name")
         request.getfixturevalue("db")
         env = {"_REACTOR_MONGODB_AUTHN": authn_for(uri), "_REACTOR_MONGODB_DATABASE": name}
-        runner = Serve(tmp_path, "mongodb", env, {"uri": uri, "database": name})
-    else:
-        path = tmp_path / "catalog.sqlite3"
-        runner = Serve(tmp_path, "sqlite", {"_REACTOR_STORE_SQLITE_PATH": str(path)}, {"path": path})
+        return Serve(tmp_path, "mongodb", env, {"uri": uri, "database": name}, **options)
+    path = tmp_path / "catalog.sqlite3"
+    return Serve(tmp_path, "sqlite", {"_REACTOR_STORE_SQLITE_PATH": str(path)}, {"path": path}, **options)
+
+
+@pytest.fixture(params=["mongodb", "sqlite"])
+def serve(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Serve]:
+    runner = serve_on(request, tmp_path)
     yield runner
     runner.stop()
 
