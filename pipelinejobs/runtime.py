@@ -98,16 +98,13 @@ def handle_env(
     Shared by ``reactor.py`` (one process per message) and ``pipelinejobs serve`` (in-process).
     ``parsed``: serve's already parsed JSON object whose repr is MSG (``intake.from_env``).
     """
-    received = ""  # what the message was, once it is known: named by the line that reports a failure
     try:
         intake = from_env(env, settings.limit("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES), parsed=parsed)
-        received = _describe(intake)
-        outcome = handle_intake(intake, settings=settings, get_store=get_store, now=now, operator=operator)
-        return 0, outcome
-    except PipelineJobsError as exc:
-        return 1, _rejected(exc, received)
+    except PipelineJobsError as exc:  # not read at all: the failure line cannot say what it was
+        return 1, _rejected(exc, "")
     except Exception:  # a bug: keep the (redacted) traceback in the log, not in the answer
-        return 1, _failed(received)
+        return 1, _failed("")
+    return handle_received(intake, settings=settings, get_store=get_store, now=now, operator=operator)
 
 
 def handle_received(
@@ -118,8 +115,8 @@ def handle_received(
     now: datetime,
     operator: bool = False,
 ) -> tuple[int, dict[str, Any]]:
-    """A message serve's engine routes have already read (``server/engines.py``), answered as
-    ``handle_env`` answers: (exit code, result object). Never raises."""
+    """A message already read (serve's engine routes, ``server/engines.py``; ``handle_env`` once it read the
+    environment): (exit code, result object). Never raises; a failure's log line names the message."""
     try:
         return 0, handle_intake(intake, settings=settings, get_store=get_store, now=now, operator=operator)
     except PipelineJobsError as exc:
